@@ -1,0 +1,31 @@
+"""Conversation tasks. Thin: ids in, one service call, nothing returned."""
+
+from __future__ import annotations
+
+import logging
+
+from celery import shared_task
+from django.db import InterfaceError, OperationalError
+
+from conversations import services
+from leads.models import Lead
+
+logger = logging.getLogger(__name__)
+
+# Transient: the database blipped. Permanent: the lead is gone (nothing to greet).
+TRANSIENT_DB_ERRORS = (OperationalError, InterfaceError)
+
+
+@shared_task(
+    ignore_result=True,
+    autoretry_for=TRANSIENT_DB_ERRORS,
+    retry_backoff=1,
+    retry_backoff_max=30,
+    retry_jitter=True,
+    max_retries=8,
+)
+def first_touch(*, event_id: str, lead_id: int) -> None:
+    try:
+        services.first_touch_start(event_id=event_id, lead_id=lead_id)
+    except Lead.DoesNotExist:
+        logger.warning("first touch skipped: lead %s no longer exists (event %s)", lead_id, event_id)

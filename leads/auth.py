@@ -1,0 +1,81 @@
+"""`Authorization: Bearer <api key>` for the lead API.
+
+Keys are looked up by their SHA-256. A small in-process cache (a few seconds,
+`API_KEY_CACHE_SECONDS`) saves a query per request on the hot path; a revoked
+key stops working within that time.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from django.conf import settings
+from django.utils import timezone
+from rest_framework import authentication, exceptions, permissions
+
+from leads.models import ApiKey, Organization
+
+
+class OrganizationPrincipal:
+    """Stands in for `request.user` on API requests: the caller is an organization."""
+
+    is_authenticated = True
+    is_anonymous = False
+
+    def __init__(self, org: Organization) -> None:
+        self.organization = org
+
+
+_cache: dict[str, tuple[float, Organization | None]] = {}
+_cache_lock = threading.Lock()
+_CACHE_MAX = 10_000
+
+
+def organization_for_key(raw_key: str) -> Organization | None:
+    key_hash = ApiKey.hash(raw_key)
+    now = time.monotonic()
+    hit = _cache.get(key_hash)
+    if hit and hit[0] > now:
+        return hit[1]
+    api_key = (
+        ApiKey.objects.select_related("organization")
+        .filter(key_hash=key_hash)
+        .exclude(revoked_at__lte=timezone.now())
+        .first()
+    )
+    org = api_key.organization if api_key else None
+    with _cache_lock:
+        if len(_cache) >= _CACHE_MAX:
+            _cache.clear()
+        _cache[key_hash] = (now + settings.API_KEY_CACHE_SECONDS, org)
+    return org
+
+
+def clear_cache() -> None:
+    with _cache_lock:
+        _cache.clear()
+
+
+class ApiKeyAuthentication(authentication.BaseAuthentication):
+    def authenticate(self, request):
+        header = request.META.get("HTTP_AUTHORIZATION", "")
+        if not header:
+            return None
+        scheme, _, raw_key = header.partition(" ")
+        if scheme.lower() != "bearer" or not raw_key.strip():
+            raise exceptions.AuthenticationFailed("Use 'Authorization: Bearer <api key>'.")
+        org = organization_for_key(raw_key.strip())
+        if org is None:
+            raise exceptions.AuthenticationFailed("Invalid or revoked API key.")
+        return OrganizationPrincipal(org), org
+
+    def authenticate_header(self, request):
+        return 'Bearer realm="swiftex"'
+
+
+class HasOrganization(permissions.BasePermission):
+    message = "Authentication required: send 'Authorization: Bearer <api key>'."
+
+    def has_permission(self, request, view):
+        return isinstance(request.auth, Organization)

@@ -1,0 +1,197 @@
+"""Tenants, the people who submit forms, their leads, every submission, and the timeline.
+
+Deduplication lives in these constraints, not in application checks: a
+Contact is unique per organization by E.164 phone and by lower-cased email,
+a Contact has at most one open Lead (partial unique index), and a Submission's
+`external_id` is unique per organization and source.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import zoneinfo
+
+from django.core.exceptions import ValidationError
+from django.db import models
+from django.db.models import Q
+from django.db.models.functions import Lower
+
+API_KEY_PREFIX = "swx_"
+
+
+def _validate_timezone(value: str) -> None:
+    if value not in zoneinfo.available_timezones():
+        raise ValidationError(f"{value!r} is not an IANA time zone such as Europe/Lisbon")
+
+
+class Organization(models.Model):
+    name = models.CharField(max_length=200)
+    timezone = models.CharField(max_length=64, default="UTC", validators=[_validate_timezone])
+    phone_region = models.CharField(
+        max_length=2, default="US",
+        help_text="ISO country code used to read phone numbers written without a +country prefix.",
+    )
+    ingest_rate_per_minute = models.PositiveIntegerField(
+        default=6000,
+        help_text="Leads per minute this organization may submit; bursts of up to 10 seconds' worth are allowed.",
+    )
+    # Provider credentials. `organization_create()` starts them from the
+    # environment's defaults; admins edit them per organization. Never rendered
+    # back in pages or API responses.
+    whatsapp_phone_number_id = models.CharField(max_length=64, blank=True, default="")
+    whatsapp_access_token = models.TextField(blank=True, default="")
+    whatsapp_app_secret = models.CharField(max_length=128, blank=True, default="")
+    whatsapp_verify_token = models.CharField(max_length=128, blank=True, default="")
+    twilio_account_sid = models.CharField(max_length=64, blank=True, default="")
+    twilio_auth_token = models.CharField(max_length=128, blank=True, default="")
+    twilio_from_number = models.CharField(max_length=32, blank=True, default="")
+    hubspot_access_token = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    SECRET_FIELDS = ("whatsapp_access_token", "whatsapp_app_secret", "whatsapp_verify_token", "twilio_auth_token", "hubspot_access_token")
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class ApiKey(models.Model):
+    """An API key, stored as its SHA-256 only. Keys are 256-bit random, so a
+    fast hash is enough: there is nothing to brute-force."""
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="api_keys")
+    name = models.CharField(max_length=100, default="default")
+    prefix = models.CharField(max_length=12, help_text="First characters of the key, to tell keys apart.")
+    key_hash = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.prefix}… ({self.name})"
+
+    @staticmethod
+    def hash(raw_key: str) -> str:
+        return hashlib.sha256(raw_key.encode()).hexdigest()
+
+    @classmethod
+    def issue(cls, organization: Organization, name: str = "default") -> tuple[ApiKey, str]:
+        """Create a key; the raw value is returned once and never stored."""
+        raw = API_KEY_PREFIX + secrets.token_urlsafe(32)
+        api_key = cls.objects.create(organization=organization, name=name, prefix=raw[:10], key_hash=cls.hash(raw))
+        return api_key, raw
+
+
+class Contact(models.Model):
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="contacts")
+    name = models.CharField(max_length=200, blank=True, default="")
+    phone = models.CharField(max_length=20, null=True, blank=True, help_text="E.164, e.g. +14155550123")
+    email = models.CharField(max_length=254, null=True, blank=True, help_text="Stored lower-cased.")
+    consent = models.BooleanField(default=False, help_text="Opted in to WhatsApp/SMS messages.")
+    consent_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["organization", "phone"], condition=Q(phone__isnull=False), name="contact_phone_per_org"),
+            models.UniqueConstraint(fields=["organization", "email"], condition=Q(email__isnull=False), name="contact_email_per_org"),
+            models.CheckConstraint(condition=Q(phone__isnull=False) | Q(email__isnull=False), name="contact_has_phone_or_email"),
+            models.CheckConstraint(condition=Q(email__isnull=True) | Q(email=Lower("email")), name="contact_email_lowercase"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name or self.phone or self.email or f"contact {self.pk}"
+
+
+class Lead(models.Model):
+    class Status(models.TextChoices):
+        NEW = "new", "New"
+        CONTACTED = "contacted", "Contacted"
+        ENGAGED = "engaged", "Engaged"
+        QUALIFIED = "qualified", "Qualified"
+        WON = "won", "Won"
+        LOST = "lost", "Lost"
+
+    OPEN_STATUSES = (Status.NEW, Status.CONTACTED, Status.ENGAGED, Status.QUALIFIED)
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="leads")
+    contact = models.ForeignKey(Contact, on_delete=models.CASCADE, related_name="leads")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.NEW)
+    source = models.CharField(max_length=64)
+    campaign = models.CharField(max_length=128, blank=True, default="")
+    routing = models.JSONField(default=dict, blank=True, help_text="Routing metadata from the first submission.")
+    captured_at = models.DateTimeField()
+    first_response_at = models.DateTimeField(null=True, blank=True)
+    closed_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["contact"], condition=Q(status__in=["new", "contacted", "engaged", "qualified"]), name="one_open_lead_per_contact"
+            ),
+        ]
+        indexes = [models.Index(fields=["organization", "-captured_at"], name="lead_org_captured_idx")]
+
+    def __str__(self) -> str:
+        return f"lead {self.pk} ({self.status})"
+
+
+class Submission(models.Model):
+    """Every inbound submission, raw payload included: nothing a form sent is dropped."""
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="submissions")
+    contact = models.ForeignKey(Contact, on_delete=models.CASCADE, related_name="submissions")
+    lead = models.ForeignKey(Lead, on_delete=models.CASCADE, related_name="submissions")
+    source = models.CharField(max_length=64)
+    campaign = models.CharField(max_length=128, blank=True, default="")
+    external_id = models.CharField(max_length=128, null=True, blank=True)
+    message = models.TextField(blank=True, default="")
+    payload = models.JSONField(help_text="The submission exactly as received.")
+    received_at = models.DateTimeField()
+    opened_lead = models.BooleanField(default=False, help_text="This submission opened its lead.")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["organization", "source", "external_id"], condition=Q(external_id__isnull=False), name="submission_external_id_per_source"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"submission {self.pk} from {self.source}"
+
+
+class LeadEvent(models.Model):
+    """The lead's timeline: one row per thing that happened, in order."""
+
+    lead = models.ForeignKey(Lead, on_delete=models.CASCADE, related_name="events")
+    kind = models.CharField(max_length=64)
+    data = models.JSONField(default=dict, blank=True)
+    occurred_at = models.DateTimeField()
+
+    class Meta:
+        indexes = [models.Index(fields=["lead", "occurred_at"], name="lead_event_timeline_idx")]
+        ordering = ["occurred_at", "pk"]
+
+    def __str__(self) -> str:
+        return f"{self.kind} at {self.occurred_at:%Y-%m-%d %H:%M:%S}"
+
+
+class IdempotencyKey(models.Model):
+    """A client's `Idempotency-Key` and the response it got, replayed on retry.
+
+    The row is inserted in the same transaction as the lead, so a concurrent
+    retry blocks on the unique key and then replays the committed response.
+    """
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE)
+    key = models.CharField(max_length=255)
+    request_hash = models.CharField(max_length=64)
+    response_status = models.PositiveSmallIntegerField(null=True)
+    response_body = models.JSONField(null=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["organization", "key"], name="idempotency_key_per_org")]
+        indexes = [models.Index(fields=["created_at"], name="idempotency_key_age_idx")]

@@ -1,0 +1,242 @@
+"""Writes for leads: organizations, API keys, and lead ingest.
+
+`lead_ingest()` is the only way a lead enters the system. In one transaction it
+upserts the Contact, opens or reuses the open Lead, records the Submission with
+its raw payload, writes the timeline, and, when a lead was opened, the
+`lead.created` outbox row. Every "does it exist yet?" question is answered by
+a unique constraint through `INSERT … ON CONFLICT`, never by a read followed by
+a write, so concurrent submissions of one person cannot create two of anything.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from django.conf import settings
+from django.db import IntegrityError, connection, transaction
+from django.utils import timezone
+
+from leads.models import ApiKey, Contact, Lead, LeadEvent, Organization, Submission
+from swiftex.events import emit
+
+logger = logging.getLogger(__name__)
+
+_OPEN_STATUSES_SQL = ", ".join(f"'{status}'" for status in Lead.OPEN_STATUSES)
+_MAX_ATTEMPTS = 3
+
+
+@dataclass(frozen=True)
+class LeadInput:
+    """A validated, normalized submission (see leads/serializers.py)."""
+
+    source: str
+    name: str = ""
+    phone: str | None = None  # E.164
+    email: str | None = None  # lower-cased
+    campaign: str = ""
+    external_id: str | None = None
+    message: str = ""
+    consent: bool = False
+    metadata: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    lead_id: int
+    contact_id: int
+    submission_id: int
+    status: str
+    captured_at: datetime
+    created: bool  # this submission opened the lead
+    duplicate_submission: bool = False  # same external_id seen before: nothing new stored
+
+    @property
+    def deduplicated(self) -> bool:
+        return not self.created
+
+
+class _DuplicateSubmission(Exception):
+    pass
+
+
+class _LostRace(Exception):
+    """A row we conflicted with vanished before we could read it (deleted/closed); retry."""
+
+
+# --- Organizations and keys ---------------------------------------------------
+
+
+def organization_defaults() -> dict:
+    """Field values a new organization starts with, from the environment."""
+    return {
+        "phone_region": settings.LEADS_DEFAULT_PHONE_REGION,
+        "ingest_rate_per_minute": settings.LEADS_DEFAULT_RATE_PER_MINUTE,
+        "whatsapp_phone_number_id": settings.WHATSAPP_PHONE_NUMBER_ID,
+        "whatsapp_access_token": settings.WHATSAPP_ACCESS_TOKEN,
+        "whatsapp_app_secret": settings.WHATSAPP_APP_SECRET,
+        "whatsapp_verify_token": settings.WHATSAPP_VERIFY_TOKEN,
+        "twilio_account_sid": settings.TWILIO_ACCOUNT_SID,
+        "twilio_auth_token": settings.TWILIO_AUTH_TOKEN,
+        "twilio_from_number": settings.TWILIO_FROM_NUMBER,
+        "hubspot_access_token": settings.HUBSPOT_ACCESS_TOKEN,
+    }
+
+
+@transaction.atomic
+def organization_create(*, name: str, **fields) -> tuple[Organization, str]:
+    """Create an organization and its first API key; returns the raw key (shown once)."""
+    org = Organization(name=name, **{**organization_defaults(), **fields})
+    org.full_clean()
+    org.save()
+    _, raw_key = ApiKey.issue(org, name="initial")
+    return org, raw_key
+
+
+# --- Lead ingest ----------------------------------------------------------------
+
+
+def lead_ingest(*, org: Organization, data: LeadInput, payload: dict, received_at: datetime | None = None) -> IngestResult:
+    received_at = received_at or timezone.now()
+    for attempt in range(1, _MAX_ATTEMPTS + 1):
+        try:
+            return _ingest_once(org, data, payload, received_at)
+        except _LostRace:
+            logger.info("lead ingest for org %s lost a race (attempt %d); retrying", org.pk, attempt)
+        except _DuplicateSubmission:
+            return _existing_submission(org, data)
+    raise RuntimeError(f"lead ingest for org {org.pk} kept losing races after {_MAX_ATTEMPTS} attempts")
+
+
+def _ingest_once(org: Organization, data: LeadInput, payload: dict, received_at: datetime) -> IngestResult:
+    # A savepoint (or a transaction, when the caller has none) so a duplicate
+    # external_id or a lost race undoes this attempt and nothing else.
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            contact_id = _upsert_contact(cursor, org, data, received_at)
+            lead_id, status, captured_at, created = _open_or_reuse_lead(cursor, org, contact_id, data, received_at)
+            submission_id = _insert_submission(cursor, org, contact_id, lead_id, data, payload, received_at, created)
+        timeline = [
+            LeadEvent(
+                lead_id=lead_id,
+                kind="submission.received",
+                occurred_at=received_at,
+                data={"submission_id": submission_id, "source": data.source, "campaign": data.campaign},
+            )
+        ]
+        if created:
+            timeline.insert(0, LeadEvent(lead_id=lead_id, kind="lead.created", occurred_at=received_at, data={"source": data.source}))
+            emit(
+                "lead.created",
+                organization_id=org.pk,
+                data={
+                    "lead_id": lead_id,
+                    "contact_id": contact_id,
+                    "submission_id": submission_id,
+                    "source": data.source,
+                    "campaign": data.campaign,
+                    "captured_at": received_at.isoformat(),
+                },
+            )
+        LeadEvent.objects.bulk_create(timeline)
+    return IngestResult(lead_id, contact_id, submission_id, status, captured_at, created)
+
+
+def _upsert_contact(cursor, org: Organization, data: LeadInput, now: datetime) -> int:
+    table = Contact._meta.db_table
+    consent_at = now if data.consent else None
+    # DO NOTHING without a target covers both unique keys (phone and email).
+    cursor.execute(
+        f"INSERT INTO {table} (organization_id, name, phone, email, consent, consent_at, created_at, updated_at) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING RETURNING id",
+        [org.pk, data.name, data.phone, data.email, data.consent, consent_at, now, now],
+    )
+    row = cursor.fetchone()
+    if row:
+        return row[0]
+    # Someone has this phone or email. Prefer the phone match: it is what we message.
+    cursor.execute(
+        f"SELECT id, phone, email FROM {table} WHERE organization_id = %s AND (phone = %s OR email = %s) "
+        "ORDER BY (phone IS NOT DISTINCT FROM %s) DESC LIMIT 1",
+        [org.pk, data.phone, data.email, data.phone],
+    )
+    row = cursor.fetchone()
+    if row is None:
+        raise _LostRace
+    contact_id, phone, email = row
+    # Fill what the contact lacks; touch the row only when something changes,
+    # so repeat submissions do not queue on its row lock.
+    cursor.execute(
+        f"UPDATE {table} SET name = CASE WHEN name = '' THEN %s ELSE name END, "
+        "consent = consent OR %s, consent_at = CASE WHEN NOT consent AND %s THEN %s ELSE consent_at END, updated_at = %s "
+        "WHERE id = %s AND ((name = '' AND %s <> '') OR (NOT consent AND %s))",
+        [data.name, data.consent, data.consent, now, now, contact_id, data.name, data.consent],
+    )
+    _fill_missing_identity(cursor, table, org, contact_id, phone, email, data, now)
+    return contact_id
+
+
+def _fill_missing_identity(cursor, table, org, contact_id, phone, email, data: LeadInput, now) -> None:
+    """Add the phone or email the contact lacks, unless another contact already owns it."""
+    column, value = ("email", data.email) if phone and not email and data.email else ("phone", data.phone) if email and not phone and data.phone else (None, None)
+    if column is None:
+        return
+    # Rare path, guarded by a savepoint: a concurrent claim of the same value
+    # loses to the unique key instead of failing the whole submission.
+    try:
+        with transaction.atomic():
+            cursor.execute(
+                f"UPDATE {table} SET {column} = %s, updated_at = %s WHERE id = %s AND {column} IS NULL "
+                f"AND NOT EXISTS (SELECT 1 FROM {table} WHERE organization_id = %s AND {column} = %s)",
+                [value, now, contact_id, org.pk, value],
+            )
+    except IntegrityError as exc:
+        logger.info("contact %s keeps its %s unset: %s", contact_id, column, type(exc).__name__)
+
+
+def _open_or_reuse_lead(cursor, org: Organization, contact_id: int, data: LeadInput, now: datetime):
+    table = Lead._meta.db_table
+    routing = {"metadata": data.metadata} if data.metadata else {}
+    cursor.execute(
+        f"INSERT INTO {table} (organization_id, contact_id, status, source, campaign, routing, captured_at, created_at) "
+        "VALUES (%s, %s, %s, %s, %s, %s::jsonb, %s, %s) "
+        f"ON CONFLICT (contact_id) WHERE status IN ({_OPEN_STATUSES_SQL}) DO NOTHING RETURNING id, status, captured_at",
+        [org.pk, contact_id, Lead.Status.NEW, data.source, data.campaign, json.dumps(routing), now, now],
+    )
+    row = cursor.fetchone()
+    if row:
+        return row[0], row[1], row[2], True
+    cursor.execute(
+        f"SELECT id, status, captured_at FROM {table} WHERE contact_id = %s AND status IN ({_OPEN_STATUSES_SQL})",
+        [contact_id],
+    )
+    row = cursor.fetchone()
+    if row is None:
+        raise _LostRace  # closed between our insert and our read
+    return row[0], row[1], row[2], False
+
+
+def _insert_submission(cursor, org, contact_id, lead_id, data: LeadInput, payload, now, opened_lead: bool) -> int:
+    table = Submission._meta.db_table
+    cursor.execute(
+        f"INSERT INTO {table} (organization_id, contact_id, lead_id, source, campaign, external_id, message, payload, received_at, opened_lead) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s) "
+        "ON CONFLICT (organization_id, source, external_id) WHERE external_id IS NOT NULL DO NOTHING RETURNING id",
+        [org.pk, contact_id, lead_id, data.source, data.campaign, data.external_id, data.message, json.dumps(payload), now, opened_lead],
+    )
+    row = cursor.fetchone()
+    if row is None:
+        raise _DuplicateSubmission
+    return row[0]
+
+
+def _existing_submission(org: Organization, data: LeadInput) -> IngestResult:
+    submission = (
+        Submission.objects.select_related("lead")
+        .only("id", "contact_id", "lead__id", "lead__status", "lead__captured_at")
+        .get(organization=org, source=data.source, external_id=data.external_id)
+    )
+    lead = submission.lead
+    return IngestResult(lead.pk, submission.contact_id, submission.pk, lead.status, lead.captured_at, created=False, duplicate_submission=True)

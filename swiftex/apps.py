@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class SwiftexConfig(AppConfig):
+    name = "swiftex"
+    verbose_name = "Swiftex platform"

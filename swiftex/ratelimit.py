@@ -1,0 +1,89 @@
+"""Token buckets: shared across processes in Redis, per process when Redis is down.
+
+The Redis bucket is one Lua script (atomic, clocked by the Redis server so all
+machines agree). If Redis cannot be reached the same bucket runs in process
+memory: each process then admits up to the full rate on its own, which is
+looser but keeps ingest working rather than failing closed on a cache outage.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass
+
+from swiftex import redis as swx_redis
+
+# KEYS[1] bucket hash; ARGV: rate (tokens/s), capacity, cost, ttl seconds.
+# Returns {allowed (0/1), seconds to wait for `cost` tokens (as a string)}.
+_TOKEN_BUCKET_LUA = """
+local rate = tonumber(ARGV[1])
+local capacity = tonumber(ARGV[2])
+local cost = tonumber(ARGV[3])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
+local tokens = tonumber(state[1]) or capacity
+local ts = tonumber(state[2]) or now
+tokens = math.min(capacity, tokens + math.max(0, now - ts) * rate)
+local allowed = 0
+local wait = 0
+if tokens >= cost then
+  tokens = tokens - cost
+  allowed = 1
+else
+  wait = (cost - tokens) / rate
+end
+redis.call('HSET', KEYS[1], 'tokens', tokens, 'ts', now)
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[4]))
+return {allowed, tostring(wait)}
+"""
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    retry_after: float  # seconds until the request could succeed; 0 when allowed
+    degraded: bool = False  # decided in process memory because Redis was down
+
+    @property
+    def retry_after_header(self) -> str:
+        return str(max(1, math.ceil(self.retry_after)))
+
+
+class _LocalBuckets:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._state: dict[str, tuple[float, float]] = {}
+
+    def take(self, name: str, rate: float, capacity: float, cost: float) -> Decision:
+        now = time.monotonic()
+        with self._lock:
+            tokens, ts = self._state.get(name, (capacity, now))
+            tokens = min(capacity, tokens + (now - ts) * rate)
+            if tokens >= cost:
+                self._state[name] = (tokens - cost, now)
+                return Decision(True, 0.0, degraded=True)
+            self._state[name] = (tokens, now)
+            return Decision(False, (cost - tokens) / rate, degraded=True)
+
+
+_local = _LocalBuckets()
+
+
+def take(name: str, *, rate_per_second: float, capacity: float, cost: float = 1) -> Decision:
+    """Take `cost` tokens from bucket `name`; never raises for Redis trouble."""
+    if cost > capacity:
+        # Could never be satisfied: report the wait for a full bucket instead of looping forever.
+        return Decision(False, capacity / rate_per_second)
+    ttl = max(1, math.ceil(capacity / rate_per_second) * 2)
+    try:
+        redis = swx_redis.client()
+        allowed, wait = redis.eval(_TOKEN_BUCKET_LUA, 1, swx_redis.key("bucket", name), rate_per_second, capacity, cost, ttl)
+        return Decision(bool(int(allowed)), float(wait))
+    except swx_redis.RedisUnavailable:
+        pass
+    except swx_redis.UNAVAILABLE_ERRORS as exc:
+        swx_redis.breaker.trip(exc)
+    return _local.take(name, rate_per_second, capacity, cost)

@@ -1,0 +1,258 @@
+"""Swiftex settings: one module, every value from the environment with a local default.
+
+Bad values stop the process at start with a message naming the variable
+(see `swiftex/env.py`). Queue names, worker lanes and event subscribers are
+declared here and nowhere else.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kombu import Exchange, Queue
+
+from swiftex.env import (
+    database_from_url,
+    env_bool,
+    env_float,
+    env_int,
+    env_str,
+    env_url,
+)
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+DEBUG = env_bool("DEBUG", False)
+SECRET_KEY = env_str("SECRET_KEY", "dev-only-insecure-secret-key-change-me")
+ALLOWED_HOSTS = [h.strip() for h in env_str("ALLOWED_HOSTS", "127.0.0.1,localhost,testserver").split(",") if h.strip()]
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "swiftex",
+    "leads",
+    "conversations",
+    "crmsync",
+    "analytics",
+]
+
+MIDDLEWARE = [
+    "swiftex.metrics.RequestMetricsMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "swiftex.urls"
+WSGI_APPLICATION = "swiftex.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- PostgreSQL -------------------------------------------------------------
+DATABASES = {"default": database_from_url("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/swiftex")}
+if env_bool("DATABASE_POOL", True):
+    # Django's psycopg 3 pool: a warm set of connections per process instead of a
+    # TCP + auth handshake per request. CONN_MAX_AGE must stay 0 with a pool.
+    DATABASES["default"]["OPTIONS"] = {
+        "pool": {
+            "min_size": env_int("DATABASE_POOL_MIN", 1, minimum=0),
+            "max_size": env_int("DATABASE_POOL_MAX", 8, minimum=1),
+            "timeout": env_float("DATABASE_POOL_TIMEOUT", 10.0, minimum=0.1),
+        }
+    }
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Redis ------------------------------------------------------------------
+REDIS_URL = env_url("REDIS_URL", "redis://127.0.0.1:6379/0", schemes=("redis", "rediss", "unix"))
+# Redis is the fast path, never the only path: short timeouts so a dead Redis
+# costs a request milliseconds, then the caller falls back (see swiftex/redis.py).
+REDIS_SOCKET_TIMEOUT = env_float("REDIS_SOCKET_TIMEOUT", 0.25, minimum=0.01)
+REDIS_KEY_PREFIX = env_str("REDIS_KEY_PREFIX", "swx")
+CACHES = {
+    "default": {
+        "BACKEND": "django_redis.cache.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": REDIS_KEY_PREFIX,
+        "TIMEOUT": 300,
+        "OPTIONS": {
+            "SOCKET_CONNECT_TIMEOUT": REDIS_SOCKET_TIMEOUT,
+            "SOCKET_TIMEOUT": REDIS_SOCKET_TIMEOUT,
+            "IGNORE_EXCEPTIONS": True,
+        },
+    }
+}
+DJANGO_REDIS_LOG_IGNORED_EXCEPTIONS = True
+
+# --- RabbitMQ / Celery ------------------------------------------------------
+CELERY_BROKER_URL = env_url("CELERY_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//", schemes=("amqp", "amqps", "pyamqp"))
+# Publisher confirms: a publish returns only once RabbitMQ has the message.
+CELERY_BROKER_TRANSPORT_OPTIONS = {"confirm_publish": True, "max_retries": 3}
+CELERY_BROKER_CONNECTION_TIMEOUT = env_float("CELERY_BROKER_CONNECTION_TIMEOUT", 4.0, minimum=0.1)
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BROKER_HEARTBEAT = 30
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_TASK_ACKS_ON_FAILURE_OR_TIMEOUT = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_RESULT_BACKEND = None
+CELERY_TASK_TIME_LIMIT = env_int("CELERY_TASK_TIME_LIMIT", 120, minimum=1)
+CELERY_TASK_SOFT_TIME_LIMIT = env_int("CELERY_TASK_SOFT_TIME_LIMIT", 100, minimum=1)
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_DEFAULT_QUEUE = "conversations"
+CELERY_TASK_CREATE_MISSING_QUEUES = False
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_WORKER_SEND_TASK_EVENTS = False
+CELERY_TASK_SEND_SENT_EVENT = False
+CELERY_WORKER_ENABLE_REMOTE_CONTROL = env_bool("CELERY_WORKER_ENABLE_REMOTE_CONTROL", False)
+CELERY_TIMEZONE = "UTC"
+CELERY_BEAT_SCHEDULE_FILENAME = env_str("CELERY_BEAT_SCHEDULE_FILENAME", str(BASE_DIR / "var" / "celerybeat-schedule"))
+
+# Worker lanes: each is its own queue and its own worker process. The first-touch
+# lane never shares workers with bulk work, so a burst of CRM sync cannot delay a
+# greeting. I/O-bound lanes use a thread pool: dozens of provider calls in flight
+# per process instead of one.
+SWIFTEX_LANES = {
+    "first_touch": {
+        "queue": "first_touch",
+        "pool": "threads",
+        "concurrency": env_int("LANE_FIRST_TOUCH_CONCURRENCY", 32, minimum=1),
+        "subscribers": ["conversations"],
+    },
+    "conversations": {
+        "queue": "conversations",
+        "pool": "threads",
+        "concurrency": env_int("LANE_CONVERSATIONS_CONCURRENCY", 16, minimum=1),
+        "subscribers": [],
+    },
+    "bulk": {
+        "queue": "bulk",
+        "pool": "threads",
+        "concurrency": env_int("LANE_BULK_CONCURRENCY", 8, minimum=1),
+        "subscribers": ["analytics", "crmsync"],
+    },
+}
+# Each lane queue is bound to one direct exchange by its own name, so a task
+# routed to a lane lands in that lane's queue and no other.
+CELERY_TASK_DEFAULT_EXCHANGE = "swiftex.tasks"
+CELERY_TASK_DEFAULT_EXCHANGE_TYPE = "direct"
+CELERY_TASK_DEFAULT_ROUTING_KEY = CELERY_TASK_DEFAULT_QUEUE
+CELERY_TASK_QUEUES = [
+    Queue(lane["queue"], Exchange(CELERY_TASK_DEFAULT_EXCHANGE, type="direct"), routing_key=lane["queue"], durable=True)
+    for lane in SWIFTEX_LANES.values()
+]
+CELERY_TASK_ROUTES = {
+    "conversations.tasks.first_touch": {"queue": "first_touch"},
+    "conversations.tasks.*": {"queue": "conversations"},
+    "analytics.tasks.*": {"queue": "bulk"},
+    "crmsync.tasks.*": {"queue": "bulk"},
+    "swiftex.tasks.*": {"queue": "bulk"},
+    "leads.tasks.*": {"queue": "bulk"},
+}
+CELERY_BEAT_SCHEDULE = {
+    "prune-outbox": {"task": "swiftex.tasks.prune_outbox", "schedule": 600.0},
+    "expire-idempotency-keys": {"task": "leads.tasks.expire_idempotency_keys", "schedule": 600.0},
+}
+
+# Event subscribers: each gets its own durable queue `<name>.events` bound to the
+# topic exchange for the routing keys listed, and a handler that turns an event
+# into work on its lane. Registered here, in one place.
+SWIFTEX_EVENTS_EXCHANGE = "swiftex.events"
+SWIFTEX_SUBSCRIBERS = {
+    "conversations": {"routing_keys": ["lead.created"], "handler": "conversations.subscriber.handle_event"},
+    "analytics": {"routing_keys": ["lead.#", "message.#"], "handler": "analytics.subscriber.handle_event"},
+    "crmsync": {"routing_keys": ["lead.created", "lead.status_changed"], "handler": "crmsync.subscriber.handle_event"},
+}
+
+# --- Outbox -----------------------------------------------------------------
+# The relay leaves rows younger than the grace period to the in-process fast
+# path, and re-publishes anything older that is still unconfirmed.
+OUTBOX_RELAY_GRACE_SECONDS = env_float("OUTBOX_RELAY_GRACE_SECONDS", 1.0, minimum=0.0)
+OUTBOX_RELAY_INTERVAL_SECONDS = env_float("OUTBOX_RELAY_INTERVAL_SECONDS", 0.5, minimum=0.01)
+OUTBOX_BATCH_SIZE = env_int("OUTBOX_BATCH_SIZE", 200, minimum=1, maximum=5000)
+OUTBOX_RETENTION_HOURS = env_int("OUTBOX_RETENTION_HOURS", 24, minimum=1)
+OUTBOX_FAST_PATH = env_bool("OUTBOX_FAST_PATH", True)
+
+# --- Lead ingest --------------------------------------------------------------
+LEADS_MAX_BODY_BYTES = env_int("LEADS_MAX_BODY_BYTES", 64 * 1024, minimum=1024)
+LEADS_BATCH_MAX_ITEMS = env_int("LEADS_BATCH_MAX_ITEMS", 500, minimum=1)
+LEADS_BATCH_MAX_BODY_BYTES = env_int("LEADS_BATCH_MAX_BODY_BYTES", 4 * 1024 * 1024, minimum=1024)
+LEADS_DEFAULT_PHONE_REGION = env_str("LEADS_DEFAULT_PHONE_REGION", "US").upper()
+LEADS_DEFAULT_RATE_PER_MINUTE = env_int("LEADS_DEFAULT_RATE_PER_MINUTE", 6000, minimum=1)
+IDEMPOTENCY_KEY_TTL_HOURS = env_int("IDEMPOTENCY_KEY_TTL_HOURS", 24, minimum=1)
+API_KEY_CACHE_SECONDS = env_float("API_KEY_CACHE_SECONDS", 10.0, minimum=0.0)
+DATA_UPLOAD_MAX_MEMORY_SIZE = LEADS_BATCH_MAX_BODY_BYTES
+
+# --- Providers (defaults an organization starts with; editable per organization)
+OPENAI_BASE_URL = env_url("OPENAI_BASE_URL", "https://api.openai.com/v1", schemes=("http", "https"))
+OPENAI_API_KEY = env_str("OPENAI_API_KEY")
+WHATSAPP_API_URL = env_url("WHATSAPP_API_URL", "https://graph.facebook.com/v23.0", schemes=("http", "https"))
+TWILIO_API_URL = env_url("TWILIO_API_URL", "https://api.twilio.com", schemes=("http", "https"))
+HUBSPOT_API_URL = env_url("HUBSPOT_API_URL", "https://api.hubapi.com", schemes=("http", "https"))
+WHATSAPP_PHONE_NUMBER_ID = env_str("WHATSAPP_PHONE_NUMBER_ID")
+WHATSAPP_ACCESS_TOKEN = env_str("WHATSAPP_ACCESS_TOKEN")
+WHATSAPP_APP_SECRET = env_str("WHATSAPP_APP_SECRET")
+WHATSAPP_VERIFY_TOKEN = env_str("WHATSAPP_VERIFY_TOKEN")
+TWILIO_ACCOUNT_SID = env_str("TWILIO_ACCOUNT_SID")
+TWILIO_AUTH_TOKEN = env_str("TWILIO_AUTH_TOKEN")
+TWILIO_FROM_NUMBER = env_str("TWILIO_FROM_NUMBER")
+HUBSPOT_ACCESS_TOKEN = env_str("HUBSPOT_ACCESS_TOKEN")
+
+# --- DRF --------------------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["leads.auth.ApiKeyAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["leads.auth.HasOrganization"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "EXCEPTION_HANDLER": "swiftex.api.exception_handler",
+    "UNAUTHENTICATED_USER": None,
+}
+
+# --- i18n / static / logging -------------------------------------------------
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "var" / "static"
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+]
+
+LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(process)d %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {
+        "django.db.backends": {"level": "INFO"},
+        "amqp": {"level": "WARNING"},
+        "kombu": {"level": "WARNING"},
+    },
+}
