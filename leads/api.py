@@ -115,11 +115,8 @@ class LeadBatchApi(APIView):
             results = []
             for index, item in enumerate(items):
                 results.append({"index": index, **self._one(org, item, received_at)})
-            summary = {
-                "created": sum(1 for r in results if r["status"] == 201),
-                "deduplicated": sum(1 for r in results if r["status"] == 200),
-                "invalid": sum(1 for r in results if r["status"] == 400),
-            }
+            codes = [r["http_status"] for r in results]
+            summary = {"created": codes.count(201), "deduplicated": codes.count(200), "invalid": codes.count(400)}
             return status.HTTP_200_OK, {"results": results, "summary": summary}
 
         return _run_idempotent(request, org, body, work)
@@ -127,14 +124,14 @@ class LeadBatchApi(APIView):
     @staticmethod
     def _one(org, item, received_at) -> dict:
         if not isinstance(item, dict):
-            return {"status": 400, "errors": {"body": ["Each lead must be a JSON object."]}}
+            return {"http_status": 400, "errors": {"body": ["Each lead must be a JSON object."]}}
         serializer = LeadSerializer(data=item, context={"phone_region": org.phone_region})
         if not serializer.is_valid():
             metrics.INGEST_REJECTED.labels(reason="invalid").inc()
-            return {"status": 400, "errors": serializer.errors}
+            return {"http_status": 400, "errors": serializer.errors}
         result = lead_ingest(org=org, data=serializer.to_lead_input(), payload=item, received_at=received_at)
         metrics.LEADS_INGESTED.labels(outcome="created" if result.created else "deduplicated").inc()
-        return {"status": _result_status(result), **_result_body(result)}
+        return {"http_status": _result_status(result), "lead": _result_body(result)}
 
 
 class LeadDetailApi(APIView):

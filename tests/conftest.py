@@ -1,0 +1,73 @@
+"""Fixtures that talk to the real PostgreSQL, Redis and RabbitMQ."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+from django.conf import settings
+from kombu import Connection
+
+from leads import auth
+from swiftex import redis as swx_redis
+from swiftex.events.topology import DEAD_LETTER_QUEUE, declare_all, subscriber_queue
+from tests.factories import org_with_key
+from tests.support import api_client
+
+
+def _ensure_test_vhost() -> None:
+    """Create the test vhost on first use (a local RabbitMQ managed by rabbitmqctl)."""
+    try:
+        with Connection(settings.CELERY_BROKER_URL, connect_timeout=3) as conn:
+            conn.ensure_connection(max_retries=1)
+            return
+    except Exception:  # noqa: BLE001 - most likely the vhost does not exist yet
+        pass
+    vhost = settings.CELERY_BROKER_URL.rsplit("/", 1)[-1]
+    subprocess.run(["rabbitmqctl", "-q", "add_vhost", vhost], check=False, capture_output=True)
+    subprocess.run(["rabbitmqctl", "-q", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"], check=True, capture_output=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _broker_topology():
+    _ensure_test_vhost()
+    with Connection(settings.CELERY_BROKER_URL) as conn:
+        declare_all(conn.default_channel)
+
+
+@pytest.fixture(autouse=True)
+def _clean_state():
+    """Each test starts with empty queues, an empty Redis test db and fresh caches."""
+    swx_redis.breaker.reset()
+    auth.clear_cache()
+    try:
+        swx_redis.client().flushdb()
+    except Exception:  # noqa: BLE001 - tests that need Redis will say so
+        pass
+    purge_queues()
+    yield
+    swx_redis.breaker.reset()
+
+
+def purge_queues() -> None:
+    with Connection(settings.CELERY_BROKER_URL) as conn:
+        channel = conn.default_channel
+        for name in settings.SWIFTEX_SUBSCRIBERS:
+            subscriber_queue(name)(channel).purge()
+        DEAD_LETTER_QUEUE(channel).purge()
+        for lane in settings.SWIFTEX_LANES.values():
+            try:
+                channel.queue_purge(lane["queue"])
+            except Exception:  # noqa: BLE001 - not declared yet
+                channel = conn.channel()
+
+
+@pytest.fixture
+def org_and_key(db):
+    return org_with_key()
+
+
+@pytest.fixture
+def client_for(org_and_key):
+    org, key = org_and_key
+    return api_client(key)

@@ -1,0 +1,78 @@
+"""Races against the real database: many requests at the same instant."""
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from django.db import connection
+
+from leads.models import Contact, Lead, Submission
+from swiftex.models import OutboxEvent
+from tests.support import api_client, post_json
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def race(n: int, make_request):
+    """Run `make_request(i)` in n threads released together by a barrier."""
+    barrier = threading.Barrier(n)
+
+    def one(i):
+        try:
+            barrier.wait(timeout=30)
+            return make_request(i)
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(max_workers=n) as pool:
+        return list(pool.map(one, range(n)))
+
+
+def test_fifty_concurrent_submissions_of_one_person_from_two_sources(org_and_key, settings):
+    settings.OUTBOX_FAST_PATH = False  # this test is about the database, not the broker
+    _, key = org_and_key
+    client = api_client(key)
+
+    def submit(i):
+        body = {"name": "Ana", "phone": "+14155550123", "email": "ana@example.com", "source": ("web", "facebook")[i % 2]}
+        return post_json(client, "/api/v1/leads", body)
+
+    responses = race(50, submit)
+
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses == [200] * 49 + [201]
+    assert len({r.json()["id"] for r in responses}) == 1
+    assert Contact.objects.count() == 1
+    assert Lead.objects.count() == 1
+    assert Submission.objects.count() == 50
+    assert set(Submission.objects.values_list("source", flat=True)) == {"web", "facebook"}
+    assert OutboxEvent.objects.filter(event_type="lead.created").count() == 1
+
+
+def test_concurrent_phone_and_email_submissions_converge_on_one_contact(org_and_key, settings):
+    settings.OUTBOX_FAST_PATH = False
+    _, key = org_and_key
+    client = api_client(key)
+    bodies = [{"phone": "+14155550123"}, {"email": "ana@example.com"}, {"phone": "+14155550123", "email": "ana@example.com"}]
+
+    responses = race(30, lambda i: post_json(client, "/api/v1/leads", bodies[i % 3]))
+
+    assert all(r.status_code in (200, 201) for r in responses)
+    # Phone-only and email-only people may be two contacts, never more than one each.
+    assert Contact.objects.filter(phone="+14155550123").count() == 1
+    assert Contact.objects.filter(email="ana@example.com").count() == 1
+    assert Lead.objects.count() == Contact.objects.count()
+    assert Submission.objects.count() == 30
+
+
+def test_concurrent_retries_with_one_idempotency_key_store_one_submission(org_and_key, settings):
+    settings.OUTBOX_FAST_PATH = False
+    _, key = org_and_key
+    client = api_client(key)
+    body = {"phone": "+14155550123", "source": "web"}
+
+    responses = race(20, lambda i: post_json(client, "/api/v1/leads", body, HTTP_IDEMPOTENCY_KEY="retry-me"))
+
+    assert {r.status_code for r in responses} == {201}
+    assert len({r.json()["submission_id"] for r in responses}) == 1
+    assert Submission.objects.count() == 1

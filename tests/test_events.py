@@ -1,0 +1,134 @@
+"""The event backbone against real RabbitMQ, PostgreSQL and worker processes."""
+
+import psycopg
+import pytest
+from django.db import connection
+
+from leads.models import LeadEvent
+from swiftex.events.publisher import BrokerPublisher, publish_pending
+from swiftex.models import OutboxEvent, ProcessedEvent
+from tests.support import LaneWorker, post_json, queue_depth, rabbitmq, wait_until
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
+
+ANA = {"name": "Ana", "phone": "+14155550123", "source": "web", "consent": True}
+SUBSCRIBER_QUEUES = ("conversations.events", "analytics.events", "crmsync.events")
+
+
+@pytest.fixture
+def worker(tmp_path):
+    started = []
+
+    def start(lane: str) -> LaneWorker:
+        w = LaneWorker(lane, tmp_path / f"{lane}-{len(started)}.log").start()
+        started.append(w)
+        return w
+
+    yield start
+    for w in started:
+        w.stop()
+
+
+def depths() -> dict:
+    return {name: queue_depth(name)[0] for name in SUBSCRIBER_QUEUES}
+
+
+def relay_once() -> int:
+    publisher = BrokerPublisher()
+    try:
+        return publish_pending(publisher)
+    finally:
+        publisher.close()
+
+
+def test_after_commit_the_fast_path_publishes_to_every_subscriber_queue(client_for):
+    assert post_json(client_for, "/api/v1/leads", ANA).status_code == 201
+
+    wait_until(lambda: depths() == dict.fromkeys(SUBSCRIBER_QUEUES, 1), what="one copy of lead.created in each subscriber queue")
+    wait_until(lambda: not OutboxEvent.objects.filter(published_at__isnull=True).exists(), what="outbox row marked published")
+
+
+def test_subscribers_are_independent_a_stopped_one_holds_back_nobody(client_for, worker):
+    worker("first_touch")  # conversations subscriber only; analytics and crmsync are "down"
+    lead_id = post_json(client_for, "/api/v1/leads", ANA).json()["id"]
+
+    wait_until(lambda: LeadEvent.objects.filter(lead_id=lead_id, kind="first_touch.started").exists(), what="first touch")
+    assert depths() == {"conversations.events": 0, "analytics.events": 1, "crmsync.events": 1}
+
+    worker("bulk")  # analytics and crmsync come back and catch up on their own queues
+    wait_until(lambda: ProcessedEvent.objects.filter(consumer__in=["analytics", "crmsync"]).count() == 2, what="bulk subscribers")
+    assert depths() == dict.fromkeys(SUBSCRIBER_QUEUES, 0)
+
+
+def test_broker_down_the_request_still_succeeds_and_the_event_arrives_after_restart(client_for, settings):
+    settings.OUTBOX_FAST_PATH = True
+    rabbitmq("stop_app")
+    try:
+        response = post_json(client_for, "/api/v1/leads", ANA)
+        assert response.status_code == 201
+        with pytest.raises(Exception):
+            relay_once()
+        row = OutboxEvent.objects.get()
+        assert row.published_at is None
+        assert row.attempts >= 1 and row.last_error
+    finally:
+        rabbitmq("start_app")
+
+    wait_until(lambda: relay_once() == 1 or not OutboxEvent.objects.filter(published_at__isnull=True).exists(), timeout=60, what="relay to publish after the broker returned")
+    assert depths() == dict.fromkeys(SUBSCRIBER_QUEUES, 1)
+
+
+def test_worker_killed_mid_task_the_event_is_redelivered_and_handled_once(client_for, worker, settings):
+    settings.OUTBOX_FAST_PATH = False
+    lead_id = post_json(client_for, "/api/v1/leads", ANA).json()["id"]
+
+    # Hold the lead's row lock so the first-touch task blocks mid-transaction.
+    params = connection.settings_dict
+    connect = lambda **kw: psycopg.connect(dbname=params["NAME"], host=params["HOST"], user=params["USER"], **kw)  # noqa: E731
+    with connect() as blocker, connect(autocommit=True) as observer:
+        blocker.execute("SELECT id FROM leads_lead WHERE id = %s FOR UPDATE", [lead_id])
+        first = worker("first_touch")
+        assert relay_once() == 1
+        wait_until(
+            lambda: observer.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND wait_event_type = 'Lock'", [params["NAME"]]
+            ).fetchone()[0] == 1,
+            what="the first-touch task to block on the lead's lock",
+        )
+        first.kill()
+        blocker.rollback()
+
+    assert not LeadEvent.objects.filter(kind="first_touch.started").exists()
+    second = worker("first_touch")
+    wait_until(lambda: LeadEvent.objects.filter(kind="first_touch.started").exists(), what="redelivered task to run")
+    assert "conversations.tasks.first_touch" in second.log()
+    assert LeadEvent.objects.filter(lead_id=lead_id, kind="first_touch.started").count() == 1
+    assert ProcessedEvent.objects.filter(consumer="conversations.first_touch").count() == 1
+
+
+def test_the_same_event_delivered_twice_is_handled_once(client_for, worker, settings):
+    settings.OUTBOX_FAST_PATH = False
+    lead_id = post_json(client_for, "/api/v1/leads", ANA).json()["id"]
+    assert relay_once() == 1
+    OutboxEvent.objects.update(published_at=None)  # as if the confirm was lost: publish again
+    assert relay_once() == 1
+
+    worker("first_touch")
+    wait_until(lambda: queue_depth("conversations.events")[0] == 0 and queue_depth("first_touch")[0] == 0, what="both copies consumed")
+    wait_until(lambda: LeadEvent.objects.filter(kind="first_touch.started").exists(), what="first touch")
+    assert LeadEvent.objects.filter(lead_id=lead_id, kind="first_touch.started").count() == 1
+
+
+def test_malformed_event_is_dead_lettered_not_retried_forever(worker):
+    from django.conf import settings as dj_settings
+    from kombu import Connection, Exchange, Producer
+
+    worker("first_touch")
+    with Connection(dj_settings.CELERY_BROKER_URL) as conn:
+        Producer(conn.default_channel).publish(
+            {"type": "lead.created", "data": {"lead_id": "not-a-number"}, "id": "x"},
+            exchange=Exchange(dj_settings.SWIFTEX_EVENTS_EXCHANGE, type="topic"),
+            routing_key="lead.created",
+        )
+    wait_until(lambda: queue_depth("swiftex.dead")[0] >= 1, what="message in the dead-letter queue")
+    assert queue_depth("conversations.events")[0] == 0

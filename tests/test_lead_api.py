@@ -1,0 +1,202 @@
+import json
+
+import pytest
+
+from leads.models import ApiKey, Contact, IdempotencyKey, Lead, LeadEvent, Submission
+from swiftex.models import OutboxEvent
+from tests.support import api_client, post_json
+
+pytestmark = pytest.mark.django_db
+
+URL = "/api/v1/leads"
+ANA = {"name": "Ana Souza", "phone": "+14155550123", "email": "Ana@Example.COM", "source": "web", "consent": True}
+
+
+def counts() -> dict:
+    return {
+        model.__name__: model.objects.count()
+        for model in (Contact, Lead, Submission, LeadEvent, OutboxEvent, IdempotencyKey)
+    }
+
+
+def test_new_lead_is_created_with_normalized_contact_and_outbox_event(client_for):
+    response = post_json(client_for, URL, {**ANA, "phone": "(415) 555-0123", "metadata": {"utm_source": "google"}, "form_version": 3})
+
+    assert response.status_code == 201
+    body = response.json()
+    assert body["deduplicated"] is False
+    assert response["Location"] == f"/api/v1/leads/{body['id']}"
+    contact = Contact.objects.get()
+    assert (contact.phone, contact.email, contact.consent) == ("+14155550123", "ana@example.com", True)
+    submission = Submission.objects.get()
+    assert submission.payload["form_version"] == 3  # unknown fields are kept, not dropped
+    assert Lead.objects.get().routing == {"metadata": {"utm_source": "google"}}
+    event = OutboxEvent.objects.get()
+    assert event.event_type == "lead.created"
+    assert event.payload["lead_id"] == body["id"]
+    assert list(LeadEvent.objects.values_list("kind", flat=True)) == ["lead.created", "submission.received"]
+
+
+def test_second_submission_of_same_person_reuses_contact_and_open_lead(client_for):
+    first = post_json(client_for, URL, ANA).json()
+    second = post_json(client_for, URL, {"email": "ana@example.com", "source": "facebook", "message": "call me"})
+
+    assert second.status_code == 200
+    assert second.json()["deduplicated"] is True
+    assert second.json()["id"] == first["id"]
+    assert counts() | {"IdempotencyKey": 0} == {
+        "Contact": 1, "Lead": 1, "Submission": 2, "LeadEvent": 3, "OutboxEvent": 1, "IdempotencyKey": 0,
+    }
+
+
+def test_closed_lead_makes_the_next_submission_open_a_new_one(client_for):
+    first = post_json(client_for, URL, ANA).json()
+    Lead.objects.filter(pk=first["id"]).update(status=Lead.Status.LOST)
+
+    again = post_json(client_for, URL, ANA)
+
+    assert again.status_code == 201
+    assert again.json()["id"] != first["id"]
+    assert Contact.objects.count() == 1
+    assert OutboxEvent.objects.count() == 2
+
+
+def test_phone_only_contact_gains_the_email_of_a_later_submission(client_for):
+    post_json(client_for, URL, {"phone": "+14155550123"})
+    post_json(client_for, URL, {"phone": "+14155550123", "email": "late@example.com", "name": "Late"})
+
+    contact = Contact.objects.get()
+    assert (contact.email, contact.name) == ("late@example.com", "Late")
+
+
+def test_repeated_external_id_is_deduplicated_without_a_second_submission(client_for):
+    payload = {**ANA, "external_id": "form-123"}
+    first = post_json(client_for, URL, payload)
+    again = post_json(client_for, URL, payload)
+
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert again.json()["duplicate_submission"] is True
+    assert Submission.objects.count() == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "status", "field"),
+    [
+        ('{"name": "Ana", "phone": ', "application/json", 400, "body"),
+        ("[1, 2]", "application/json", 400, "body"),
+        ({"name": 12, "phone": "+14155550123"}, "application/json", 400, "name"),
+        ({"phone": 4155550123}, "application/json", 400, "phone"),
+        ({"email": ["a@b.co"]}, "application/json", 400, "email"),
+        ({"phone": "+14155550123", "consent": "yes"}, "application/json", 400, "consent"),
+        ({"phone": "+14155550123", "metadata": "utm=1"}, "application/json", 400, "metadata"),
+        ({"phone": "555-0000-not-a-number"}, "application/json", 400, "phone"),
+        ({"phone": "+1 415 555"}, "application/json", 400, "phone"),
+        ({"email": "not-an-email"}, "application/json", 400, "email"),
+        ({"name": "No way to reach me"}, "application/json", 400, "phone"),
+        ({"phone": "+14155550123", "source": "has spaces"}, "application/json", 400, "source"),
+        ({"phone": "+14155550123", "name": "x" * 70_000}, "application/json", 413, None),
+        ("name=Ana&phone=%2B14155550123", "application/x-www-form-urlencoded", 415, None),
+        ("<lead/>", "text/xml", 415, None),
+    ],
+)
+def test_bad_input_gets_a_clear_error_and_writes_nothing(client_for, body, content_type, status, field):
+    data = body if isinstance(body, str) else json.dumps(body)
+    response = client_for.post(URL, data=data, content_type=content_type)
+
+    assert response.status_code == status, response.content
+    payload = response.json()
+    assert payload["detail"]
+    if field:
+        assert field in payload["errors"], payload
+    assert counts() == dict.fromkeys(counts(), 0)
+
+
+def test_missing_or_wrong_key_is_401(client_for, client):
+    assert post_json(client, URL, ANA).status_code == 401
+    assert post_json(api_client("swx_wrong"), URL, ANA).status_code == 401
+    assert client.post(URL, data="{}", content_type="application/json", HTTP_AUTHORIZATION="Basic abc").status_code == 401
+    assert counts()["Submission"] == 0
+
+
+def test_revoked_key_is_refused(org_and_key):
+    org, key = org_and_key
+    ApiKey.objects.filter(organization=org).update(revoked_at="2020-01-01T00:00:00Z")
+    assert post_json(api_client(key), URL, ANA).status_code == 401
+
+
+def test_organizations_never_see_each_others_leads(client_for):
+    from tests.factories import org_with_key
+
+    lead_id = post_json(client_for, URL, ANA).json()["id"]
+    _, other_key = org_with_key()
+    other = api_client(other_key)
+
+    assert other.get(f"{URL}/{lead_id}").status_code == 404
+    assert post_json(other, URL, ANA).status_code == 201  # same person, separate tenant
+    assert Contact.objects.count() == 2
+
+
+def test_lead_detail_has_contact_submissions_and_timeline(client_for):
+    lead_id = post_json(client_for, URL, ANA).json()["id"]
+    post_json(client_for, URL, {"phone": "+14155550123", "source": "partner"})
+
+    detail = client_for.get(f"{URL}/{lead_id}").json()
+
+    assert detail["contact"]["phone"] == "+14155550123"
+    assert [s["source"] for s in detail["submissions"]] == ["web", "partner"]
+    assert [e["kind"] for e in detail["timeline"]] == ["lead.created", "submission.received", "submission.received"]
+    assert detail["first_response_at"] is None
+
+
+def test_idempotency_key_replays_the_first_response(client_for):
+    first = post_json(client_for, URL, ANA, HTTP_IDEMPOTENCY_KEY="req-1")
+    replay = post_json(client_for, URL, ANA, HTTP_IDEMPOTENCY_KEY="req-1")
+
+    assert (first.status_code, replay.status_code) == (201, 201)
+    assert replay.json() == first.json()
+    assert replay["Idempotent-Replayed"] == "true"
+    assert Submission.objects.count() == 1
+
+
+def test_idempotency_key_reused_with_another_body_is_refused(client_for):
+    post_json(client_for, URL, ANA, HTTP_IDEMPOTENCY_KEY="req-1")
+    other = post_json(client_for, URL, {**ANA, "name": "Someone Else"}, HTTP_IDEMPOTENCY_KEY="req-1")
+
+    assert other.status_code == 422
+    assert "Idempotency-Key" in other.json()["errors"]
+    assert Submission.objects.count() == 1
+
+
+def test_batch_gives_per_item_results(client_for):
+    batch = {
+        "leads": [
+            ANA,
+            {"phone": "+14155550123", "source": "partner"},
+            {"phone": "nope"},
+            "not an object",
+            {"email": "bo@example.com", "external_id": "p-1", "source": "partner"},
+        ]
+    }
+    response = post_json(client_for, f"{URL}/batch", batch)
+
+    assert response.status_code == 200
+    results = response.json()["results"]
+    assert [r["http_status"] for r in results] == [201, 200, 400, 400, 201]
+    assert "phone" in results[2]["errors"]
+    assert results[1]["lead"]["id"] == results[0]["lead"]["id"]
+    assert response.json()["summary"] == {"created": 2, "deduplicated": 1, "invalid": 2}
+    assert (Contact.objects.count(), Lead.objects.count(), Submission.objects.count()) == (2, 2, 3)
+
+
+def test_batch_over_the_item_limit_is_413_and_writes_nothing(client_for, settings):
+    settings.LEADS_BATCH_MAX_ITEMS = 3
+    response = post_json(client_for, f"{URL}/batch", {"leads": [ANA] * 4})
+
+    assert response.status_code == 413
+    assert counts()["Submission"] == 0
+
+
+def test_batch_needs_a_leads_array(client_for):
+    response = post_json(client_for, f"{URL}/batch", {"items": []})
+    assert response.status_code == 400
+    assert "leads" in response.json()["errors"]
