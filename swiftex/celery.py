@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 
 import click
-from celery import Celery
+from celery import Celery, bootsteps
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "swiftex.settings")
 
@@ -28,10 +28,30 @@ app.user_options["worker"].add(
 )
 
 
-def _install_event_consumer() -> None:
+class PromptShutdown(bootsteps.StartStopStep):
+    """Wake the worker's event loop every second.
+
+    A warm shutdown (SIGTERM, Ctrl-C) only sets a flag that the loop checks
+    when `poll()` returns, which on an idle worker can be many seconds away.
+    A one-second tick makes deploys and Ctrl-C stop a lane within a second.
+    """
+
+    requires = ("celery.worker.components:Hub",)
+
+    def start(self, worker) -> None:
+        if worker.hub is not None:
+            worker.hub.call_repeatedly(1.0, _noop)
+
+
+def _noop() -> None:
+    pass
+
+
+def _install_steps() -> None:
     from swiftex.events.consumer import EventConsumerStep
 
     app.steps["consumer"].add(EventConsumerStep)
+    app.steps["worker"].add(PromptShutdown)
 
 
-_install_event_consumer()
+_install_steps()

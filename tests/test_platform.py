@@ -1,0 +1,151 @@
+"""Settings, health, metrics, rate limits and management commands."""
+
+import subprocess
+import sys
+
+import pytest
+from celery.app.defaults import NAMESPACES, flatten
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from django.core.management import call_command
+from prometheus_client.parser import text_string_to_metric_families
+
+from leads.models import Submission
+from swiftex import env
+from swiftex import redis as swx_redis
+from tests.factories import org_with_key
+from tests.support import ROOT, api_client, child_env, post_json
+
+ANA = {"phone": "+14155550123", "source": "web"}
+
+
+# --- settings -------------------------------------------------------------------
+
+
+def test_every_celery_setting_is_a_real_celery_setting():
+    known = {name for name, _ in flatten(NAMESPACES)}
+    ours = {name.removeprefix("CELERY_").lower() for name in dir(settings) if name.startswith("CELERY_")}
+    assert ours - known == set()
+
+
+@pytest.mark.parametrize(
+    ("reader", "value", "message"),
+    [
+        (lambda: env.env_int("X_NUM", 1), "ten", "X_NUM='ten' is not a whole number"),
+        (lambda: env.env_int("X_NUM", 1, minimum=1), "0", "below the minimum"),
+        (lambda: env.env_bool("X_NUM", True), "maybe", "is not a boolean"),
+        (lambda: env.env_url("X_NUM", "redis://x", schemes=("redis",)), "http://x", "must be a URL starting with redis://"),
+        (lambda: env.database_from_url("X_NUM", "postgres://h/db"), "postgres://127.0.0.1:5432/", "must name a database"),
+        (lambda: env.env_url("X_NUM", "redis://x", schemes=("redis",)), "redis://host:port", "invalid port"),
+    ],
+)
+def test_bad_environment_values_are_rejected_with_the_variable_named(monkeypatch, reader, value, message):
+    monkeypatch.setenv("X_NUM", value)
+    with pytest.raises(ImproperlyConfigured, match=message):
+        reader()
+
+
+def test_secret_can_come_from_a_file(monkeypatch, tmp_path):
+    secret = tmp_path / "token"
+    secret.write_text("s3cret\n")
+    monkeypatch.delenv("X_TOKEN", raising=False)
+    monkeypatch.setenv("X_TOKEN_FILE", str(secret))
+    assert env.env_str("X_TOKEN") == "s3cret"
+
+
+def test_process_refuses_to_start_with_a_bad_database_url():
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check"], cwd=ROOT, capture_output=True, text=True,
+        env={**child_env(), "DATABASE_URL": "mysql://127.0.0.1/swiftex"}, timeout=60,
+    )
+    assert result.returncode != 0
+    assert "DATABASE_URL must be a URL starting with postgres://" in result.stderr
+
+
+# --- health and metrics ---------------------------------------------------------
+
+
+def test_healthz_is_always_ok(client):
+    assert client.get("/healthz").json() == {"status": "ok"}
+
+
+@pytest.mark.django_db
+def test_readyz_checks_database_redis_and_broker(client):
+    response = client.get("/readyz")
+    assert response.status_code == 200
+    assert response.json()["checks"] == {"database": "ok", "redis": "ok", "broker": "ok"}
+
+
+@pytest.mark.django_db
+def test_readyz_is_503_naming_the_broken_dependency(client, settings):
+    settings.CELERY_BROKER_URL = "amqp://guest:guest@127.0.0.1:1//"
+    response = client.get("/readyz")
+    assert response.status_code == 503
+    assert response.json()["checks"]["broker"] != "ok"
+    assert response.json()["checks"]["database"] == "ok"
+
+
+@pytest.mark.django_db
+def test_metrics_parse_with_the_prometheus_parser(client_for, client):
+    post_json(client_for, "/api/v1/leads", ANA)
+    families = {f.name: f for f in text_string_to_metric_families(client.get("/metrics").content.decode())}
+
+    assert "swiftex_http_request_duration_seconds" in families
+    assert families["swiftex_outbox_backlog"].samples[0].value >= 1
+    assert "swiftex_outbox_oldest_unpublished_age_seconds" in families
+    created = [s for s in families["swiftex_leads_ingested"].samples if s.labels.get("outcome") == "created"]
+    assert created and created[0].value >= 1
+
+
+# --- rate limits ----------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_rate_limit_answers_429_with_retry_after_and_stores_nothing(settings):
+    settings.LEADS_BATCH_MAX_ITEMS = 2  # bucket capacity is max(10s of rate, a batch)
+    org, key = org_with_key(ingest_rate_per_minute=6)  # 0.1/s, capacity 2
+    client = api_client(key)
+
+    codes = [post_json(client, "/api/v1/leads", {**ANA, "external_id": str(i)}).status_code for i in range(3)]
+    limited = post_json(client, "/api/v1/leads", ANA)
+
+    assert codes == [201, 200, 429]
+    assert limited.status_code == 429
+    assert int(limited["Retry-After"]) >= 1
+    assert Submission.objects.count() == 2
+
+
+@pytest.mark.django_db
+def test_rate_limit_keeps_working_per_process_when_redis_is_down(settings):
+    settings.LEADS_BATCH_MAX_ITEMS = 2
+    settings.CACHES = {**settings.CACHES, "default": {**settings.CACHES["default"], "LOCATION": "redis://127.0.0.1:1/0"}}
+    # Changing CACHES makes Django drop its cache connections, so the next
+    # Redis call goes to the dead port.
+    swx_redis.breaker.reset()
+    org, key = org_with_key(ingest_rate_per_minute=6)
+    client = api_client(key)
+
+    codes = [post_json(client, "/api/v1/leads", {**ANA, "external_id": str(i)}).status_code for i in range(3)]
+
+    assert codes == [201, 200, 429]
+    assert not swx_redis.breaker.allow()  # Redis was found down and is being skipped
+
+
+# --- commands -------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_create_organization_prints_a_working_key_alone_on_the_last_line(capsys):
+    call_command("create_organization", "Acme Realty")
+    last_line = capsys.readouterr().out.strip().splitlines()[-1]
+
+    assert last_line.startswith("swx_") and " " not in last_line
+    assert post_json(api_client(last_line), "/api/v1/leads", ANA).status_code == 201
+
+
+@pytest.mark.django_db
+def test_create_organization_rejects_a_bad_timezone():
+    from django.core.management.base import CommandError
+
+    with pytest.raises(CommandError, match="timezone"):
+        call_command("create_organization", "Acme", "--timezone", "Mars/Olympus")
