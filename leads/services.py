@@ -3,7 +3,7 @@
 `lead_ingest()` is the only way a lead enters the system. In one transaction it
 upserts the Contact, opens or reuses the open Lead, records the Submission with
 its raw payload, writes the timeline, and, when a lead was opened, the
-`lead.created` outbox row. Every "does it exist yet?" question is answered by
+`lead.created` outbox row (the SQL is in leads/ingest_sql.py). Every "does it exist yet?" question is answered by
 a unique constraint through `INSERT … ON CONFLICT`, never by a read followed by
 a write, so concurrent submissions of one person cannot create two of anything.
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -19,13 +20,15 @@ from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from leads.models import ApiKey, Contact, Lead, LeadEvent, Organization, Submission
-from swiftex.events import emit
+from leads import ingest_sql
+from leads.models import ApiKey, Contact, Lead, Organization, Submission
+from swiftex.events import publish_after_commit
 
 logger = logging.getLogger(__name__)
 
 _OPEN_STATUSES_SQL = ", ".join(f"'{status}'" for status in Lead.OPEN_STATUSES)
 _MAX_ATTEMPTS = 3
+SUBMISSION_EXTERNAL_ID_CONSTRAINT = "submission_external_id_per_source"
 
 
 @dataclass(frozen=True)
@@ -56,10 +59,6 @@ class IngestResult:
     @property
     def deduplicated(self) -> bool:
         return not self.created
-
-
-class _DuplicateSubmission(Exception):
-    pass
 
 
 class _LostRace(Exception):
@@ -100,63 +99,72 @@ def organization_create(*, name: str, **fields) -> tuple[Organization, str]:
 
 def lead_ingest(*, org: Organization, data: LeadInput, payload: dict, received_at: datetime | None = None) -> IngestResult:
     received_at = received_at or timezone.now()
+    params = _statement_params(org, data, payload, received_at)
     for attempt in range(1, _MAX_ATTEMPTS + 1):
         try:
-            return _ingest_once(org, data, payload, received_at)
+            return _ingest_new_contact(params) or _ingest_known_contact(org, data, params)
         except _LostRace:
             logger.info("lead ingest for org %s lost a race (attempt %d); retrying", org.pk, attempt)
-        except _DuplicateSubmission:
+        except IntegrityError as exc:
+            if _violated_constraint(exc) != SUBMISSION_EXTERNAL_ID_CONSTRAINT:
+                raise
             return _existing_submission(org, data)
     raise RuntimeError(f"lead ingest for org {org.pk} kept losing races after {_MAX_ATTEMPTS} attempts")
 
 
-def _ingest_once(org: Organization, data: LeadInput, payload: dict, received_at: datetime) -> IngestResult:
-    # A savepoint (or a transaction, when the caller has none) so a duplicate
-    # external_id or a lost race undoes this attempt and nothing else.
-    with transaction.atomic():
-        with connection.cursor() as cursor:
-            contact_id = _upsert_contact(cursor, org, data, received_at)
-            lead_id, status, captured_at, created = _open_or_reuse_lead(cursor, org, contact_id, data, received_at)
-            submission_id = _insert_submission(cursor, org, contact_id, lead_id, data, payload, received_at, created)
-        timeline = [
-            LeadEvent(
-                lead_id=lead_id,
-                kind="submission.received",
-                occurred_at=received_at,
-                data={"submission_id": submission_id, "source": data.source, "campaign": data.campaign},
-            )
-        ]
-        if created:
-            timeline.insert(0, LeadEvent(lead_id=lead_id, kind="lead.created", occurred_at=received_at, data={"source": data.source}))
-            emit(
-                "lead.created",
-                organization_id=org.pk,
-                data={
-                    "lead_id": lead_id,
-                    "contact_id": contact_id,
-                    "submission_id": submission_id,
-                    "source": data.source,
-                    "campaign": data.campaign,
-                    "captured_at": received_at.isoformat(),
-                },
-            )
-        LeadEvent.objects.bulk_create(timeline)
+def _statement_params(org: Organization, data: LeadInput, payload: dict, now: datetime) -> dict:
+    return {
+        "org": org.pk,
+        "name": data.name,
+        "phone": data.phone,
+        "email": data.email,
+        "consent": data.consent,
+        "consent_at": now if data.consent else None,
+        "source": data.source,
+        "campaign": data.campaign,
+        "external_id": data.external_id,
+        "message": data.message,
+        "routing": json.dumps({"metadata": data.metadata} if data.metadata else {}),
+        "payload": json.dumps(payload),
+        "now": now,
+        "now_iso": now.isoformat(),
+    }
+
+
+def _ingest_new_contact(params: dict) -> IngestResult | None:
+    """The one-statement path; None when the phone or email is already known."""
+    # Inside a caller's transaction (Idempotency-Key) a failed statement would
+    # poison it, so guard with a savepoint there; alone, the statement is atomic.
+    scope = transaction.atomic() if connection.in_atomic_block else nullcontext()
+    with scope, connection.cursor() as cursor:
+        cursor.execute(ingest_sql.NEW_CONTACT, params)
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    submission_id, lead_id, contact_id, outbox_id = row
+    publish_after_commit(outbox_id)
+    return IngestResult(lead_id, contact_id, submission_id, Lead.Status.NEW, params["now"], created=True)
+
+
+def _ingest_known_contact(org: Organization, data: LeadInput, params: dict) -> IngestResult:
+    with transaction.atomic(), connection.cursor() as cursor:
+        contact_id = _find_and_enrich_contact(cursor, org, data, params["now"])
+        lead_id, status, captured_at, created = _open_or_reuse_lead(cursor, contact_id, params)
+        cursor.execute(ingest_sql.KNOWN_LEAD, {**params, "lead_id": lead_id, "contact_id": contact_id, "created": created})
+        submission_id, _, _, outbox_id = cursor.fetchone()
+        if outbox_id is not None:
+            publish_after_commit(outbox_id)
     return IngestResult(lead_id, contact_id, submission_id, status, captured_at, created)
 
 
-def _upsert_contact(cursor, org: Organization, data: LeadInput, now: datetime) -> int:
+def _violated_constraint(exc: IntegrityError) -> str | None:
+    diag = getattr(exc.__cause__, "diag", None)
+    return getattr(diag, "constraint_name", None)
+
+
+def _find_and_enrich_contact(cursor, org: Organization, data: LeadInput, now: datetime) -> int:
+    """The contact that owns this phone or email (phone wins: it is what we message)."""
     table = Contact._meta.db_table
-    consent_at = now if data.consent else None
-    # DO NOTHING without a target covers both unique keys (phone and email).
-    cursor.execute(
-        f"INSERT INTO {table} (organization_id, name, phone, email, consent, consent_at, created_at, updated_at) "
-        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING RETURNING id",
-        [org.pk, data.name, data.phone, data.email, data.consent, consent_at, now, now],
-    )
-    row = cursor.fetchone()
-    if row:
-        return row[0]
-    # Someone has this phone or email. Prefer the phone match: it is what we message.
     cursor.execute(
         f"SELECT id, phone, email FROM {table} WHERE organization_id = %s AND (phone = %s OR email = %s) "
         "ORDER BY (phone IS NOT DISTINCT FROM %s) DESC LIMIT 1",
@@ -164,7 +172,7 @@ def _upsert_contact(cursor, org: Organization, data: LeadInput, now: datetime) -
     )
     row = cursor.fetchone()
     if row is None:
-        raise _LostRace
+        raise _LostRace  # the conflicting contact went away; start over
     contact_id, phone, email = row
     # Fill what the contact lacks; touch the row only when something changes,
     # so repeat submissions do not queue on its row lock.
@@ -196,14 +204,13 @@ def _fill_missing_identity(cursor, table, org, contact_id, phone, email, data: L
         logger.info("contact %s keeps its %s unset: %s", contact_id, column, type(exc).__name__)
 
 
-def _open_or_reuse_lead(cursor, org: Organization, contact_id: int, data: LeadInput, now: datetime):
+def _open_or_reuse_lead(cursor, contact_id: int, params: dict):
     table = Lead._meta.db_table
-    routing = {"metadata": data.metadata} if data.metadata else {}
     cursor.execute(
         f"INSERT INTO {table} (organization_id, contact_id, status, source, campaign, routing, captured_at, created_at) "
-        "VALUES (%s, %s, %s, %s, %s, %s::jsonb, %s, %s) "
+        "VALUES (%(org)s, %(contact_id)s, 'new', %(source)s, %(campaign)s, %(routing)s::jsonb, %(now)s, %(now)s) "
         f"ON CONFLICT (contact_id) WHERE status IN ({_OPEN_STATUSES_SQL}) DO NOTHING RETURNING id, status, captured_at",
-        [org.pk, contact_id, Lead.Status.NEW, data.source, data.campaign, json.dumps(routing), now, now],
+        {**params, "contact_id": contact_id},
     )
     row = cursor.fetchone()
     if row:
@@ -216,20 +223,6 @@ def _open_or_reuse_lead(cursor, org: Organization, contact_id: int, data: LeadIn
     if row is None:
         raise _LostRace  # closed between our insert and our read
     return row[0], row[1], row[2], False
-
-
-def _insert_submission(cursor, org, contact_id, lead_id, data: LeadInput, payload, now, opened_lead: bool) -> int:
-    table = Submission._meta.db_table
-    cursor.execute(
-        f"INSERT INTO {table} (organization_id, contact_id, lead_id, source, campaign, external_id, message, payload, received_at, opened_lead) "
-        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s) "
-        "ON CONFLICT (organization_id, source, external_id) WHERE external_id IS NOT NULL DO NOTHING RETURNING id",
-        [org.pk, contact_id, lead_id, data.source, data.campaign, data.external_id, data.message, json.dumps(payload), now, opened_lead],
-    )
-    row = cursor.fetchone()
-    if row is None:
-        raise _DuplicateSubmission
-    return row[0]
 
 
 def _existing_submission(org: Organization, data: LeadInput) -> IngestResult:

@@ -18,9 +18,19 @@ if TYPE_CHECKING:
 
 def emit(event_type: str, *, organization_id: int | None, data: dict) -> OutboxEvent:
     # Imported here: this package is loaded by the Celery app before Django's apps are ready.
-    from swiftex.events.publisher import fast_path
     from swiftex.models import OutboxEvent
 
     event = OutboxEvent.objects.create(event_type=event_type, organization_id=organization_id, payload=data)
-    transaction.on_commit(lambda: fast_path.submit(event.pk))
+    publish_after_commit(event.pk)
     return event
+
+
+def publish_after_commit(outbox_id: int) -> None:
+    """Hand an outbox row to the fast path once its transaction commits.
+
+    For code that writes outbox rows in SQL (leads/ingest_sql.py) rather than
+    through `emit()`.
+    """
+    from swiftex.events.publisher import fast_path
+
+    transaction.on_commit(lambda: fast_path.submit(outbox_id))

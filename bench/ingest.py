@@ -1,0 +1,176 @@
+"""Ingest benchmark: `make bench`.
+
+Starts the stack (web, relay, worker lanes) against a fresh bench database,
+then for each rate step drives an open-loop load generator in a separate
+process and records: POST /api/v1/leads latency percentiles, achieved
+throughput, outbox backlog over time (does it grow?), capture -> first-touch
+pickup latency, queue depths, and peak RSS / CPU per process type.
+
+Environment: BENCH_RATES (leads/min, comma-separated; default
+1000,5000,10000,20000), BENCH_SECONDS per step (default 60), BENCH_OUT
+(default bench/results/ingest.json).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from stack import PORT, PY, ROOT, Stack, db_query, prepare, queue_depths, stack_env  # noqa: E402
+
+RATES = [float(r) for r in os.environ.get("BENCH_RATES", "1000,5000,10000,20000").split(",")]
+SECONDS = float(os.environ.get("BENCH_SECONDS", "60"))
+OUT = Path(os.environ.get("BENCH_OUT", ROOT / "bench" / "results" / "ingest.json"))
+DRAIN_TIMEOUT = 60.0
+QUEUES = ["first_touch", "conversations.events", "analytics.events", "crmsync.events"]
+
+
+def percentile(sorted_values: list[float], p: float) -> float | None:
+    if not sorted_values:
+        return None
+    rank = max(0, min(len(sorted_values) - 1, int(round(p / 100 * len(sorted_values) + 0.5)) - 1))
+    return sorted_values[rank]
+
+
+def summarize_ms(values_s: list[float]) -> dict:
+    values = sorted(v * 1000 for v in values_s)
+    return {f"p{p}": round(percentile(values, p), 1) if values else None for p in (50, 95, 99)} | {
+        "max": round(values[-1], 1) if values else None,
+        "count": len(values),
+    }
+
+
+def outbox_backlog() -> int:
+    return db_query("SELECT count(*) FROM swiftex_outboxevent WHERE published_at IS NULL")[0][0]
+
+
+def run_step(stack: Stack, env: dict, key: str, rate: float, run_id: int) -> dict:
+    out_file = Path(tempfile.mkstemp(suffix=".json")[1])
+    step_started = datetime.now(timezone.utc)
+    stack.begin_sampling()
+    started = time.monotonic()
+    loadgen = subprocess.Popen(
+        [PY, str(ROOT / "bench" / "loadgen.py"), "--url", f"http://127.0.0.1:{PORT}", "--key", key,
+         "--rate", str(rate), "--seconds", str(SECONDS), "--run-id", str(run_id), "--out", str(out_file), "--progress"],
+    )
+    backlog_series = []
+    depth_series = []
+    while loadgen.poll() is None:
+        time.sleep(1.0)
+        stack.sample()
+        backlog_series.append(outbox_backlog())
+        depth_series.append({name: depth for name, (depth, _) in queue_depths(env, QUEUES).items()})
+    load_elapsed = time.monotonic() - started
+    usage = stack.usage(load_elapsed)
+    backlog_at_end = outbox_backlog()
+
+    drain_started = time.monotonic()
+    while time.monotonic() - drain_started < DRAIN_TIMEOUT:
+        depths = queue_depths(env, QUEUES)
+        if outbox_backlog() == 0 and all(d == 0 for d, _ in depths.values()):
+            break
+        time.sleep(0.5)
+    drain_s = time.monotonic() - drain_started
+
+    result = json.loads(out_file.read_text())
+    out_file.unlink()
+    ok = sum(n for status, n in result["statuses"].items() if status.startswith("2"))
+    pickup = db_query(
+        "SELECT (e.data->>'waited_ms')::float FROM leads_leadevent e JOIN leads_lead l ON l.id = e.lead_id "
+        "WHERE e.kind = 'first_touch.started' AND l.captured_at >= %s",
+        [step_started],
+    )
+    leads_created = db_query("SELECT count(*) FROM leads_lead WHERE captured_at >= %s", [step_started])[0][0]
+    first_touches = len(pickup)
+    return {
+        "target_leads_per_min": rate,
+        "duration_s": round(result["elapsed_s"], 1),
+        "requests": result["requests"],
+        "statuses": result["statuses"],
+        "client_errors": result["errors"],
+        "achieved_2xx_per_min": round(ok / result["elapsed_s"] * 60),
+        "ingest_latency_ms": summarize_ms(result["latencies_s"]),
+        "capture_to_first_touch_pickup_ms": summarize_ms([v / 1000 for v in sorted(v for (v,) in pickup)]),
+        "leads_created": leads_created,
+        "first_touch_picked_up": first_touches,
+        "outbox_backlog": {
+            "max_during_load": max(backlog_series, default=0),
+            "at_end_of_load": backlog_at_end,
+            "samples_per_second": backlog_series,
+        },
+        "queue_depth_max": {name: max((s[name] for s in depth_series), default=0) for name in QUEUES},
+        "drain_s_after_load": round(drain_s, 1),
+        "processes": usage,
+    }
+
+
+def verdict(steps: list[dict]) -> dict:
+    def sustained(step: dict) -> bool:
+        # Kept up: every request answered 2xx, at >= 98% of the target rate, and
+        # the outbox backlog at the end of the step no larger than ~2 s of traffic.
+        non_2xx = sum(n for s, n in step["statuses"].items() if not s.startswith("2")) + sum(step["client_errors"].values())
+        return (
+            non_2xx == 0
+            and step["achieved_2xx_per_min"] >= 0.98 * step["target_leads_per_min"]
+            and step["outbox_backlog"]["at_end_of_load"] <= step["target_leads_per_min"] / 30
+        )
+
+    at_5k = next((s for s in steps if s["target_leads_per_min"] == 5000), None)
+    return {
+        "p99_ms_at_5000_per_min": at_5k["ingest_latency_ms"]["p99"] if at_5k else None,
+        "p99_under_50ms_at_5000_per_min": bool(at_5k and at_5k["ingest_latency_ms"]["p99"] < 50),
+        "max_sustained_leads_per_min": max((s["target_leads_per_min"] for s in steps if sustained(s)), default=0),
+    }
+
+
+def print_table(steps: list[dict]) -> None:
+    print(f"\n{'leads/min':>10} {'2xx/min':>8} {'p50':>7} {'p95':>7} {'p99':>7} {'backlog max/end':>16} {'pickup p99':>11} {'web CPU':>8}")
+    for s in steps:
+        lat = s["ingest_latency_ms"]
+        print(
+            f"{s['target_leads_per_min']:>10.0f} {s['achieved_2xx_per_min']:>8} {lat['p50']:>7} {lat['p95']:>7} {lat['p99']:>7} "
+            f"{s['outbox_backlog']['max_during_load']:>8}/{s['outbox_backlog']['at_end_of_load']:<7} "
+            f"{s['capture_to_first_touch_pickup_ms']['p99']!s:>11} {s['processes']['web']['cpu_share_of_one_core']:>8}"
+        )
+
+
+def main() -> None:
+    env = stack_env()
+    print(f"bench: preparing a fresh database; steps {RATES} leads/min x {SECONDS:.0f}s")
+    key = prepare(env)
+    stack = Stack(env, ROOT / "var" / "bench-logs")
+    steps = []
+    try:
+        stack.start()
+        print("bench: stack ready")
+        for run_id, rate in enumerate(RATES, start=1):
+            print(f"bench: step {run_id}/{len(RATES)} at {rate:.0f} leads/min")
+            steps.append(run_step(stack, env, key, rate, run_id))
+            print_table(steps[-1:])
+    finally:
+        stack.stop()
+    report = {
+        "benchmark": "ingest",
+        "recorded_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "config": {"rates": RATES, "seconds_per_step": SECONDS, "web_workers": env.get("WEB_WORKERS", "2"), "web_threads": env.get("WEB_THREADS", "4")},
+        "verdict": verdict(steps),
+        "steps": steps,
+    }
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(json.dumps(report, indent=2) + "\n")
+    print_table(steps)
+    print(f"\nbench: verdict {json.dumps(report['verdict'])}\nbench: written to {OUT}")
+
+
+if __name__ == "__main__":
+    main()

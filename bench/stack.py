@@ -1,0 +1,183 @@
+"""Run the Swiftex stack for a benchmark, isolated from a development stack.
+
+A fresh database (`swiftex_bench`), RabbitMQ vhost (`swiftex_bench`) and Redis
+database (14) per run; the same process types as `make up` (Procfile), with
+their RSS and CPU sampled from /proc.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+from kombu import Connection
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+BENCH_DB = "swiftex_bench"
+BENCH_VHOST = "swiftex_bench"
+PORT = int(os.environ.get("BENCH_PORT", "8100"))
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+PROCESSES = {
+    "web": ["gunicorn", "swiftex.wsgi", "-c", "swiftex/gunicorn.conf.py"],
+    "relay": [PY, "manage.py", "outbox_relay"],
+    "first_touch": [PY, "manage.py", "run_lane", "first_touch", "--loglevel", "WARNING"],
+    "conversations": [PY, "manage.py", "run_lane", "conversations", "--loglevel", "WARNING"],
+    "bulk": [PY, "manage.py", "run_lane", "bulk", "--loglevel", "WARNING"],
+}
+
+
+def stack_env() -> dict:
+    env = dict(os.environ)
+    env.update(
+        DATABASE_URL=f"postgres://postgres@127.0.0.1:5432/{BENCH_DB}",
+        REDIS_URL="redis://127.0.0.1:6379/14",
+        CELERY_BROKER_URL=f"amqp://guest:guest@127.0.0.1:5672/{BENCH_VHOST}",
+        PORT=str(PORT),
+        LOG_LEVEL="WARNING",
+        PROMETHEUS_MULTIPROC_DIR=str(ROOT / "var" / "bench-prometheus"),
+        PATH=f"{Path(PY).parent}:{env.get('PATH', '')}",
+        DJANGO_SETTINGS_MODULE="swiftex.settings",
+    )
+    return env
+
+
+def prepare(env: dict) -> str:
+    """Fresh database, vhost and Redis db; returns an API key for a bench organization."""
+    with psycopg.connect(dbname="postgres", host="127.0.0.1", user="postgres", autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE {BENCH_DB}")
+    subprocess.run(["rabbitmqctl", "-q", "delete_vhost", BENCH_VHOST], capture_output=True)
+    subprocess.run(["rabbitmqctl", "-q", "add_vhost", BENCH_VHOST], check=True, capture_output=True)
+    subprocess.run(["rabbitmqctl", "-q", "set_permissions", "-p", BENCH_VHOST, "guest", ".*", ".*", ".*"], check=True, capture_output=True)
+    subprocess.run(["redis-cli", "-n", "14", "flushdb"], check=True, capture_output=True)
+    subprocess.run([PY, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT, env=env, check=True)
+    out = subprocess.run(
+        [PY, "manage.py", "create_organization", "Bench", "--rate-per-minute", "1000000"],
+        cwd=ROOT, env=env, check=True, capture_output=True, text=True,
+    ).stdout
+    return out.strip().splitlines()[-1]
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen
+    peak_rss: int = 0
+    cpu_ticks_start: int = 0
+    samples: list = field(default_factory=list)
+
+    def pids(self) -> list[int]:
+        """The process and its children (gunicorn workers, Celery pool)."""
+        pids = [self.popen.pid]
+        try:
+            children = Path(f"/proc/{self.popen.pid}/task/{self.popen.pid}/children").read_text().split()
+            pids += [int(c) for c in children]
+        except OSError:
+            pass
+        return pids
+
+    def rss_and_ticks(self) -> tuple[int, int]:
+        rss = ticks = 0
+        for pid in self.pids():
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                statm = Path(f"/proc/{pid}/statm").read_text().split()
+            except OSError:
+                continue
+            ticks += int(stat[11]) + int(stat[12])  # utime + stime
+            rss += int(statm[1]) * PAGE
+        return rss, ticks
+
+
+class Stack:
+    def __init__(self, env: dict, log_dir: Path) -> None:
+        self.env = env
+        self.log_dir = log_dir
+        self.procs: dict[str, Proc] = {}
+
+    def start(self) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        for name, argv in PROCESSES.items():
+            log = (self.log_dir / f"{name}.log").open("wb")
+            popen = subprocess.Popen(argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            self.procs[name] = Proc(name, popen)
+        self._wait_ready()
+
+    def _wait_ready(self, timeout: float = 90) -> None:
+        import urllib.request
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if urllib.request.urlopen(f"http://127.0.0.1:{PORT}/readyz", timeout=2).status == 200:
+                    lanes_ready = all(
+                        b" ready." in (self.log_dir / f"{lane}.log").read_bytes() or self._lane_consuming(lane)
+                        for lane in ("first_touch", "conversations", "bulk")
+                    )
+                    if lanes_ready:
+                        return
+            except OSError:
+                pass
+            for proc in self.procs.values():
+                if proc.popen.poll() is not None:
+                    raise RuntimeError(f"{proc.name} exited; see {self.log_dir / proc.name}.log")
+            time.sleep(0.5)
+        raise RuntimeError("stack did not become ready")
+
+    def _lane_consuming(self, lane: str) -> bool:
+        return queue_depths(self.env, [lane]).get(lane, (0, 0))[1] > 0
+
+    def begin_sampling(self) -> None:
+        for proc in self.procs.values():
+            proc.peak_rss, proc.cpu_ticks_start = proc.rss_and_ticks()
+
+    def sample(self) -> None:
+        for proc in self.procs.values():
+            rss, _ = proc.rss_and_ticks()
+            proc.peak_rss = max(proc.peak_rss, rss)
+
+    def usage(self, elapsed: float) -> dict:
+        out = {}
+        for name, proc in self.procs.items():
+            _, ticks = proc.rss_and_ticks()
+            out[name] = {
+                "peak_rss_mb": round(proc.peak_rss / 2**20, 1),
+                "cpu_share_of_one_core": round((ticks - proc.cpu_ticks_start) / CLK_TCK / elapsed, 3),
+            }
+        return out
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.popen.poll() is None:
+                os.killpg(proc.popen.pid, signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.popen.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.popen.pid, signal.SIGKILL)
+
+
+def queue_depths(env: dict, names: list[str]) -> dict[str, tuple[int, int]]:
+    depths = {}
+    with Connection(env["CELERY_BROKER_URL"], connect_timeout=3) as conn:
+        for name in names:
+            try:
+                _, messages, consumers = conn.channel().queue_declare(name, passive=True)
+                depths[name] = (messages, consumers)
+            except Exception:  # noqa: BLE001 - not declared yet
+                depths[name] = (0, 0)
+    return depths
+
+
+def db_query(sql: str, params: list | None = None):
+    with psycopg.connect(dbname=BENCH_DB, host="127.0.0.1", user="postgres", autocommit=True) as conn:
+        return conn.execute(sql, params or []).fetchall()
