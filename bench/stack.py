@@ -105,6 +105,11 @@ class Stack:
         self.procs: dict[str, Proc] = {}
 
     def start(self) -> None:
+        if port_in_use(PORT):
+            raise SystemExit(f"port {PORT} is already in use (a leftover stack?); stop it or set BENCH_PORT")
+        # A SIGTERM (CI timeout, `timeout`) must still stop the children, which
+        # run in their own sessions: turn it into an exception `finally` sees.
+        signal.signal(signal.SIGTERM, _raise_interrupt)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         for name, argv in PROCESSES.items():
             log = (self.log_dir / f"{name}.log").open("wb")
@@ -164,6 +169,17 @@ class Stack:
                 proc.popen.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.popen.pid, signal.SIGKILL)
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def port_in_use(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 def queue_depths(env: dict, names: list[str]) -> dict[str, tuple[int, int]]:

@@ -8,11 +8,11 @@ from celery import shared_task
 from django.db import InterfaceError, OperationalError
 
 from conversations import services
-from leads.models import Lead
 
 logger = logging.getLogger(__name__)
 
-# Transient: the database blipped. Permanent: the lead is gone (nothing to greet).
+# Transient: the database blipped (retried with backoff). A lead that no longer
+# exists is not an error: the service records nothing and returns.
 TRANSIENT_DB_ERRORS = (OperationalError, InterfaceError)
 
 
@@ -25,7 +25,4 @@ TRANSIENT_DB_ERRORS = (OperationalError, InterfaceError)
     max_retries=8,
 )
 def first_touch(*, event_id: str, lead_id: int) -> None:
-    try:
-        services.first_touch_start(event_id=event_id, lead_id=lead_id)
-    except Lead.DoesNotExist:
-        logger.warning("first touch skipped: lead %s no longer exists (event %s)", lead_id, event_id)
+    services.first_touch_start(event_id=event_id, lead_id=lead_id)

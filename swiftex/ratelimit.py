@@ -70,6 +70,16 @@ class _LocalBuckets:
 
 
 _local = _LocalBuckets()
+_scripts: dict[int, object] = {}
+
+
+def _script():
+    """The Lua script bound to the current client (EVALSHA, loaded on first use)."""
+    redis = swx_redis.client()
+    script = _scripts.get(id(redis))
+    if script is None:
+        script = _scripts[id(redis)] = redis.register_script(_TOKEN_BUCKET_LUA)
+    return script
 
 
 def take(name: str, *, rate_per_second: float, capacity: float, cost: float = 1) -> Decision:
@@ -79,8 +89,7 @@ def take(name: str, *, rate_per_second: float, capacity: float, cost: float = 1)
         return Decision(False, capacity / rate_per_second)
     ttl = max(1, math.ceil(capacity / rate_per_second) * 2)
     try:
-        redis = swx_redis.client()
-        allowed, wait = redis.eval(_TOKEN_BUCKET_LUA, 1, swx_redis.key("bucket", name), rate_per_second, capacity, cost, ttl)
+        allowed, wait = _script()(keys=[swx_redis.key("bucket", name)], args=[rate_per_second, capacity, cost, ttl])
         return Decision(bool(int(allowed)), float(wait))
     except swx_redis.RedisUnavailable:
         pass

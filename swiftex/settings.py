@@ -179,13 +179,15 @@ CELERY_BEAT_SCHEDULE = {
 }
 
 # Event subscribers: each gets its own durable queue `<name>.events` bound to the
-# topic exchange for the routing keys listed, and a handler that turns an event
-# into work on its lane. Registered here, in one place.
+# topic exchange for the routing keys listed, and a handler that receives events
+# in batches and records them or turns them into tasks on its lane. The lane
+# whose worker consumes the queue is set in SWIFTEX_LANES. Registered here, in
+# one place.
 SWIFTEX_EVENTS_EXCHANGE = "swiftex.events"
 SWIFTEX_SUBSCRIBERS = {
-    "conversations": {"routing_keys": ["lead.created"], "handler": "conversations.subscriber.handle_event"},
-    "analytics": {"routing_keys": ["lead.#", "message.#"], "handler": "analytics.subscriber.handle_event"},
-    "crmsync": {"routing_keys": ["lead.created", "lead.status_changed"], "handler": "crmsync.subscriber.handle_event"},
+    "conversations": {"routing_keys": ["lead.created"], "handler": "conversations.subscriber.handle_events"},
+    "analytics": {"routing_keys": ["lead.#", "message.#"], "handler": "analytics.subscriber.handle_events"},
+    "crmsync": {"routing_keys": ["lead.created", "lead.status_changed"], "handler": "crmsync.subscriber.handle_events"},
 }
 
 # --- Outbox -----------------------------------------------------------------

@@ -82,26 +82,33 @@ def test_worker_killed_mid_task_the_event_is_redelivered_and_handled_once(client
     settings.OUTBOX_FAST_PATH = False
     lead_id = post_json(client_for, "/api/v1/leads", ANA).json()["id"]
 
-    # Hold the lead's row lock so the first-touch task blocks mid-transaction.
+    event_id = str(OutboxEvent.objects.get().event_id)
+
+    # An uncommitted ledger row for the same event makes the first-touch task's
+    # insert wait on the unique key: the task is stuck mid-execution.
     params = connection.settings_dict
     connect = lambda **kw: psycopg.connect(dbname=params["NAME"], host=params["HOST"], user=params["USER"], **kw)  # noqa: E731
     with connect() as blocker, connect(autocommit=True) as observer:
-        blocker.execute("SELECT id FROM leads_lead WHERE id = %s FOR UPDATE", [lead_id])
+        blocker.execute(
+            "INSERT INTO swiftex_processedevent (consumer, event_id, processed_at) VALUES (%s, %s, now())",
+            ["conversations.first_touch", event_id],
+        )
         first = worker("first_touch")
         assert relay_once() == 1
         wait_until(
             lambda: observer.execute(
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND wait_event_type = 'Lock'", [params["NAME"]]
             ).fetchone()[0] == 1,
-            what="the first-touch task to block on the lead's lock",
+            what="the first-touch task to block on the ledger's unique key",
         )
         first.kill()
         blocker.rollback()
 
-    assert not LeadEvent.objects.filter(kind="first_touch.started").exists()
+    # The killed worker's statement may still finish server-side once the lock
+    # is released; either way the redelivered task must not write a second time.
     second = worker("first_touch")
-    wait_until(lambda: LeadEvent.objects.filter(kind="first_touch.started").exists(), what="redelivered task to run")
-    assert "conversations.tasks.first_touch" in second.log()
+    wait_until(lambda: "conversations.tasks.first_touch" in second.log(), what="the task to be redelivered to the new worker")
+    wait_until(lambda: "succeeded" in second.log(), what="the redelivered task to finish")
     assert LeadEvent.objects.filter(lead_id=lead_id, kind="first_touch.started").count() == 1
     assert ProcessedEvent.objects.filter(consumer="conversations.first_touch").count() == 1
 

@@ -1,29 +1,27 @@
-"""Exactly-once effects on top of at-least-once delivery."""
+"""Exactly-once effects on top of at-least-once delivery: the processed-event ledger."""
 
 from __future__ import annotations
 
-from typing import Callable
-
-from django.db import connection, transaction
+from django.db import connection
 
 from swiftex.models import ProcessedEvent
 
+LEDGER = ProcessedEvent._meta.db_table
 
-def handle_once(consumer: str, event_id: str, effect: Callable[[], None]) -> bool:
-    """Run `effect` in one transaction with the ledger row for (consumer, event_id).
 
-    Returns False, doing nothing, when that event was already handled. A
-    concurrent duplicate blocks on the unique key until the first commits, then
-    skips; a crash before commit leaves no ledger row, so the redelivery redoes it.
+def record_processed(consumer: str, event_ids: list[str]) -> set[str]:
+    """Insert ledger rows for `event_ids`; return the ids that were new.
+
+    One statement for the whole batch. Ids already in the ledger (a
+    redelivery) are not returned, so the caller acts on each event once.
     """
-    with transaction.atomic():
-        with connection.cursor() as cursor:
-            cursor.execute(
-                f"INSERT INTO {ProcessedEvent._meta.db_table} (consumer, event_id, processed_at) "
-                "VALUES (%s, %s, now()) ON CONFLICT (consumer, event_id) DO NOTHING RETURNING id",
-                [consumer, event_id],
-            )
-            if cursor.fetchone() is None:
-                return False
-        effect()
-        return True
+    if not event_ids:
+        return set()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {LEDGER} (consumer, event_id, processed_at) "
+            "SELECT %s, id, now() FROM unnest(%s::uuid[]) AS id "
+            "ON CONFLICT (consumer, event_id) DO NOTHING RETURNING event_id",
+            [consumer, list(dict.fromkeys(event_ids))],
+        )
+        return {str(row[0]) for row in cursor.fetchall()}
