@@ -56,12 +56,12 @@ def outbox_backlog() -> int:
 def run_step(stack: Stack, env: dict, key: str, rate: float, run_id: int) -> dict:
     out_file = Path(tempfile.mkstemp(suffix=".json")[1])
     step_started = datetime.now(timezone.utc)
-    stack.begin_sampling()
     started = time.monotonic()
     loadgen = subprocess.Popen(
         [PY, str(ROOT / "bench" / "loadgen.py"), "--url", f"http://127.0.0.1:{PORT}", "--key", key,
          "--rate", str(rate), "--seconds", str(SECONDS), "--run-id", str(run_id), "--out", str(out_file), "--progress"],
     )
+    stack.begin_sampling({"loadgen": lambda: [loadgen.pid]})
     backlog_series = []
     depth_series = []
     while loadgen.poll() is None:
@@ -132,14 +132,20 @@ def verdict(steps: list[dict]) -> dict:
     }
 
 
+def cpu_summary(processes: dict) -> str:
+    cpu = {name: p["cpu_share_of_one_core"] for name, p in processes.items()}
+    lanes = cpu.get("first_touch", 0) + cpu.get("conversations", 0) + cpu.get("bulk", 0) + cpu.get("relay", 0)
+    return "/".join(f"{v:.2f}" for v in (cpu.get("web", 0), lanes, cpu.get("postgres", 0), cpu.get("rabbitmq", 0), cpu.get("loadgen", 0)))
+
+
 def print_table(steps: list[dict]) -> None:
-    print(f"\n{'leads/min':>10} {'2xx/min':>8} {'p50':>7} {'p95':>7} {'p99':>7} {'backlog max/end':>16} {'pickup p99':>11} {'web CPU':>8}")
+    print(f"\n{'leads/min':>10} {'2xx/min':>8} {'p50':>7} {'p95':>7} {'p99':>7} {'backlog max/end':>16} {'pickup p99':>11} {'CPU web/lanes/pg/mq/loadgen':>28}")
     for s in steps:
         lat = s["ingest_latency_ms"]
         print(
             f"{s['target_leads_per_min']:>10.0f} {s['achieved_2xx_per_min']:>8} {lat['p50']:>7} {lat['p95']:>7} {lat['p99']:>7} "
             f"{s['outbox_backlog']['max_during_load']:>8}/{s['outbox_backlog']['at_end_of_load']:<7} "
-            f"{s['capture_to_first_touch_pickup_ms']['p99']!s:>11} {s['processes']['web']['cpu_share_of_one_core']:>8}"
+            f"{s['capture_to_first_touch_pickup_ms']['p99']!s:>11} {cpu_summary(s['processes']):>28}"
         )
 
 

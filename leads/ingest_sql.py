@@ -2,7 +2,7 @@
 
 A new person (the common case) is stored by ONE statement: a chain of
 data-modifying CTEs that inserts contact, lead, submission, timeline and the
-`lead.created` outbox row. A single statement is atomic on its own, so it runs
+`lead.created` outbox row, and wakes the outbox relay. A single statement is atomic on its own, so it runs
 without BEGIN/COMMIT round trips; if any part fails (a duplicate external_id
 hits its unique key) the whole statement leaves nothing behind.
 
@@ -12,6 +12,7 @@ TAIL, so what a submission writes is defined once.
 """
 
 from leads.models import Contact, Lead, LeadEvent, Submission
+from swiftex.events import OUTBOX_CHANNEL
 from swiftex.models import OutboxEvent
 
 _CONTACT = Contact._meta.db_table
@@ -21,7 +22,7 @@ _EVENT = LeadEvent._meta.db_table
 _OUTBOX = OutboxEvent._meta.db_table
 
 # Expects a CTE `src(lead_id, contact_id, created)`; returns
-# (submission_id, lead_id, contact_id, outbox_id or NULL).
+# (submission_id, lead_id, contact_id, outbox_id or NULL, relay wake-ups sent).
 TAIL = f"""
 , s AS (
     INSERT INTO {_SUBMISSION}
@@ -45,8 +46,12 @@ TAIL = f"""
            %(now)s, 0, ''
     FROM s WHERE s.opened_lead
     RETURNING id
+), wake AS (
+    -- Wakes the relay at commit. A plain SELECT in WITH runs only if referenced,
+    -- hence the count in the final SELECT.
+    SELECT pg_notify('{OUTBOX_CHANNEL}', '') FROM outbox
 )
-SELECT s.id, s.lead_id, s.contact_id, (SELECT id FROM outbox) FROM s
+SELECT s.id, s.lead_id, s.contact_id, (SELECT id FROM outbox), (SELECT count(*) FROM wake) FROM s
 """
 
 # Inserts nothing at all when the phone or email already belongs to a contact

@@ -22,7 +22,6 @@ from django.utils import timezone
 
 from leads import ingest_sql
 from leads.models import ApiKey, Contact, Lead, Organization, Submission
-from swiftex.events import publish_after_commit
 
 logger = logging.getLogger(__name__)
 
@@ -141,8 +140,7 @@ def _ingest_new_contact(params: dict) -> IngestResult | None:
         row = cursor.fetchone()
     if row is None:
         return None
-    submission_id, lead_id, contact_id, outbox_id = row
-    publish_after_commit(outbox_id)
+    submission_id, lead_id, contact_id = row[:3]
     return IngestResult(lead_id, contact_id, submission_id, Lead.Status.NEW, params["now"], created=True)
 
 
@@ -151,9 +149,7 @@ def _ingest_known_contact(org: Organization, data: LeadInput, params: dict) -> I
         contact_id = _find_and_enrich_contact(cursor, org, data, params["now"])
         lead_id, status, captured_at, created = _open_or_reuse_lead(cursor, contact_id, params)
         cursor.execute(ingest_sql.KNOWN_LEAD, {**params, "lead_id": lead_id, "contact_id": contact_id, "created": created})
-        submission_id, _, _, outbox_id = cursor.fetchone()
-        if outbox_id is not None:
-            publish_after_commit(outbox_id)
+        submission_id = cursor.fetchone()[0]
     return IngestResult(lead_id, contact_id, submission_id, status, captured_at, created)
 
 

@@ -191,13 +191,13 @@ SWIFTEX_SUBSCRIBERS = {
 }
 
 # --- Outbox -----------------------------------------------------------------
-# The relay leaves rows younger than the grace period to the in-process fast
-# path, and re-publishes anything older that is still unconfirmed.
-OUTBOX_RELAY_GRACE_SECONDS = env_float("OUTBOX_RELAY_GRACE_SECONDS", 1.0, minimum=0.0)
-OUTBOX_RELAY_INTERVAL_SECONDS = env_float("OUTBOX_RELAY_INTERVAL_SECONDS", 0.5, minimum=0.01)
+# The relay is woken by each commit that writes outbox rows (LISTEN/NOTIFY) and
+# also sweeps on this interval for anything a missed wake-up left behind.
+OUTBOX_RELAY_SWEEP_SECONDS = env_float("OUTBOX_RELAY_SWEEP_SECONDS", 1.0, minimum=0.05)
+# After a wake-up, wait this long for more commits and publish them as one batch.
+OUTBOX_RELAY_GATHER_SECONDS = env_float("OUTBOX_RELAY_GATHER_SECONDS", 0.01, minimum=0.0, maximum=1.0)
 OUTBOX_BATCH_SIZE = env_int("OUTBOX_BATCH_SIZE", 200, minimum=1, maximum=5000)
 OUTBOX_RETENTION_HOURS = env_int("OUTBOX_RETENTION_HOURS", 24, minimum=1)
-OUTBOX_FAST_PATH = env_bool("OUTBOX_FAST_PATH", True)
 
 # --- Lead ingest --------------------------------------------------------------
 LEADS_MAX_BODY_BYTES = env_int("LEADS_MAX_BODY_BYTES", 64 * 1024, minimum=1024)

@@ -11,7 +11,6 @@ os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/15")
 os.environ.setdefault("CELERY_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672/swiftex_test")
 os.environ.setdefault("REDIS_KEY_PREFIX", "swxtest")
 os.environ.setdefault("LOG_LEVEL", "WARNING")
-os.environ.setdefault("OUTBOX_RELAY_GRACE_SECONDS", "0.5")
 # Enough pooled connections that 50 racing requests really are concurrent.
 os.environ.setdefault("DATABASE_POOL_MAX", "60")
 

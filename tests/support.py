@@ -59,22 +59,34 @@ def child_env() -> dict:
     return env
 
 
-class LaneWorker:
-    """A real `manage.py run_lane` process against the test database and vhost."""
+class ManagedProcess:
+    """A real Swiftex process (lane worker, relay) against the test database and vhost."""
 
-    def __init__(self, lane: str, log_path: Path) -> None:
-        self.lane = lane
+    def __init__(self, name: str, argv: list[str], ready_marker: bytes, log_path: Path) -> None:
+        self.name = name
+        self.argv = argv
+        self.ready_marker = ready_marker
         self.log_path = log_path
         self.process: subprocess.Popen | None = None
 
-    def start(self) -> LaneWorker:
+    @classmethod
+    def lane(cls, lane: str, log_dir: Path) -> ManagedProcess:
+        argv = ["manage.py", "run_lane", lane, "--loglevel", "INFO"]
+        return cls(lane, argv, b" ready.", log_dir / f"{lane}-{time.monotonic_ns()}.log")
+
+    @classmethod
+    def relay(cls, log_dir: Path) -> ManagedProcess:
+        return cls("relay", ["manage.py", "outbox_relay"], b"outbox relay started", log_dir / f"relay-{time.monotonic_ns()}.log")
+
+    def start(self) -> ManagedProcess:
         log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "manage.py", "run_lane", self.lane, "--loglevel", "INFO"],
-            cwd=ROOT, env=child_env(), stdout=log, stderr=subprocess.STDOUT,
+        env = {**child_env(), "LOG_LEVEL": "INFO"}
+        self.process = subprocess.Popen([sys.executable, *self.argv], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        wait_until(
+            lambda: self.ready_marker in self.log_path.read_bytes() or self.process.poll() is not None,
+            timeout=60, what=f"{self.name} to start",
         )
-        wait_until(lambda: b" ready." in self.log_path.read_bytes() or self.process.poll() is not None, timeout=60, what=f"{self.lane} worker to start")
-        assert self.process.poll() is None, f"{self.lane} worker exited:\n{self.log()}"
+        assert self.process.poll() is None, f"{self.name} exited:\n{self.log()}"
         return self
 
     def kill(self) -> None:

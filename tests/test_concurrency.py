@@ -28,8 +28,7 @@ def race(n: int, make_request):
         return list(pool.map(one, range(n)))
 
 
-def test_fifty_concurrent_submissions_of_one_person_from_two_sources(org_and_key, settings):
-    settings.OUTBOX_FAST_PATH = False  # this test is about the database, not the broker
+def test_fifty_concurrent_submissions_of_one_person_from_two_sources(org_and_key):
     _, key = org_and_key
     client = api_client(key)
 
@@ -49,8 +48,7 @@ def test_fifty_concurrent_submissions_of_one_person_from_two_sources(org_and_key
     assert OutboxEvent.objects.filter(event_type="lead.created").count() == 1
 
 
-def test_concurrent_phone_and_email_submissions_converge_on_one_contact(org_and_key, settings):
-    settings.OUTBOX_FAST_PATH = False
+def test_concurrent_phone_and_email_submissions_converge_on_one_contact(org_and_key):
     _, key = org_and_key
     client = api_client(key)
     bodies = [{"phone": "+14155550123"}, {"email": "ana@example.com"}, {"phone": "+14155550123", "email": "ana@example.com"}]
@@ -65,8 +63,7 @@ def test_concurrent_phone_and_email_submissions_converge_on_one_contact(org_and_
     assert Submission.objects.count() == 30
 
 
-def test_concurrent_retries_with_one_idempotency_key_store_one_submission(org_and_key, settings):
-    settings.OUTBOX_FAST_PATH = False
+def test_concurrent_retries_with_one_idempotency_key_store_one_submission(org_and_key):
     _, key = org_and_key
     client = api_client(key)
     body = {"phone": "+14155550123", "source": "web"}

@@ -1,19 +1,24 @@
 """Events: how a change in the database becomes a message every subscriber gets.
 
-`emit()` is the one way to raise an event. It writes an outbox row inside the
-caller's transaction and, after commit, hands the row to the in-process fast
-path. The HTTP request never talks to RabbitMQ; the relay (`manage.py
-outbox_relay`) re-publishes anything the fast path did not get confirmed.
+`emit()` is the one way to raise an event from Python. It writes an outbox row
+inside the caller's transaction and asks PostgreSQL to wake the relay when that
+transaction commits (NOTIFY is transactional: delivered on commit, dropped on
+rollback). The HTTP request never talks to RabbitMQ; the relay
+(`manage.py outbox_relay`) publishes the row with a publisher confirm.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from django.db import transaction
+from django.db import connection
 
 if TYPE_CHECKING:
     from swiftex.models import OutboxEvent
+
+# The LISTEN/NOTIFY channel the relay waits on. SQL that writes outbox rows
+# directly (leads/ingest_sql.py) notifies it too.
+OUTBOX_CHANNEL = "swiftex_outbox"
 
 
 def emit(event_type: str, *, organization_id: int | None, data: dict) -> OutboxEvent:
@@ -21,16 +26,11 @@ def emit(event_type: str, *, organization_id: int | None, data: dict) -> OutboxE
     from swiftex.models import OutboxEvent
 
     event = OutboxEvent.objects.create(event_type=event_type, organization_id=organization_id, payload=data)
-    publish_after_commit(event.pk)
+    wake_relay()
     return event
 
 
-def publish_after_commit(outbox_id: int) -> None:
-    """Hand an outbox row to the fast path once its transaction commits.
-
-    For code that writes outbox rows in SQL (leads/ingest_sql.py) rather than
-    through `emit()`.
-    """
-    from swiftex.events.publisher import fast_path
-
-    transaction.on_commit(lambda: fast_path.submit(outbox_id))
+def wake_relay() -> None:
+    """Wake the relay as soon as the current transaction commits."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_notify(%s, '')", [OUTBOX_CHANNEL])

@@ -12,6 +12,8 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from psycopg import sql
 
+from swiftex.db import connect_params
+
 
 class Command(BaseCommand):
     help = "Create the database named in DATABASE_URL when it is missing."
@@ -19,9 +21,8 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options):
         db = settings.DATABASES["default"]
-        params = {"host": db["HOST"], "port": db["PORT"], "user": db["USER"], "password": db["PASSWORD"], "connect_timeout": 5}
         try:
-            with psycopg.connect(dbname="postgres", autocommit=True, **params) as conn:
+            with psycopg.connect(autocommit=True, **connect_params(dbname="postgres")) as conn:
                 exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [db["NAME"]]).fetchone()
                 if exists:
                     self.stdout.write(f"database {db['NAME']} exists")
