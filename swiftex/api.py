@@ -19,11 +19,6 @@ class PayloadTooLarge(exceptions.APIException):
     default_code = "payload_too_large"
 
 
-class Conflict(exceptions.APIException):
-    status_code = status.HTTP_422_UNPROCESSABLE_ENTITY
-    default_code = "unprocessable"
-
-
 def guard_json_body(request, *, max_bytes: int) -> None:
     """Refuse a non-JSON or oversized body before anything reads it."""
     media_type = (request.content_type or "").split(";")[0].strip().lower()
