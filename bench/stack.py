@@ -112,33 +112,20 @@ class Group:
         return _usage(self.find_pids())
 
 
-@dataclass
-class Proc:
-    name: str
-    popen: subprocess.Popen
-    peak_rss: int = 0
-    cpu_ticks_start: int = 0
-    cpu_ticks_last: int = 0
-
-    def pids(self) -> list[int]:
-        """The process and its children (gunicorn workers, Celery pool)."""
-        pids = [self.popen.pid]
-        try:
-            children = Path(f"/proc/{self.popen.pid}/task/{self.popen.pid}/children").read_text().split()
-            pids += [int(c) for c in children]
-        except OSError:
-            pass
-        return pids
-
-    def rss_and_ticks(self) -> tuple[int, int]:
-        return _usage(self.pids())
+def _process_tree(pid: int) -> list[int]:
+    """A process and its children (gunicorn workers, Celery pool)."""
+    try:
+        return [pid, *(int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split())]
+    except OSError:
+        return [pid]
 
 
 class Stack:
     def __init__(self, env: dict, log_dir: Path) -> None:
         self.env = env
         self.log_dir = log_dir
-        self.procs: dict[str, Proc] = {}
+        self.popens: dict[str, subprocess.Popen] = {}
+        self.groups: dict[str, Group] = {}
 
     def start(self) -> None:
         if port_in_use(PORT):
@@ -149,8 +136,9 @@ class Stack:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         for name, argv in PROCESSES.items():
             log = (self.log_dir / f"{name}.log").open("wb")
-            popen = subprocess.Popen(argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-            self.procs[name] = Proc(name, popen)
+            self.popens[name] = subprocess.Popen(
+                argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
         self._wait_ready()
 
     def _wait_ready(self, timeout: float = 90) -> None:
@@ -168,9 +156,9 @@ class Stack:
                         return
             except OSError:
                 pass
-            for proc in self.procs.values():
-                if proc.popen.poll() is not None:
-                    raise RuntimeError(f"{proc.name} exited; see {self.log_dir / proc.name}.log")
+            for name, popen in self.popens.items():
+                if popen.poll() is not None:
+                    raise RuntimeError(f"{name} exited; see {self.log_dir / name}.log")
             time.sleep(0.5)
         raise RuntimeError("stack did not become ready")
 
@@ -179,10 +167,10 @@ class Stack:
 
     def begin_sampling(self, extra: dict[str, object] | None = None) -> None:
         """Start measuring our processes, the services, and `extra` groups (name -> pid finder)."""
-        services = _service_pids()
-        self.groups = dict(self.procs)
+        self.groups = {name: Group(name, lambda pid=popen.pid: _process_tree(pid)) for name, popen in self.popens.items()}
         for name in SERVICE_COMMS.values():
-            self.groups[name] = Group(name, lambda name=name: _service_pids().get(name, []) if name == "postgres" else services.get(name, []))
+            # Re-scanned at every sample: PostgreSQL backends come and go.
+            self.groups[name] = Group(name, lambda name=name: _service_pids().get(name, []))
         for name, finder in (extra or {}).items():
             self.groups[name] = Group(name, finder)
         for group in self.groups.values():
@@ -199,23 +187,22 @@ class Stack:
     def usage(self, elapsed: float) -> dict:
         out = {}
         self.sample()
-        for name, proc in self.groups.items():
-            ticks = proc.cpu_ticks_last
+        for name, group in self.groups.items():
             out[name] = {
-                "peak_rss_mb": round(proc.peak_rss / 2**20, 1),
-                "cpu_share_of_one_core": round((ticks - proc.cpu_ticks_start) / CLK_TCK / elapsed, 3),
+                "peak_rss_mb": round(group.peak_rss / 2**20, 1),
+                "cpu_share_of_one_core": round((group.cpu_ticks_last - group.cpu_ticks_start) / CLK_TCK / elapsed, 3),
             }
         return out
 
     def stop(self) -> None:
-        for proc in self.procs.values():
-            if proc.popen.poll() is None:
-                os.killpg(proc.popen.pid, signal.SIGTERM)
-        for proc in self.procs.values():
+        for popen in self.popens.values():
+            if popen.poll() is None:
+                os.killpg(popen.pid, signal.SIGTERM)
+        for popen in self.popens.values():
             try:
-                proc.popen.wait(timeout=30)
+                popen.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                os.killpg(proc.popen.pid, signal.SIGKILL)
+                os.killpg(popen.pid, signal.SIGKILL)
 
 
 def _raise_interrupt(signum, frame):

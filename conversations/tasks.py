@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import logging
-
 from celery import shared_task
 from django.db import InterfaceError, OperationalError
 
 from conversations import services
-
-logger = logging.getLogger(__name__)
 
 # Transient: the database blipped (retried with backoff). A lead that no longer
 # exists is not an error: the service records nothing and returns.

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
-
 from django.conf import settings
+from django.db import transaction
 from django.utils import timezone
 from rest_framework import status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from leads.idempotency import IdempotencyKeyReused, fingerprint, idempotent
+from leads.idempotency import IdempotencyKeyReused, idempotent
 from leads.selectors import lead_detail
 from leads.serializers import LeadSerializer
 from leads.services import IngestResult, lead_ingest
@@ -59,9 +58,8 @@ def _run_idempotent(request, org, body, work) -> Response:
     key = _idempotency_key(request)
     if key and len(key) > 255:
         return error_response(400, "Idempotency-Key is longer than 255 characters.", {"Idempotency-Key": ["At most 255 characters."]})
-    request_hash = fingerprint(json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
     try:
-        with idempotent(org, key, request_hash) as slot:
+        with idempotent(org, key, body) as slot:
             if slot.is_replay:
                 return Response(slot.replay_body, status=slot.replay_status, headers={"Idempotent-Replayed": "true"})
             status_code, response_body = work()
@@ -112,9 +110,9 @@ class LeadBatchApi(APIView):
             return limited
 
         def work():
-            results = []
-            for index, item in enumerate(items):
-                results.append({"index": index, **self._one(org, item, received_at)})
+            # A batch is stored all or nothing: one transaction, each lead in a savepoint.
+            with transaction.atomic():
+                results = [{"index": index, **self._one(org, item, received_at)} for index, item in enumerate(items)]
             codes = [r["http_status"] for r in results]
             summary = {"created": codes.count(201), "deduplicated": codes.count(200), "invalid": codes.count(400)}
             return status.HTTP_200_OK, {"results": results, "summary": summary}

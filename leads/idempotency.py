@@ -9,6 +9,7 @@ then replays it; if the original rolled back, the retry does the work itself.
 from __future__ import annotations
 
 import hashlib
+import json
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
@@ -39,17 +40,23 @@ class Slot:
             IdempotencyKey.objects.filter(pk=self.key_id).update(response_status=status, response_body=body)
 
 
-def fingerprint(raw_body: bytes) -> str:
-    return hashlib.sha256(raw_body).hexdigest()
+def fingerprint(body: dict) -> str:
+    """The request body's identity, insensitive to key order and whitespace."""
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 @contextmanager
-def idempotent(org: Organization, key: str | None, request_hash: str) -> Iterator[Slot]:
-    """A transaction that either replays a stored response or records the new one."""
+def idempotent(org: Organization, key: str | None, body: dict) -> Iterator[Slot]:
+    """With a key: a transaction that either replays the stored response or records the new one.
+
+    Without a key: nothing at all (no transaction, no hashing), so the work
+    runs exactly as it would on its own.
+    """
+    if not key:
+        yield Slot()
+        return
+    request_hash = fingerprint(body)
     with transaction.atomic():
-        if not key:
-            yield Slot()
-            return
         with connection.cursor() as cursor:
             cursor.execute(
                 f"INSERT INTO {IdempotencyKey._meta.db_table} (organization_id, key, request_hash, created_at) "

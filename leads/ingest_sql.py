@@ -2,8 +2,8 @@
 
 A new person (the common case) is stored by ONE statement: a chain of
 data-modifying CTEs that inserts contact, lead, submission, timeline and the
-`lead.created` outbox row, and wakes the outbox relay. A single statement is atomic on its own, so it runs
-without BEGIN/COMMIT round trips; if any part fails (a duplicate external_id
+`lead.created` outbox row, and wakes the outbox relay. A single statement is
+atomic on its own, so it runs without BEGIN/COMMIT round trips; if any part fails (a duplicate external_id
 hits its unique key) the whole statement leaves nothing behind.
 
 When the contact already exists the service finds it and its open lead first
@@ -22,7 +22,7 @@ _EVENT = LeadEvent._meta.db_table
 _OUTBOX = OutboxEvent._meta.db_table
 
 # Expects a CTE `src(lead_id, contact_id, created)`; returns
-# (submission_id, lead_id, contact_id, outbox_id or NULL, relay wake-ups sent).
+# (submission_id, lead_id, contact_id, relay wake-ups sent).
 TAIL = f"""
 , s AS (
     INSERT INTO {_SUBMISSION}
@@ -51,7 +51,7 @@ TAIL = f"""
     -- hence the count in the final SELECT.
     SELECT pg_notify('{OUTBOX_CHANNEL}', '') FROM outbox
 )
-SELECT s.id, s.lead_id, s.contact_id, (SELECT id FROM outbox), (SELECT count(*) FROM wake) FROM s
+SELECT s.id, s.lead_id, s.contact_id, (SELECT count(*) FROM wake) FROM s
 """
 
 # Inserts nothing at all when the phone or email already belongs to a contact

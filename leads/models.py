@@ -49,8 +49,6 @@ class Organization(models.Model):
     hubspot_access_token = models.TextField(blank=True, default="")
     created_at = models.DateTimeField(auto_now_add=True)
 
-    SECRET_FIELDS = ("whatsapp_access_token", "whatsapp_app_secret", "whatsapp_verify_token", "twilio_auth_token", "hubspot_access_token")
-
     def __str__(self) -> str:
         return self.name
 

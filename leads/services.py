@@ -1,11 +1,13 @@
 """Writes for leads: organizations, API keys, and lead ingest.
 
-`lead_ingest()` is the only way a lead enters the system. In one transaction it
-upserts the Contact, opens or reuses the open Lead, records the Submission with
-its raw payload, writes the timeline, and, when a lead was opened, the
-`lead.created` outbox row (the SQL is in leads/ingest_sql.py). Every "does it exist yet?" question is answered by
-a unique constraint through `INSERT … ON CONFLICT`, never by a read followed by
-a write, so concurrent submissions of one person cannot create two of anything.
+`lead_ingest()` is the only way a lead enters the system. Atomically (one
+statement for a new person, one transaction for a known one) it upserts the
+Contact, opens or reuses the open Lead, records the Submission with its raw
+payload, writes the timeline and, when a lead was opened, the `lead.created`
+outbox row; the SQL is in leads/ingest_sql.py. Every "does it exist yet?"
+question is answered by a unique constraint through `INSERT … ON CONFLICT`,
+never by a read followed by a write, so concurrent submissions of one person
+cannot create two of anything.
 """
 
 from __future__ import annotations
@@ -140,7 +142,7 @@ def _ingest_new_contact(params: dict) -> IngestResult | None:
         row = cursor.fetchone()
     if row is None:
         return None
-    submission_id, lead_id, contact_id = row[:3]
+    submission_id, lead_id, contact_id, _wakeups = row
     return IngestResult(lead_id, contact_id, submission_id, Lead.Status.NEW, params["now"], created=True)
 
 
@@ -184,8 +186,11 @@ def _find_and_enrich_contact(cursor, org: Organization, data: LeadInput, now: da
 
 def _fill_missing_identity(cursor, table, org, contact_id, phone, email, data: LeadInput, now) -> None:
     """Add the phone or email the contact lacks, unless another contact already owns it."""
-    column, value = ("email", data.email) if phone and not email and data.email else ("phone", data.phone) if email and not phone and data.phone else (None, None)
-    if column is None:
+    if phone and not email and data.email:
+        column, value = "email", data.email
+    elif email and not phone and data.phone:
+        column, value = "phone", data.phone
+    else:
         return
     # Rare path, guarded by a savepoint: a concurrent claim of the same value
     # loses to the unique key instead of failing the whole submission.
