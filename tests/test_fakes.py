@@ -1,0 +1,344 @@
+"""The fake provider server (fakes/) as a real subprocess, with a real webhook receiver.
+
+No Django here: it also runs with `-p no:django`. Signatures are checked with this file's own
+implementations, the Twilio one pinned to Twilio's published test vector.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Callable, Iterator
+from urllib.parse import parse_qsl
+
+import pytest
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+APP_SECRET = "test-app-secret"
+AUTH_TOKEN = "test-auth-token"
+ACCOUNT_SID = "AC" + "1" * 32
+PHONE_NUMBER_ID = "123456789012345"
+
+
+class Receiver:
+    """A webhook sink on loopback that records every POST and can fail the next few on purpose."""
+
+    def __init__(self) -> None:
+        self.hits: list[dict[str, Any]] = []
+        self.fail_next = 0
+        self.lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                with receiver.lock:
+                    fail = receiver.fail_next > 0
+                    receiver.fail_next -= fail
+                    receiver.hits.append({"path": self.path, "headers": dict(self.headers), "body": body, "failed": fail})
+                self.send_response(500 if fail else 200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def clear(self) -> None:
+        with self.lock:
+            self.hits.clear()
+            self.fail_next = 0
+
+    def wait(self, path_prefix: str, count: int, timeout: float = 3.0) -> list[dict[str, Any]]:
+        def enough() -> list[dict[str, Any]] | None:
+            with self.lock:
+                hits = [h for h in self.hits if h["path"].startswith(path_prefix) and not h["failed"]]
+            return hits if len(hits) >= count else None
+
+        return wait_for(enough, timeout, f"{count} webhooks to {path_prefix}")
+
+
+def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+def start_fakes(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "fakes", *args],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    yield r
+    r.server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def fake_server(receiver: Receiver) -> Iterator[str]:
+    proc = start_fakes(
+        "--port", "0", "--webhook-url", receiver.url,
+        "--whatsapp-app-secret", APP_SECRET, "--twilio-auth-token", AUTH_TOKEN,
+        "--model-latency-ms", "10", "--whatsapp-latency-ms", "10", "--sms-latency-ms", "10",
+        "--status-delay-ms", "5",
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: lines.put(proc.stdout.readline()), daemon=True).start()
+    try:
+        line = lines.get(timeout=10)
+    except queue.Empty:
+        proc.kill()
+        pytest.fail("fake server did not start: " + proc.stderr.read())
+    assert line.startswith("fake providers listening on http://127.0.0.1:"), (line, proc.stderr.read())
+    yield line.split(" on ", 1)[1].strip()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=5) == 0
+
+
+@pytest.fixture
+def fake(fake_server: str, receiver: Receiver) -> str:
+    requests.post(f"{fake_server}/_fake/reset", timeout=5).raise_for_status()
+    receiver.clear()
+    return fake_server
+
+
+def configure(base: str, **config: Any) -> dict[str, Any]:
+    response = requests.post(f"{base}/_fake/config", json=config, timeout=5)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def whatsapp_send(base: str, to: str, token: str = "any-token", **extra: Any) -> requests.Response:
+    body = {"messaging_product": "whatsapp", "to": to, "type": "text", "text": {"body": "Hello"}, **extra}
+    return requests.post(
+        f"{base}/whatsapp/v23.0/{PHONE_NUMBER_ID}/messages",
+        json=body, headers={"Authorization": f"Bearer {token}"}, timeout=5,
+    )
+
+
+def statuses_of(hits: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [json.loads(h["body"])["entry"][0]["changes"][0]["value"]["statuses"][0] for h in hits]
+
+
+def twilio_signature(token: str, url: str, params: dict[str, str]) -> str:
+    signed = url + "".join(key + params[key] for key in sorted(params))
+    return base64.b64encode(hmac.new(token.encode(), signed.encode(), hashlib.sha1).digest()).decode()
+
+
+def test_our_twilio_signature_matches_twilios_published_vector() -> None:
+    params = {
+        "CallSid": "CA1234567890ABCDE", "Caller": "+14158675309", "Digits": "1234",
+        "From": "+14158675309", "To": "+18005551212",
+    }
+    assert twilio_signature("12345", "https://mycompany.com/myapp.php?foo=1&bar=2", params) == "RSOYDt4T1cUTdK1PDd93/VVr8B8="
+
+
+def test_openai_chat_completion_shape_and_name(fake: str) -> None:
+    url = f"{fake}/openai/v1/chat/completions"
+    messages = [
+        {"role": "system", "content": "You greet leads."},
+        {"role": "user", "content": "New lead\nName: Ana Lima\nPhone: +14155550123"},
+    ]
+    response = requests.post(url, json={"model": "gpt-4o-mini", "messages": messages, "max_tokens": 80},
+                             headers={"Authorization": "Bearer sk-test"}, timeout=5)
+    assert response.status_code == 200
+    body = response.json()
+    assert body["id"].startswith("chatcmpl-") and body["object"] == "chat.completion"
+    assert body["model"] == "gpt-4o-mini" and isinstance(body["created"], int)
+    choice = body["choices"][0]
+    assert choice["index"] == 0 and choice["finish_reason"] == "stop"
+    assert choice["message"] == {
+        "role": "assistant", "refusal": None,
+        "content": "Hi Ana Lima! Thanks for reaching out — a specialist will be with you shortly.",
+    }
+    usage = body["usage"]
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"] > 0
+
+    anonymous = requests.post(url, json={"model": "m", "messages": [{"role": "user", "content": "hello"}]},
+                              headers={"Authorization": "Bearer k"}, timeout=5)
+    assert anonymous.json()["choices"][0]["message"]["content"].startswith("Hi there! ")
+
+    unauthorised = requests.post(url, json={"model": "m", "messages": messages}, timeout=5)
+    assert unauthorised.status_code == 401
+    assert unauthorised.json()["error"]["code"] == "invalid_api_key"
+    assert unauthorised.json()["error"]["type"] == "invalid_request_error"
+    missing = requests.post(url, json={"model": "m"}, headers={"Authorization": "Bearer k"}, timeout=5)
+    assert missing.status_code == 400 and missing.json()["error"]["param"] == "messages"
+
+    configure(fake, model_error_rate=1.0)
+    failed = requests.post(url, json={"model": "m", "messages": messages}, headers={"Authorization": "Bearer k"}, timeout=5)
+    assert failed.status_code == 500 and failed.json()["error"]["type"] == "server_error"
+
+
+def test_whatsapp_send_and_signed_status_webhooks(fake: str, receiver: Receiver) -> None:
+    response = whatsapp_send(fake, "+14155550123", biz_opaque_callback_data="lead-42")
+    assert response.status_code == 200
+    body = response.json()
+    wamid = body["messages"][0]["id"]
+    assert wamid.startswith("wamid.") and body["messages"][0]["message_status"] == "accepted"
+    assert body["contacts"] == [{"input": "+14155550123", "wa_id": "14155550123"}]
+
+    hits = receiver.wait("/webhooks/whatsapp", 3)
+    for hit in hits:
+        expected = "sha256=" + hmac.new(APP_SECRET.encode(), hit["body"], hashlib.sha256).hexdigest()
+        assert hit["headers"]["X-Hub-Signature-256"] == expected
+        assert hit["headers"]["Content-Type"] == "application/json"
+        payload = json.loads(hit["body"])
+        assert payload["object"] == "whatsapp_business_account"
+        assert payload["entry"][0]["changes"][0]["value"]["metadata"]["phone_number_id"] == PHONE_NUMBER_ID
+    statuses = statuses_of(hits)
+    assert [s["status"] for s in statuses] == ["sent", "delivered", "read"]
+    assert {s["id"] for s in statuses} == {wamid}
+    assert {s["recipient_id"] for s in statuses} == {"14155550123"}
+    assert {s["biz_opaque_callback_data"] for s in statuses} == {"lead-42"}
+    assert all(s["timestamp"].isdigit() for s in statuses)
+    assert "pricing" in statuses[0] and "conversation" in statuses[1] and "conversation" not in statuses[2]
+
+    recorded = requests.get(f"{fake}/_fake/requests", params={"provider": "whatsapp"}, timeout=5).json()["requests"]
+    assert len(recorded) == 1 and recorded[0]["status"] == 200 and recorded[0]["message_id"] == wamid
+    assert recorded[0]["answered_at"] >= recorded[0]["received_at"]
+    assert recorded[0]["body"]["to"] == "+14155550123"
+
+
+def test_whatsapp_undeliverable_number_fails_with_131026(fake: str, receiver: Receiver) -> None:
+    configure(fake, whatsapp_undeliverable=["15550009999"])
+    response = whatsapp_send(fake, "15550009999")
+    assert response.status_code == 200
+    [failed] = statuses_of(receiver.wait("/webhooks/whatsapp", 1))
+    assert failed["status"] == "failed" and failed["id"] == response.json()["messages"][0]["id"]
+    assert failed["errors"][0]["code"] == 131026
+    time.sleep(0.05)  # no further statuses follow a failure
+    assert len(receiver.hits) == 1
+
+
+def test_whatsapp_error_injection_and_validation(fake: str) -> None:
+    configure(fake, whatsapp_errors={"15551234567": {"http": 400, "code": 131047, "title": "Re-engagement message"}})
+    response = whatsapp_send(fake, "+15551234567")
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == 131047 and error["message"] == "Re-engagement message"
+    assert error["error_data"]["messaging_product"] == "whatsapp" and error["fbtrace_id"]
+
+    invalid = whatsapp_send(fake, "+15551112222", messaging_product="sms")
+    assert invalid.status_code == 400
+    assert invalid.json()["error"]["code"] == 100
+    assert "messaging_product" in invalid.json()["error"]["error_data"]["details"]
+
+    configure(fake, whatsapp_error_rate=1.0)
+    transient = whatsapp_send(fake, "+15551112222")
+    assert transient.status_code == 500 and transient.json()["error"]["is_transient"] is True
+
+
+def test_whatsapp_bad_token_gives_190(fake: str) -> None:
+    configure(fake, whatsapp_token="the-right-token")
+    assert whatsapp_send(fake, "+15551112222", token="the-right-token").status_code == 200
+    response = whatsapp_send(fake, "+15551112222", token="a-wrong-token")
+    assert response.status_code == 401
+    error = response.json()["error"]
+    assert (error["code"], error["error_subcode"], error["type"]) == (190, 463, "OAuthException")
+
+
+def test_whatsapp_status_order_flags_and_retry(fake: str, receiver: Receiver) -> None:
+    configure(fake, reverse_statuses=True, duplicate_statuses=True)
+    whatsapp_send(fake, "+15551112222")
+    statuses = statuses_of(receiver.wait("/webhooks/whatsapp", 6))
+    assert [s["status"] for s in statuses] == ["read", "read", "delivered", "delivered", "sent", "sent"]
+
+    requests.post(f"{fake}/_fake/reset", timeout=5)
+    receiver.clear()
+    receiver.fail_next = 1  # the first attempt gets a 500, the retry succeeds
+    configure(fake, whatsapp_statuses=["sent"])
+    whatsapp_send(fake, "+15551112222")
+    receiver.wait("/webhooks/whatsapp", 1)
+
+    def delivered() -> list[dict[str, Any]] | None:
+        answer = requests.get(f"{fake}/_fake/webhooks", timeout=5).json()
+        return answer if answer["webhooks"] and answer["webhooks"][0]["ok"] else None
+
+    answer = wait_for(delivered, 3, "the webhook record")
+    assert answer["webhooks"][0]["attempts"] == 2 and answer["webhooks"][0]["status"] == 200
+    assert answer["stats"] == {"attempts": 2, "delivered": 1, "gave_up": 0}
+
+
+def test_twilio_create_and_signed_status_callbacks(fake: str, receiver: Receiver) -> None:
+    callback = f"{receiver.url}/webhooks/twilio/status?org=7"
+    url = f"{fake}/twilio/2010-04-01/Accounts/{ACCOUNT_SID}/Messages.json"
+    form = {"To": "+14155550123", "From": "+15557654321", "Body": "Hi Ana", "StatusCallback": callback}
+    response = requests.post(url, data=form, auth=(ACCOUNT_SID, AUTH_TOKEN), timeout=5)
+    assert response.status_code == 201
+    message = response.json()
+    assert message["sid"].startswith("SM") and len(message["sid"]) == 34
+    assert (message["status"], message["to"], message["from"], message["body"]) == ("queued", "+14155550123", "+15557654321", "Hi Ana")
+    assert message["account_sid"] == ACCOUNT_SID and message["error_code"] is None and message["api_version"] == "2010-04-01"
+
+    hits = receiver.wait("/webhooks/twilio/status", 2)
+    for hit in hits:
+        params = dict(parse_qsl(hit["body"].decode()))
+        assert hit["headers"]["X-Twilio-Signature"] == twilio_signature(AUTH_TOKEN, callback, params)
+        assert params["MessageSid"] == params["SmsSid"] == message["sid"]
+        assert (params["AccountSid"], params["To"], params["ApiVersion"]) == (ACCOUNT_SID, "+14155550123", "2010-04-01")
+    assert [dict(parse_qsl(h["body"].decode()))["MessageStatus"] for h in hits] == ["sent", "delivered"]
+
+    unauthorised = requests.post(url, data=form, auth=(ACCOUNT_SID, "wrong"), timeout=5)
+    assert unauthorised.status_code == 401 and unauthorised.json()["code"] == 20003
+    no_body = requests.post(url, data={"To": "+14155550123", "From": "+15557654321"}, auth=(ACCOUNT_SID, AUTH_TOKEN), timeout=5)
+    assert no_body.status_code == 400 and no_body.json()["code"] == 21602
+
+
+def test_twilio_error_injection_and_undelivered(fake: str, receiver: Receiver) -> None:
+    configure(fake, sms_errors={"+15550000001": {"http": 400, "code": 21211, "message": "Invalid 'To' Phone Number"}},
+              sms_undeliverable=["+15550000002"])
+    url = f"{fake}/twilio/2010-04-01/Accounts/{ACCOUNT_SID}/Messages.json"
+    rejected = requests.post(url, data={"To": "+15550000001", "From": "+1555", "Body": "x"}, auth=(ACCOUNT_SID, AUTH_TOKEN), timeout=5)
+    assert rejected.status_code == 400 and rejected.json()["code"] == 21211
+    callback = f"{receiver.url}/webhooks/twilio/status"
+    requests.post(url, data={"To": "+15550000002", "From": "+1555", "Body": "x", "StatusCallback": callback},
+                  auth=(ACCOUNT_SID, AUTH_TOKEN), timeout=5)
+    params = [dict(parse_qsl(h["body"].decode())) for h in receiver.wait("/webhooks/twilio/status", 2)]
+    assert [p["MessageStatus"] for p in params] == ["sent", "undelivered"]
+    assert "ErrorCode" not in params[0] and params[1]["ErrorCode"] == "30003"
+
+
+def test_config_api(fake: str) -> None:
+    url = f"{fake}/_fake/config"
+    unknown = requests.post(url, json={"model_latency_ms": 5, "no_such_key": 1}, timeout=5)
+    assert unknown.status_code == 400 and "no_such_key" in unknown.json()["error"]
+    wrong_type = requests.post(url, json={"send_webhooks": "yes"}, timeout=5)
+    assert wrong_type.status_code == 400 and "send_webhooks" in wrong_type.json()["error"]
+    assert requests.get(url, timeout=5).json()["model_latency_ms"] == 10  # the rejected update changed nothing
+
+    merged = configure(fake, sms_error_rate=0.25)
+    assert merged["sms_error_rate"] == 0.25 and merged["whatsapp_app_secret"] == APP_SECRET
+    requests.post(f"{fake}/_fake/reset", timeout=5)
+    assert requests.get(url, timeout=5).json()["sms_error_rate"] == 0
+    assert requests.get(f"{fake}/_fake/health", timeout=5).json() == {"ok": True}
+
+
+def test_refuses_a_non_loopback_host() -> None:
+    proc = start_fakes("--host", "0.0.0.0", "--port", "0")
+    out, err = proc.communicate(timeout=10)
+    assert proc.returncode != 0 and out == ""
+    assert "loopback" in err
