@@ -1,48 +1,448 @@
-"""Writes for conversations."""
+"""The first touch: greet a new lead once, on WhatsApp or by SMS, within two seconds.
+
+How "exactly once" holds when events are redelivered and workers die:
+
+1. The text is written first (model within its budget, else the
+   organization's fallback): nothing is stored yet, so a crash here just
+   means the redelivered task writes it again.
+2. One transaction claims the greeting (`Greeting` is unique per lead) and
+   its first `Message` in status SENDING. A duplicate task loses the claim
+   and only resumes what is left to do (`resume`).
+3. The provider is called. Accepted: the id is stored. Definitely not taken
+   (refused, 5xx, rate limit): status RETRYING, and the task retries with
+   backoff, re-claiming the message. Permanently refused: FAILED, and the
+   greeting falls back to SMS once (unique greeting + channel).
+4. No answer (read timeout, worker killed mid-call): the message stays
+   SENDING and is never blindly resent. Meta echoes our message id in every
+   status webhook (`biz_opaque_callback_data`), so a later status attaches
+   the wamid; with no `sent` status within WHATSAPP_SENT_TIMEOUT_SECONDS the
+   sweep fails it and the greeting goes by SMS.
+"""
 
 from __future__ import annotations
 
 import logging
+import random
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
-from django.db import connection
+from django.conf import settings
+from django.db import connection, transaction
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 
-from leads.models import Lead, LeadEvent
+from conversations import timeline
+from conversations.models import Channel, Conversation, Greeting, Message
+from conversations.providers import ProviderError, model, twilio, whatsapp
+from leads.models import Contact, Lead, Organization
+from swiftex.events import emit
 from swiftex.events.idempotency import LEDGER
 
 logger = logging.getLogger(__name__)
 
 FIRST_TOUCH_CONSUMER = "conversations.first_touch"
+CALLBACK_PREFIX = "swx-msg-"
 
-# Ledger row and timeline entry in one statement: atomic without a transaction,
-# and a redelivered event finds the ledger row and writes nothing.
-_FIRST_TOUCH_SQL = f"""
+
+class RetryLater(Exception):
+    """A send failed transiently; run the task again after `countdown` seconds."""
+
+    def __init__(self, countdown: float) -> None:
+        super().__init__(f"retry in {countdown:.1f}s")
+        self.countdown = countdown
+
+
+# --- Entry points (called by tasks) -------------------------------------------------
+
+
+def first_touch(*, event_id: str, lead_id: int, published_at: str | None = None) -> None:
+    """Handle one delivery of `lead.created`: greet the lead, or resume its greeting."""
+    started = timezone.now()
+    _record_pickup(event_id, lead_id, published_at, started)
+    lead = Lead.objects.select_related("contact", "organization").filter(pk=lead_id).first()
+    if lead is None:
+        logger.info("first touch: lead %s no longer exists", lead_id)
+        return
+    greeting = Greeting.objects.filter(lead_id=lead_id).first()
+    if greeting is not None:
+        resume(greeting, lead)
+        return
+    org, contact = lead.organization, lead.contact
+    channel, skip_reason = _first_channel(org, contact)
+    if skip_reason:
+        _skip(lead, skip_reason)
+        return
+    text, source, model_ms, model_error, composed_at = _compose(org, lead, contact)
+    claimed = _claim(lead, channel, text, source, model_ms, model_error, composed_at)
+    if claimed is None:
+        logger.info("first touch: lead %s already claimed by another delivery", lead_id)
+        return
+    greeting, message = claimed
+    _deliver(message, greeting, lead)
+
+
+def greeting_fallback(*, greeting_id: int) -> None:
+    """WhatsApp definitively failed (webhook or sweep): send the greeting by SMS once."""
+    greeting = Greeting.objects.select_related("lead__contact", "lead__organization").filter(pk=greeting_id).first()
+    if greeting is not None:
+        resume(greeting, greeting.lead)
+
+
+def resume(greeting: Greeting, lead: Lead) -> None:
+    """Finish whatever a greeting still needs: a retry that is due, or the SMS fallback."""
+    messages = {m.channel: m for m in greeting.messages.all()}
+    for message in messages.values():
+        if message.status == Message.Status.RETRYING:
+            _deliver(message, greeting, lead)
+            return
+    wa = messages.get(Channel.WHATSAPP)
+    if wa is not None and wa.status == Message.Status.FAILED and Channel.SMS not in messages:
+        _fall_back_to_sms(greeting, lead, wa)
+
+
+def expire_unsent_greetings(*, now: datetime | None = None, limit: int = 500) -> int:
+    """Fail greeting messages with no `sent` status within the timeout; returns how many.
+
+    Durable: the state is in the database and the scheduler runs this every few
+    seconds. Rows are claimed with SKIP LOCKED, so sweeps never collide. Each
+    failure raises `message.failed`, which sends a WhatsApp greeting by SMS.
+    """
+    now = now or timezone.now()
+    cutoff = now - timedelta(seconds=settings.WHATSAPP_SENT_TIMEOUT_SECONDS)
+    timeout = f"no sent status within {settings.WHATSAPP_SENT_TIMEOUT_SECONDS:g}s"
+    with transaction.atomic():
+        overdue = list(
+            Message.objects.select_for_update(skip_locked=True)
+            .filter(greeting__isnull=False, direction=Message.Direction.OUTBOUND, created_at__lt=cutoff,
+                    status__in=[Message.Status.SENDING, Message.Status.ACCEPTED])
+            .order_by("created_at")[:limit]
+        )
+        for message in overdue:
+            _fail(message, ProviderError(message.channel, timeout, code="timeout", permanent=True), now=now)
+    return len(overdue)
+
+
+# --- Steps ------------------------------------------------------------------------------
+
+_PICKUP_SQL = f"""
 WITH ledger AS (
     INSERT INTO {LEDGER} (consumer, event_id, processed_at) VALUES (%(consumer)s, %(event_id)s, %(now)s)
     ON CONFLICT (consumer, event_id) DO NOTHING
     RETURNING 1
 )
-INSERT INTO {LeadEvent._meta.db_table} (lead_id, kind, data, occurred_at)
-SELECT lead.id, 'first_touch.started',
-       jsonb_build_object('waited_ms', round((EXTRACT(EPOCH FROM %(now)s - lead.captured_at) * 1000)::numeric, 1)),
-       %(now)s
-FROM ledger, {Lead._meta.db_table} AS lead
-WHERE lead.id = %(lead_id)s
-RETURNING id
+SELECT count(*) FROM ledger
 """
 
 
-def first_touch_start(*, event_id: str, lead_id: int) -> bool:
-    """Record that the first-touch lane picked the lead up, exactly once per event.
+def _record_pickup(event_id: str, lead_id: int, published_at: str | None, started: datetime) -> None:
+    """Timeline: when the event left the outbox and when this lane picked it up (once per event).
 
-    This is where the greeting is produced and sent (issue #3); the timeline
-    entry carries how long the lead waited between capture and pickup.
-    Returns False when the event was already handled or the lead is gone.
+    The ledger only keeps the timeline free of repeats; it does not gate the
+    greeting, so a worker killed after this point still gets the lead greeted.
     """
-    params = {"consumer": FIRST_TOUCH_CONSUMER, "event_id": event_id, "lead_id": lead_id, "now": timezone.now()}
+    entries = [("first_touch.started", {"event_id": event_id}, started)]
+    published = parse_datetime(published_at) if published_at else None
+    if published is not None:
+        entries.insert(0, ("event.published", {"event_id": event_id}, published))
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(_PICKUP_SQL, {"consumer": FIRST_TOUCH_CONSUMER, "event_id": event_id, "now": started})
+        if cursor.fetchone()[0]:
+            timeline.record(lead_id, *entries)
+
+
+def _first_channel(org: Organization, contact: Contact) -> tuple[str, str]:
+    """(channel, "") to greet on, or ("", why not)."""
+    if not contact.consent:
+        return "", "no_consent"
+    if not contact.phone:
+        return "", "no_phone"
+    if whatsapp.is_configured(org):
+        return Channel.WHATSAPP, ""
+    if twilio.is_configured(org):
+        return Channel.SMS, ""
+    return "", "no_channel_configured"
+
+
+_SKIP_EXPLAINED = {
+    "no_consent": "the contact has not opted in to WhatsApp/SMS messages",
+    "no_phone": "the contact has no phone number",
+    "no_channel_configured": "neither WhatsApp nor Twilio is configured for the organization",
+}
+
+
+def _skip(lead: Lead, reason: str) -> None:
+    now = timezone.now()
+    with transaction.atomic():
+        greeting_id = _insert_greeting(lead, state=Greeting.State.SKIPPED, reason=reason, now=now)
+        if greeting_id is not None:
+            timeline.record(lead.pk, ("first_touch.skipped", {"reason": reason, "detail": _SKIP_EXPLAINED[reason]}, now))
+
+
+def _compose(org: Organization, lead: Lead, contact: Contact):
+    """(text, source, model_ms, model_error, composed_at): the AI's text, or the fallback in time."""
+    started = timezone.now()
+    try:
+        text = model.write_greeting(model=org.ai_model, system_prompt=org.ai_prompt, lead_facts=_lead_facts(org, lead, contact))
+        source, error = Greeting.TextSource.AI, ""
+    except model.ModelUnavailable as exc:
+        text, source, error = render_fallback(org, lead, contact), Greeting.TextSource.TEMPLATE, exc.reason
+    composed_at = timezone.now()
+    return text, source, int((composed_at - started).total_seconds() * 1000), error, composed_at
+
+
+def _lead_facts(org: Organization, lead: Lead, contact: Contact) -> str:
+    message = lead.submissions.order_by("pk").values_list("message", flat=True).first() or ""
+    facts = [f"Name: {contact.name or 'unknown'}", f"Business: {org.name}", f"Source: {lead.source}"]
+    if lead.campaign:
+        facts.append(f"Campaign: {lead.campaign}")
+    if message:
+        facts.append(f"Their message: {message[:500]}")
+    return "\n".join(facts)
+
+
+def render_fallback(org: Organization, lead: Lead, contact: Contact) -> str:
+    name = (contact.name or "").strip()
+    values = {
+        "first_name": name.split()[0] if name else "there",
+        "name": name or "there",
+        "organization": org.name,
+        "campaign": lead.campaign,
+        "source": lead.source,
+    }
+    try:
+        return org.greeting_fallback.format(**values)
+    except (KeyError, IndexError, ValueError):
+        # Admin validation prevents this; never let a bad template cost a greeting.
+        return f"Hi {values['first_name']}, thanks for contacting {org.name}!"
+
+
+def _insert_greeting(lead: Lead, *, state: str, now: datetime, reason: str = "", text: str = "", source: str = "",
+                     model_ms: int | None = None, model_error: str = "") -> int | None:
+    """The per-lead claim: the new greeting's id, or None if the lead already has one."""
     with connection.cursor() as cursor:
-        cursor.execute(_FIRST_TOUCH_SQL, params)
-        handled = cursor.fetchone() is not None
-    if not handled:
-        logger.info("first touch for lead %s: already handled or lead gone (event %s)", lead_id, event_id)
-    return handled
+        cursor.execute(
+            f"INSERT INTO {Greeting._meta.db_table} "
+            "(organization_id, lead_id, state, reason, text, text_source, model_ms, model_error, created_at) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (lead_id) DO NOTHING RETURNING id",
+            [lead.organization_id, lead.pk, state, reason, text, source, model_ms, model_error[:300], now],
+        )
+        row = cursor.fetchone()
+    return row[0] if row else None
+
+
+def _conversation(lead: Lead, channel: str) -> Conversation:
+    conversation, _ = Conversation.objects.get_or_create(
+        contact_id=lead.contact_id, channel=channel, defaults={"organization_id": lead.organization_id}
+    )
+    return conversation
+
+
+def _claim(lead, channel, text, source, model_ms, model_error, composed_at) -> tuple[Greeting, Message] | None:
+    with transaction.atomic():
+        greeting_id = _insert_greeting(
+            lead, state=Greeting.State.SENDING, now=composed_at, text=text, source=source, model_ms=model_ms, model_error=model_error
+        )
+        if greeting_id is None:
+            return None
+        greeting = Greeting(
+            pk=greeting_id, organization_id=lead.organization_id, lead=lead, state=Greeting.State.SENDING,
+            text=text, text_source=source, model_ms=model_ms, model_error=model_error, created_at=composed_at,
+        )
+        message = _new_message(greeting, lead, channel, now=composed_at)
+        composed = {"source": source, "model_ms": model_ms}
+        if model_error:
+            composed["model_error"] = model_error
+        timeline.record(lead.pk, ("greeting.composed", composed, composed_at))
+    return greeting, message
+
+
+def _new_message(greeting: Greeting, lead: Lead, channel: str, *, now: datetime) -> Message:
+    """The greeting's message on `channel`, claimed for sending (attempt 1)."""
+    return Message.objects.create(
+        organization_id=lead.organization_id,
+        conversation=_conversation(lead, channel),
+        lead=lead,
+        greeting=greeting,
+        direction=Message.Direction.OUTBOUND,
+        channel=channel,
+        body=greeting.text,
+        status=Message.Status.SENDING,
+        attempts=1,
+        created_at=now,
+    )
+
+
+def _reclaim(message: Message) -> bool:
+    """Take a RETRYING message back for one more attempt; False if another worker did."""
+    updated = Message.objects.filter(pk=message.pk, status=Message.Status.RETRYING).update(
+        status=Message.Status.SENDING, attempts=message.attempts + 1
+    )
+    if updated:
+        message.status, message.attempts = Message.Status.SENDING, message.attempts + 1
+    return bool(updated)
+
+
+def _deliver(message: Message, greeting: Greeting, lead: Lead) -> None:
+    if message.status == Message.Status.RETRYING and not _reclaim(message):
+        return
+    org, contact = lead.organization, lead.contact
+    if not contact.consent:
+        _fail(message, ProviderError(message.channel, "contact withdrew consent before sending", code="no_consent", permanent=True))
+        return
+    try:
+        sent = _send(message, greeting, org, contact)
+    except ProviderError as exc:
+        _handle_send_error(message, greeting, lead, exc)
+        return
+    _accepted(message, lead, sent.provider_message_id)
+
+
+def _send(message: Message, greeting: Greeting, org: Organization, contact: Contact):
+    callback = f"{CALLBACK_PREFIX}{message.pk}"
+    if message.channel == Channel.SMS:
+        return twilio.send_sms(org=org, to=contact.phone, body=greeting.text, status_callback=status_callback_url(message))
+    if message.conversation.window_open():
+        return whatsapp.send_text(org=org, to=contact.phone, body=greeting.text, callback_data=callback)
+    if not org.whatsapp_template_name:
+        raise ProviderError("whatsapp", "outside the 24-hour window and no approved template configured", code="no_template", permanent=True)
+    parameter = greeting.text if org.whatsapp_template_has_parameter else None
+    if message.template_name != org.whatsapp_template_name or (parameter is None and message.body):
+        Message.objects.filter(pk=message.pk).update(template_name=org.whatsapp_template_name, body=parameter or "")
+    return whatsapp.send_template(
+        org=org, to=contact.phone, name=org.whatsapp_template_name, language=org.whatsapp_template_language,
+        parameter=parameter, callback_data=callback,
+    )
+
+
+def status_callback_url(message: Message) -> str:
+    return f"{settings.PUBLIC_BASE_URL}/webhooks/twilio/status?m={message.pk}"
+
+
+def _handle_send_error(message: Message, greeting: Greeting, lead: Lead, exc: ProviderError) -> None:
+    if exc.maybe_delivered:
+        # It may be on its way: never resend. A status webhook settles it, or the sweep.
+        Message.objects.filter(pk=message.pk).update(error_code=exc.code, error_title=exc.title)
+        timeline.record(lead.pk, ("message.outcome_unknown", {"channel": message.channel, "error": exc.title}, timezone.now()))
+        logger.warning("greeting message %s: outcome unknown (%s); waiting for a status", message.pk, exc)
+        return
+    if exc.permanent or message.attempts >= settings.SEND_MAX_ATTEMPTS:
+        if not exc.permanent:
+            exc = ProviderError(exc.provider, f"gave up after {message.attempts} attempts: {exc.title}", code=exc.code, permanent=True)
+        if _fail(message, exc) and message.channel == Channel.WHATSAPP:
+            _fall_back_to_sms(greeting, lead, message)
+        return
+    Message.objects.filter(pk=message.pk, status=Message.Status.SENDING).update(
+        status=Message.Status.RETRYING, error_code=exc.code, error_title=exc.title
+    )
+    countdown = backoff(message.attempts, exc.retry_after)
+    timeline.record(
+        lead.pk, ("message.retrying", {"channel": message.channel, "error": str(exc), "attempt": message.attempts, "in_s": round(countdown, 1)}, timezone.now())
+    )
+    raise RetryLater(countdown)
+
+
+def backoff(attempt: int, retry_after: float | None = None) -> float:
+    """Exponential with full jitter, capped; never sooner than the provider asked."""
+    ceiling = min(settings.SEND_RETRY_BACKOFF_MAX_SECONDS, settings.SEND_RETRY_BACKOFF_SECONDS * 2 ** (attempt - 1))
+    return max(retry_after or 0.0, random.uniform(ceiling / 2, ceiling))
+
+
+def _accepted(message: Message, lead: Lead, provider_message_id: str) -> None:
+    now = timezone.now()
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"UPDATE {Message._meta.db_table} SET provider_message_id = %s, accepted_at = COALESCE(accepted_at, %s), "
+                "status = CASE WHEN status IN ('sending', 'retrying') THEN 'accepted' ELSE status END, error_code = '', error_title = '' "
+                "WHERE id = %s",
+                [provider_message_id, now, message.pk],
+            )
+        Greeting.objects.filter(pk=message.greeting_id).update(state=Greeting.State.DONE)
+        timeline.record(lead.pk, ("message.accepted", {"channel": message.channel, "provider_message_id": provider_message_id}, now))
+        mark_first_response(lead.pk, now)
+
+
+def mark_first_response(lead_id: int, at: datetime) -> None:
+    """Set the lead's first response (once) and move it from new to contacted."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {Lead._meta.db_table} SET first_response_at = %s, "
+            "status = CASE WHEN status = 'new' THEN 'contacted' ELSE status END "
+            "WHERE id = %s AND first_response_at IS NULL "
+            "RETURNING organization_id, status, captured_at",
+            [at, lead_id],
+        )
+        row = cursor.fetchone()
+    if row is None:
+        return
+    organization_id, status, captured_at = row
+    emit(
+        "lead.status_changed",
+        organization_id=organization_id,
+        data={
+            "lead_id": lead_id,
+            "status": status,
+            "first_response_at": at.isoformat(),
+            "first_response_ms": round((at - captured_at).total_seconds() * 1000, 1),
+        },
+    )
+
+
+def _fail(message: Message, exc: ProviderError, *, now: datetime | None = None) -> bool:
+    """Mark the message failed (unless already delivered/read/failed); True if this call did."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        updated = Message.objects.filter(pk=message.pk).exclude(
+            status__in=[Message.Status.DELIVERED, Message.Status.READ, Message.Status.FAILED]
+        ).update(status=Message.Status.FAILED, error_code=exc.code, error_title=exc.title, failed_at=now)
+        if updated:
+            message.status, message.error_code, message.error_title = Message.Status.FAILED, exc.code, exc.title
+            timeline.record(
+                message.lead_id, ("message.failed", {"channel": message.channel, "error_code": exc.code, "error": exc.title}, now)
+            )
+            message_failed(message)
+    return bool(updated)
+
+
+def message_failed(message: Message) -> None:
+    """Inside the transaction that failed an outbound message: tell subscribers (the
+    conversations subscriber sends a failed WhatsApp greeting by SMS), and mark the
+    greeting failed when no channel is left."""
+    emit(
+        "message.failed",
+        organization_id=message.organization_id,
+        data={
+            "message_id": message.pk, "lead_id": message.lead_id, "greeting_id": message.greeting_id,
+            "channel": message.channel, "error_code": message.error_code, "error": message.error_title,
+        },
+    )
+    if message.greeting_id is None:
+        return
+    if message.channel == Channel.SMS or not _sms_possible(message):
+        _greeting_failed(message.greeting_id, f"{message.channel} failed: {message.error_code} {message.error_title}".strip())
+
+
+def _sms_possible(message: Message) -> bool:
+    org = Organization.objects.only("twilio_account_sid", "twilio_auth_token", "twilio_from_number").get(pk=message.organization_id)
+    return twilio.is_configured(org)
+
+
+def _greeting_failed(greeting_id: int, reason: str) -> None:
+    Greeting.objects.filter(pk=greeting_id).update(state=Greeting.State.FAILED, reason=reason[:200])
+
+
+def _fall_back_to_sms(greeting: Greeting, lead: Lead, failed: Message) -> None:
+    """Once WhatsApp definitively failed: the same text by SMS, at most once per greeting."""
+    org, contact = lead.organization, lead.contact
+    if not twilio.is_configured(org):
+        return  # message_failed() already marked the greeting failed
+    now = timezone.now()
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            # Lock the greeting so two fallbacks (webhook + sweep) cannot both insert.
+            cursor.execute(f"SELECT id FROM {Greeting._meta.db_table} WHERE id = %s FOR UPDATE", [greeting.pk])
+        if greeting.messages.filter(channel=Channel.SMS).exists():
+            return
+        message = _new_message(greeting, lead, Channel.SMS, now=now)
+        timeline.record(lead.pk, ("greeting.fallback", {"channel": Channel.SMS, "because": f"whatsapp {failed.error_code}".strip()}, now))
+    _deliver(message, greeting, lead)

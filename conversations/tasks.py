@@ -1,24 +1,55 @@
-"""Conversation tasks. Thin: ids in, one service call, nothing returned."""
+"""Conversation tasks. Thin: ids in, one service call, nothing returned.
+
+Retry policy, in one place:
+- the database blipped (OperationalError/InterfaceError): retried with
+  exponential backoff and jitter, up to 8 times;
+- a provider failed transiently (5xx, rate limit, refused): the service marks
+  the message RETRYING and raises RetryLater with its backoff (honouring
+  Retry-After); the task runs again and re-claims the message. The attempt
+  cap is on the message (SEND_MAX_ATTEMPTS), after which it is FAILED and
+  shown as such on the timeline and in admin;
+- permanent provider errors are never retried: the message is FAILED and
+  a WhatsApp greeting falls back to SMS.
+"""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from celery import shared_task
+from django.conf import settings
 from django.db import InterfaceError, OperationalError
+from django.utils import timezone
 
 from conversations import services
+from conversations.models import WebhookDelivery
 
-# Transient: the database blipped (retried with backoff). A lead that no longer
-# exists is not an error: the service records nothing and returns.
 TRANSIENT_DB_ERRORS = (OperationalError, InterfaceError)
+_DB_RETRY = {"autoretry_for": TRANSIENT_DB_ERRORS, "retry_backoff": 1, "retry_backoff_max": 30, "retry_jitter": True, "max_retries": 8}
 
 
-@shared_task(
-    ignore_result=True,
-    autoretry_for=TRANSIENT_DB_ERRORS,
-    retry_backoff=1,
-    retry_backoff_max=30,
-    retry_jitter=True,
-    max_retries=8,
-)
-def first_touch(*, event_id: str, lead_id: int) -> None:
-    services.first_touch_start(event_id=event_id, lead_id=lead_id)
+@shared_task(bind=True, ignore_result=True, **_DB_RETRY)
+def first_touch(self, *, event_id: str, lead_id: int, published_at: str | None = None) -> None:
+    try:
+        services.first_touch(event_id=event_id, lead_id=lead_id, published_at=published_at)
+    except services.RetryLater as exc:
+        raise self.retry(countdown=exc.countdown, max_retries=settings.SEND_MAX_ATTEMPTS + 2) from None
+
+
+@shared_task(bind=True, ignore_result=True, **_DB_RETRY)
+def greeting_fallback(self, *, greeting_id: int) -> None:
+    try:
+        services.greeting_fallback(greeting_id=greeting_id)
+    except services.RetryLater as exc:
+        raise self.retry(countdown=exc.countdown, max_retries=settings.SEND_MAX_ATTEMPTS + 2) from None
+
+
+@shared_task(ignore_result=True)
+def greeting_sweep() -> None:
+    services.expire_unsent_greetings()
+
+
+@shared_task(ignore_result=True)
+def prune_webhook_deliveries() -> None:
+    cutoff = timezone.now() - timedelta(hours=settings.WEBHOOK_RETENTION_HOURS)
+    WebhookDelivery.objects.filter(received_at__lt=cutoff).delete()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import string
 import zoneinfo
 
 from django.core.exceptions import ValidationError
@@ -23,6 +24,28 @@ API_KEY_PREFIX = "swx_"
 def _validate_timezone(value: str) -> None:
     if value not in zoneinfo.available_timezones():
         raise ValidationError(f"{value!r} is not an IANA time zone such as Europe/Lisbon")
+
+
+GREETING_PLACEHOLDERS = ("first_name", "name", "organization", "campaign", "source")
+DEFAULT_AI_PROMPT = (
+    "You write the first WhatsApp message to a sales lead who just filled in a form. "
+    "One or two short, warm sentences in the lead's language; greet them by first name, "
+    "mention what they asked about if known, and say a specialist will follow up. "
+    "No links, no emojis, no promises about prices."
+)
+DEFAULT_GREETING_FALLBACK = "Hi {first_name}, thanks for contacting {organization}! A specialist will be in touch with you shortly."
+
+
+def _validate_greeting_fallback(value: str) -> None:
+    try:
+        names = {field for _, field, _, _ in string.Formatter().parse(value) if field is not None}
+    except ValueError as exc:
+        raise ValidationError(f"Not a valid template: {exc}. Write literal braces as {{{{ and }}}}.") from None
+    unknown = sorted(names - set(GREETING_PLACEHOLDERS))
+    if unknown:
+        raise ValidationError(
+            f"Unknown placeholder(s) {', '.join('{%s}' % n for n in unknown)}; use {', '.join('{%s}' % n for n in GREETING_PLACEHOLDERS)}."
+        )
 
 
 class Organization(models.Model):
@@ -39,14 +62,37 @@ class Organization(models.Model):
     # Provider credentials. `organization_create()` starts them from the
     # environment's defaults; admins edit them per organization. Never rendered
     # back in pages or API responses.
-    whatsapp_phone_number_id = models.CharField(max_length=64, blank=True, default="")
+    whatsapp_phone_number_id = models.CharField(max_length=64, blank=True, default="", db_index=True)  # routes webhooks
     whatsapp_access_token = models.TextField(blank=True, default="")
     whatsapp_app_secret = models.CharField(max_length=128, blank=True, default="")
     whatsapp_verify_token = models.CharField(max_length=128, blank=True, default="")
-    twilio_account_sid = models.CharField(max_length=64, blank=True, default="")
+    twilio_account_sid = models.CharField(max_length=64, blank=True, default="", db_index=True)
     twilio_auth_token = models.CharField(max_length=128, blank=True, default="")
     twilio_from_number = models.CharField(max_length=32, blank=True, default="")
     hubspot_access_token = models.TextField(blank=True, default="")
+    # The first touch (conversations app). The AI writes the greeting within
+    # the latency budget; otherwise `greeting_fallback` is used, so a lead is
+    # greeted in time even when the model is slow, down or not configured.
+    ai_model = models.CharField(max_length=100, default="gpt-4o-mini", help_text="Model name on the OpenAI-compatible server.")
+    ai_prompt = models.TextField(
+        default=DEFAULT_AI_PROMPT,
+        help_text="System prompt for the greeting. The lead's name, source, campaign and message follow it.",
+    )
+    greeting_fallback = models.TextField(
+        default=DEFAULT_GREETING_FALLBACK,
+        validators=[_validate_greeting_fallback],
+        help_text="Used when the model is slow, fails or no API key is set. Placeholders: "
+        + ", ".join("{%s}" % name for name in GREETING_PLACEHOLDERS) + ".",
+    )
+    whatsapp_template_name = models.CharField(
+        max_length=200, blank=True, default="lead_greeting",
+        help_text="Approved WhatsApp template for business-initiated messages (outside the 24-hour window). "
+        "Empty: no WhatsApp outside the window (SMS is used).",
+    )
+    whatsapp_template_language = models.CharField(max_length=16, default="en_US")
+    whatsapp_template_has_parameter = models.BooleanField(
+        default=True, help_text="The template's body has one {{1}} parameter, filled with the greeting text."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     def __str__(self) -> str:

@@ -167,15 +167,26 @@ CELERY_TASK_QUEUES = [
 ]
 CELERY_TASK_ROUTES = {
     "conversations.tasks.first_touch": {"queue": "first_touch"},
+    "conversations.tasks.greeting_fallback": {"queue": "first_touch"},
+    "conversations.tasks.greeting_sweep": {"queue": "first_touch"},
+    "conversations.tasks.prune_webhook_deliveries": {"queue": "bulk"},
     "conversations.tasks.*": {"queue": "conversations"},
     "analytics.tasks.*": {"queue": "bulk"},
     "crmsync.tasks.*": {"queue": "bulk"},
     "swiftex.tasks.*": {"queue": "bulk"},
     "leads.tasks.*": {"queue": "bulk"},
 }
+# How often the scheduler looks for greetings that never got a `sent` status.
+GREETING_SWEEP_SECONDS = env_float("GREETING_SWEEP_SECONDS", 5.0, minimum=0.5)
 CELERY_BEAT_SCHEDULE = {
     "prune-outbox": {"task": "swiftex.tasks.prune_outbox", "schedule": 600.0},
     "expire-idempotency-keys": {"task": "leads.tasks.expire_idempotency_keys", "schedule": 600.0},
+    "prune-webhook-deliveries": {"task": "conversations.tasks.prune_webhook_deliveries", "schedule": 3600.0},
+    "greeting-sweep": {
+        "task": "conversations.tasks.greeting_sweep",
+        "schedule": GREETING_SWEEP_SECONDS,
+        "options": {"expires": GREETING_SWEEP_SECONDS * 4},  # no pile-up while workers are down
+    },
 }
 
 # Event subscribers: each gets its own durable queue `<name>.events` bound to the
@@ -185,7 +196,7 @@ CELERY_BEAT_SCHEDULE = {
 # one place.
 SWIFTEX_EVENTS_EXCHANGE = "swiftex.events"
 SWIFTEX_SUBSCRIBERS = {
-    "conversations": {"routing_keys": ["lead.created"], "handler": "conversations.subscriber.handle_events"},
+    "conversations": {"routing_keys": ["lead.created", "message.failed"], "handler": "conversations.subscriber.handle_events"},
     "analytics": {"routing_keys": ["lead.#", "message.#"], "handler": "analytics.subscriber.handle_events"},
     "crmsync": {"routing_keys": ["lead.created", "lead.status_changed"], "handler": "crmsync.subscriber.handle_events"},
 }
@@ -223,6 +234,25 @@ TWILIO_ACCOUNT_SID = env_str("TWILIO_ACCOUNT_SID")
 TWILIO_AUTH_TOKEN = env_str("TWILIO_AUTH_TOKEN")
 TWILIO_FROM_NUMBER = env_str("TWILIO_FROM_NUMBER")
 HUBSPOT_ACCESS_TOKEN = env_str("HUBSPOT_ACCESS_TOKEN")
+# Where providers reach this deployment (Twilio status callbacks are sent to
+# it, and their signatures are computed over it).
+PUBLIC_BASE_URL = env_url("PUBLIC_BASE_URL", "http://127.0.0.1:8000", schemes=("http", "https"))
+
+# --- First touch ----------------------------------------------------------------
+# The model gets this long to write the greeting; past it, the organization's
+# fallback text goes out instead, so the 2-second promise holds anyway.
+GREETING_MODEL_BUDGET_SECONDS = env_float("GREETING_MODEL_BUDGET_SECONDS", 1.2, minimum=0.05, maximum=30)
+# A WhatsApp greeting with no `sent` status after this long is given up on and
+# the greeting goes by SMS.
+WHATSAPP_SENT_TIMEOUT_SECONDS = env_float("WHATSAPP_SENT_TIMEOUT_SECONDS", 60.0, minimum=1, maximum=3600)
+PROVIDER_CONNECT_TIMEOUT_SECONDS = env_float("PROVIDER_CONNECT_TIMEOUT_SECONDS", 2.0, minimum=0.05)
+PROVIDER_READ_TIMEOUT_SECONDS = env_float("PROVIDER_READ_TIMEOUT_SECONDS", 8.0, minimum=0.1)
+# Transient provider errors (5xx, rate limits, connection refused) are retried
+# with exponential backoff and jitter, capped; then the message is failed.
+SEND_MAX_ATTEMPTS = env_int("SEND_MAX_ATTEMPTS", 6, minimum=1, maximum=50)
+SEND_RETRY_BACKOFF_SECONDS = env_float("SEND_RETRY_BACKOFF_SECONDS", 1.0, minimum=0.01)
+SEND_RETRY_BACKOFF_MAX_SECONDS = env_float("SEND_RETRY_BACKOFF_MAX_SECONDS", 120.0, minimum=0.1)
+WEBHOOK_RETENTION_HOURS = env_int("WEBHOOK_RETENTION_HOURS", 72, minimum=1)
 
 # --- DRF --------------------------------------------------------------------
 REST_FRAMEWORK = {

@@ -1,6 +1,7 @@
 from django.contrib import admin
 from django.urls import path
 
+from conversations import webhooks
 from leads.api import LeadBatchApi, LeadCreateApi, LeadDetailApi
 from swiftex import health
 
@@ -11,5 +12,8 @@ urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
     path("metrics", health.metrics_view, name="metrics"),
+    path("webhooks/whatsapp", webhooks.whatsapp, name="webhook-whatsapp"),
+    path("webhooks/twilio/status", webhooks.twilio_status, name="webhook-twilio-status"),
+    path("webhooks/twilio/inbound", webhooks.twilio_inbound, name="webhook-twilio-inbound"),
     path("admin/", admin.site.urls),
 ]

@@ -50,7 +50,8 @@ class BrokerPublisher:
     def publish(self, event: OutboxEvent) -> None:
         try:
             self._get_producer().publish(
-                event.message(),
+                # When it left the outbox: subscribers show it on the lead's timeline.
+                {**event.message(), "published_at": timezone.now().isoformat()},
                 routing_key=event.event_type,
                 delivery_mode=2,  # persistent: survives a broker restart
                 message_id=str(event.event_id),

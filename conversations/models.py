@@ -1,0 +1,165 @@
+"""Conversations with contacts: one per contact and channel, their messages, and greetings.
+
+A `Greeting` is the first touch of one lead: at most one per lead (unique),
+so however often its `lead.created` event is delivered, the lead is greeted
+once. Its text is sent as one `Message` per channel, at most one per channel
+(unique greeting + channel): WhatsApp first, SMS only once WhatsApp has
+definitively failed.
+
+A message's status only moves forward (see `STATUS_RANK`): a duplicated or
+late status webhook never walks it back.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+from leads.models import Contact, Lead, Organization
+
+# Meta lets a business send free-form text only within 24 hours of the
+# contact's last inbound message; outside it, an approved template.
+CUSTOMER_SERVICE_WINDOW = timedelta(hours=24)
+
+
+class Channel(models.TextChoices):
+    WHATSAPP = "whatsapp", "WhatsApp"
+    SMS = "sms", "SMS"
+
+
+class Conversation(models.Model):
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="conversations")
+    contact = models.ForeignKey(Contact, on_delete=models.CASCADE, related_name="conversations")
+    channel = models.CharField(max_length=16, choices=Channel.choices)
+    last_inbound_at = models.DateTimeField(
+        null=True, blank=True, help_text="The contact's last message to us; opens the 24-hour customer-service window."
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["contact", "channel"], name="conversation_per_contact_channel")]
+
+    def __str__(self) -> str:
+        return f"{self.get_channel_display()} with {self.contact_id}"
+
+    def window_open(self, now=None) -> bool:
+        now = now or timezone.now()
+        return self.last_inbound_at is not None and now - self.last_inbound_at < CUSTOMER_SERVICE_WINDOW
+
+
+class Greeting(models.Model):
+    """The first touch of a lead: its text, where the text came from, and how it went."""
+
+    class State(models.TextChoices):
+        SENDING = "sending", "Sending"
+        DONE = "done", "Accepted by a provider"
+        SKIPPED = "skipped", "Skipped"
+        FAILED = "failed", "Failed on every channel"
+
+    class TextSource(models.TextChoices):
+        AI = "ai", "AI model"
+        TEMPLATE = "template", "Organization template"
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="greetings")
+    lead = models.OneToOneField(Lead, on_delete=models.CASCADE, related_name="greeting")
+    state = models.CharField(max_length=16, choices=State.choices, default=State.SENDING)
+    reason = models.CharField(max_length=200, blank=True, default="", help_text="Why it was skipped or failed.")
+    text = models.TextField(blank=True, default="")
+    text_source = models.CharField(max_length=16, choices=TextSource.choices, blank=True, default="")
+    model_ms = models.PositiveIntegerField(null=True, blank=True, help_text="How long the model took (or was given).")
+    model_error = models.CharField(max_length=300, blank=True, default="", help_text="Why the AI text was not used.")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"greeting for lead {self.lead_id} ({self.state})"
+
+
+class Message(models.Model):
+    class Direction(models.TextChoices):
+        OUTBOUND = "outbound", "Outbound"
+        INBOUND = "inbound", "Inbound"
+
+    class Status(models.TextChoices):
+        RETRYING = "retrying", "Waiting to retry"  # the provider definitely did not take it; safe to resend
+        SENDING = "sending", "Sending"  # handed to the provider; outcome not known yet
+        ACCEPTED = "accepted", "Accepted by provider"
+        SENT = "sent", "Sent"
+        DELIVERED = "delivered", "Delivered"
+        READ = "read", "Read"
+        FAILED = "failed", "Failed"
+        RECEIVED = "received", "Received"  # inbound
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="messages")
+    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="messages")
+    lead = models.ForeignKey(Lead, on_delete=models.SET_NULL, null=True, blank=True, related_name="messages")
+    greeting = models.ForeignKey(Greeting, on_delete=models.CASCADE, null=True, blank=True, related_name="messages")
+    direction = models.CharField(max_length=16, choices=Direction.choices)
+    channel = models.CharField(max_length=16, choices=Channel.choices)
+    body = models.TextField(blank=True, default="")
+    template_name = models.CharField(max_length=200, blank=True, default="")
+    provider_message_id = models.CharField(
+        max_length=128, null=True, blank=True, help_text="WhatsApp wamid or Twilio MessageSid."
+    )
+    status = models.CharField(max_length=16, choices=Status.choices)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    error_code = models.CharField(max_length=32, blank=True, default="")
+    error_title = models.CharField(max_length=300, blank=True, default="")
+    created_at = models.DateTimeField(default=timezone.now)
+    accepted_at = models.DateTimeField(null=True, blank=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    read_at = models.DateTimeField(null=True, blank=True)
+    failed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["provider_message_id"], condition=Q(provider_message_id__isnull=False), name="message_provider_id"),
+            models.UniqueConstraint(fields=["greeting", "channel"], condition=Q(greeting__isnull=False), name="one_greeting_message_per_channel"),
+        ]
+        indexes = [
+            models.Index(fields=["conversation", "created_at"], name="message_conversation_idx"),
+            # The sweep for greetings that never got a `sent` status.
+            models.Index(fields=["created_at"], name="message_unsent_idx", condition=Q(status__in=["sending", "accepted"])),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.direction} {self.channel} message {self.pk} ({self.status})"
+
+
+# Statuses move only forward along this order. FAILED is terminal and can
+# replace anything short of DELIVERED (WhatsApp may report `failed` after
+# `sent`); a message once delivered or read is never marked failed.
+STATUS_RANK = {
+    Message.Status.RETRYING: 0,
+    Message.Status.SENDING: 1,
+    Message.Status.ACCEPTED: 2,
+    Message.Status.SENT: 3,
+    Message.Status.DELIVERED: 4,
+    Message.Status.READ: 5,
+}
+
+
+class WebhookDelivery(models.Model):
+    """Every webhook POST we received, valid or not: what came in and what we did with it."""
+
+    class Outcome(models.TextChoices):
+        PROCESSED = "processed", "Processed"
+        REJECTED = "rejected", "Rejected (bad signature)"
+        FAILED = "failed", "Failed while processing"
+
+    provider = models.CharField(max_length=32)
+    organization = models.ForeignKey(Organization, on_delete=models.SET_NULL, null=True, blank=True)
+    outcome = models.CharField(max_length=16, choices=Outcome.choices)
+    detail = models.CharField(max_length=300, blank=True, default="")
+    body = models.TextField(blank=True, default="")
+    received_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        indexes = [models.Index(fields=["received_at"], name="webhook_delivery_age_idx")]
+        verbose_name_plural = "webhook deliveries"
+
+    def __str__(self) -> str:
+        return f"{self.provider} webhook {self.pk} ({self.outcome})"

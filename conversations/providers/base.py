@@ -1,0 +1,90 @@
+"""What every provider client shares: the HTTP session and the error type."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import requests
+from django.conf import settings
+
+USER_AGENT = "Swiftex/1.0 (+first-touch)"
+
+
+class ProviderError(Exception):
+    """A provider call that did not succeed.
+
+    `permanent`: retrying cannot help (bad number, expired token, policy);
+    otherwise the call may succeed later, no sooner than `retry_after`
+    seconds when the provider said so.
+    `maybe_delivered`: the request reached the provider and we never heard
+    back (a read timeout), so it may have been accepted; resending could
+    message the person twice, so the caller must not blindly retry.
+    """
+
+    def __init__(
+        self,
+        provider: str,
+        title: str,
+        *,
+        code: str = "",
+        permanent: bool,
+        retry_after: float | None = None,
+        maybe_delivered: bool = False,
+    ) -> None:
+        super().__init__(f"{provider} {code}: {title}" if code else f"{provider}: {title}")
+        self.provider = provider
+        self.title = title[:300]
+        self.code = str(code)
+        self.permanent = permanent
+        self.retry_after = retry_after
+        self.maybe_delivered = maybe_delivered
+
+
+@dataclass(frozen=True)
+class Sent:
+    """A provider accepted a message: its id (wamid, MessageSid)."""
+
+    provider_message_id: str
+
+
+_local = threading.local()
+
+
+def session() -> requests.Session:
+    """A per-thread session (keep-alive pools are not shared across threads)."""
+    s = getattr(_local, "session", None)
+    if s is None:
+        s = _local.session = requests.Session()
+        s.headers["User-Agent"] = USER_AGENT
+        s.max_redirects = 0
+    return s
+
+
+def timeout() -> tuple[float, float]:
+    return settings.PROVIDER_CONNECT_TIMEOUT_SECONDS, settings.PROVIDER_READ_TIMEOUT_SECONDS
+
+
+def post(provider: str, url: str, **kwargs) -> requests.Response:
+    """POST with the mandatory timeout and no redirects; network failures become ProviderError."""
+    try:
+        return session().post(url, timeout=timeout(), allow_redirects=False, **kwargs)
+    except requests.ConnectTimeout as exc:
+        raise ProviderError(provider, f"connect timeout: {exc}", permanent=False) from exc
+    except requests.ConnectionError as exc:
+        # Refused, or reset before any answer. Almost always the request never got
+        # in, so it is treated as safe to resend; a reset after the provider took
+        # it is rare and requests cannot tell the two apart.
+        raise ProviderError(provider, f"connection failed: {type(exc).__name__}", permanent=False) from exc
+    except requests.Timeout as exc:
+        raise ProviderError(provider, "no answer within the read timeout", permanent=False, maybe_delivered=True) from exc
+    except requests.RequestException as exc:
+        raise ProviderError(provider, f"request failed: {type(exc).__name__}", permanent=False) from exc
+
+
+def retry_after_seconds(response: requests.Response) -> float | None:
+    value = response.headers.get("Retry-After", "").strip()
+    try:
+        return max(0.0, float(value)) if value else None
+    except ValueError:
+        return None

@@ -1,0 +1,89 @@
+"""The greeting writer: an OpenAI-compatible chat model inside a hard time budget.
+
+The official client's default timeout is 600 s and it retries on its own;
+here it gets the budget as its timeout and no retries, and the call also runs
+under a wall-clock deadline, so a server that trickles bytes cannot stretch
+it either. Whatever goes wrong, the caller gets a `ModelUnavailable` in time
+and uses the organization's fallback text.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+
+import openai
+from django.conf import settings
+
+MAX_GREETING_CHARS = 600
+
+_clients: dict[tuple[str, str, float], openai.OpenAI] = {}
+_clients_lock = threading.Lock()
+# Calls run here so the caller can stop waiting at the deadline; a call that
+# overruns finishes (and is discarded) within the client's own timeout.
+_executor = ThreadPoolExecutor(max_workers=64, thread_name_prefix="greeting-model")
+
+
+class ModelUnavailable(Exception):
+    """No usable text from the model in time; `reason` says why (shown on the timeline)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason[:300]
+
+
+def _client(budget: float) -> openai.OpenAI:
+    key = (settings.OPENAI_BASE_URL, settings.OPENAI_API_KEY, budget)
+    client = _clients.get(key)
+    if client is None:
+        with _clients_lock:
+            client = _clients.get(key)
+            if client is None:
+                client = _clients[key] = openai.OpenAI(
+                    base_url=settings.OPENAI_BASE_URL, api_key=settings.OPENAI_API_KEY, timeout=budget, max_retries=0
+                )
+    return client
+
+
+def write_greeting(*, model: str, system_prompt: str, lead_facts: str, budget: float | None = None) -> str:
+    """The model's greeting, or ModelUnavailable within `budget` seconds."""
+    if not settings.OPENAI_API_KEY:
+        raise ModelUnavailable("no OPENAI_API_KEY set")
+    budget = budget if budget is not None else settings.GREETING_MODEL_BUDGET_SECONDS
+    deadline = time.monotonic() + budget
+    future = _executor.submit(_complete, _client(budget), model, system_prompt, lead_facts)
+    try:
+        text = future.result(timeout=max(0.0, deadline - time.monotonic()))
+    except FutureTimeout:
+        future.cancel()
+        raise ModelUnavailable(f"no answer within the {budget:.2f}s budget") from None
+    except openai.APITimeoutError:
+        raise ModelUnavailable(f"no answer within the {budget:.2f}s budget") from None
+    except openai.APIStatusError as exc:
+        raise ModelUnavailable(f"model server answered HTTP {exc.status_code}") from None
+    except openai.OpenAIError as exc:
+        raise ModelUnavailable(f"model call failed: {type(exc).__name__}") from None
+    text = _clean(text)
+    if not text:
+        raise ModelUnavailable("model returned no text")
+    return text
+
+
+def _complete(client: openai.OpenAI, model: str, system_prompt: str, lead_facts: str) -> str:
+    completion = client.chat.completions.create(
+        model=model,
+        messages=[{"role": "system", "content": system_prompt}, {"role": "user", "content": lead_facts}],
+        max_tokens=160,
+        temperature=0.7,
+    )
+    return completion.choices[0].message.content or ""
+
+
+def _clean(text: str) -> str:
+    """One paragraph, bounded: WhatsApp template parameters reject newlines and tabs."""
+    text = " ".join(text.split()).strip().strip('"').strip()
+    if len(text) > MAX_GREETING_CHARS:
+        text = text[: MAX_GREETING_CHARS - 1].rsplit(" ", 1)[0] + "…"
+    return text

@@ -1,0 +1,196 @@
+"""What providers tell us after the fact: delivery statuses and inbound messages.
+
+Statuses arrive out of order and more than once. Each is applied by one
+UPDATE that only moves the status forward and records each moment (sent,
+delivered, read, failed) the first time it is seen, so a duplicate or a late
+`delivered` after `read` leaves one correct state and one timeline entry.
+A Redis fingerprint per (provider id, status) skips known repeats cheaply;
+the database stays the source of truth when Redis is down.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.db import connection, transaction
+from django.utils import timezone
+
+from conversations import timeline
+from conversations.models import Channel, Conversation, Message
+from conversations.services import CALLBACK_PREFIX, mark_first_response, message_failed
+from leads.models import Contact, Lead, Organization
+from swiftex import redis as swx_redis
+
+logger = logging.getLogger(__name__)
+
+FINGERPRINT_TTL_SECONDS = 2 * 24 * 3600
+STOP_WORDS = {"stop", "stopall", "unsubscribe", "cancel", "end", "quit", "parar", "pare", "baja", "alto"}
+_RANKED = "ARRAY['retrying', 'sending', 'accepted', 'sent', 'delivered', 'read']"
+_MOMENT_COLUMN = {"sent": "sent_at", "delivered": "delivered_at", "read": "read_at", "failed": "failed_at", "accepted": "accepted_at"}
+
+
+@dataclass(frozen=True)
+class StatusReport:
+    channel: str
+    provider_message_id: str
+    status: str  # accepted, sent, delivered, read or failed
+    at: datetime
+    callback: str = ""  # our message id as echoed by the provider, if any
+    error_code: str = ""
+    error_title: str = ""
+
+
+@dataclass(frozen=True)
+class Applied:
+    message_id: int
+    lead_id: int | None
+    greeting_id: int | None
+    channel: str
+    status: str  # the message's status after this report
+
+
+def apply_status(org: Organization, report: StatusReport) -> Applied | None:
+    """Apply one status report; None if it was a repeat or is not about one of our messages."""
+    fingerprint = swx_redis.key("status", report.channel, report.provider_message_id, report.status)
+    if not _first_sighting(fingerprint):
+        return None
+    try:
+        with transaction.atomic():
+            applied = _apply(org, report)
+            if applied is not None and applied.lead_id is not None:
+                _record(applied, report)
+    except Exception:
+        _forget(fingerprint)  # let the provider's retry be processed
+        raise
+    return applied
+
+
+def _apply(org: Organization, report: StatusReport) -> Applied | None:
+    column = _MOMENT_COLUMN[report.status]
+    callback_id = _callback_message_id(report.callback)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            UPDATE {Message._meta.db_table} SET
+                provider_message_id = COALESCE(provider_message_id, %(pid)s),
+                {column} = COALESCE({column}, %(at)s),
+                status = CASE
+                    WHEN status = 'failed' THEN status
+                    WHEN %(new)s = 'failed' THEN CASE WHEN status IN ('delivered', 'read') THEN status ELSE 'failed' END
+                    WHEN array_position({_RANKED}, %(new)s) > array_position({_RANKED}, status) THEN %(new)s
+                    ELSE status END,
+                error_code = CASE WHEN %(new)s = 'failed' AND status NOT IN ('delivered', 'read', 'failed') THEN %(code)s ELSE error_code END,
+                error_title = CASE WHEN %(new)s = 'failed' AND status NOT IN ('delivered', 'read', 'failed') THEN %(title)s ELSE error_title END
+            WHERE organization_id = %(org)s AND channel = %(channel)s AND direction = 'outbound'
+              AND (provider_message_id = %(pid)s OR (provider_message_id IS NULL AND id = %(callback_id)s))
+              AND {column} IS NULL
+            RETURNING id, lead_id, greeting_id, channel, status
+            """,
+            {
+                "pid": report.provider_message_id, "at": report.at, "new": report.status, "code": report.error_code[:32],
+                "title": report.error_title[:300], "org": org.pk, "channel": report.channel, "callback_id": callback_id,
+            },
+        )
+        row = cursor.fetchone()
+    return Applied(*row) if row else None
+
+
+def _record(applied: Applied, report: StatusReport) -> None:
+    data = {"channel": report.channel, "provider_message_id": report.provider_message_id}
+    if report.status == "failed":
+        data |= {"error_code": report.error_code, "error": report.error_title}
+    kind = "message.failed" if report.status == "failed" else f"message.{report.status}"
+    if applied.status != report.status and report.status != "failed":
+        data["status_now"] = applied.status  # arrived late: recorded, status kept
+    if report.status == "failed" and applied.status != "failed":
+        data["ignored"] = f"already {applied.status}"
+    timeline.record(applied.lead_id, (kind, data, report.at))
+    if report.status == "failed" and applied.status == "failed":
+        message_failed(Message.objects.get(pk=applied.message_id))
+    if report.status in ("accepted", "sent", "delivered", "read") and applied.greeting_id is not None:
+        # A worker may have died before storing the provider's answer: the first
+        # status proves the greeting went out.
+        mark_first_response(applied.lead_id, report.at)
+
+
+def _callback_message_id(callback: str) -> int | None:
+    if callback.startswith(CALLBACK_PREFIX):
+        tail = callback[len(CALLBACK_PREFIX):]
+        if tail.isdigit():
+            return int(tail)
+    return None
+
+
+def _first_sighting(fingerprint: str) -> bool:
+    """False if this exact report was already applied (fast path); True when unsure."""
+    try:
+        return bool(swx_redis.client().set(fingerprint, 1, nx=True, ex=FINGERPRINT_TTL_SECONDS))
+    except swx_redis.RedisUnavailable:
+        return True
+    except swx_redis.UNAVAILABLE_ERRORS as exc:
+        swx_redis.breaker.trip(exc)
+        return True
+
+
+def _forget(fingerprint: str) -> None:
+    try:
+        swx_redis.client().delete(fingerprint)
+    except (swx_redis.RedisUnavailable, *swx_redis.UNAVAILABLE_ERRORS):
+        pass
+
+
+# --- Inbound -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Inbound:
+    channel: str
+    provider_message_id: str
+    phone: str  # E.164
+    body: str
+    at: datetime
+    profile_name: str = ""
+
+
+def receive(org: Organization, inbound: Inbound) -> Message | None:
+    """Store an inbound message once, open the 24-hour window, and honour STOP words.
+
+    Returns None for a redelivered message. Replying is the conversation
+    engine's job (it reads what is stored here).
+    """
+    with transaction.atomic():
+        contact, _ = Contact.objects.get_or_create(
+            organization=org, phone=inbound.phone, defaults={"name": inbound.profile_name[:200]}
+        )
+        conversation, _ = Conversation.objects.get_or_create(contact=contact, channel=inbound.channel, defaults={"organization": org})
+        lead = Lead.objects.filter(contact=contact, status__in=Lead.OPEN_STATUSES).only("id").first()
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"INSERT INTO {Message._meta.db_table} (organization_id, conversation_id, lead_id, direction, channel, body, "
+                "template_name, provider_message_id, status, attempts, error_code, error_title, created_at) "
+                "VALUES (%s, %s, %s, 'inbound', %s, %s, '', %s, 'received', 0, '', '', %s) "
+                "ON CONFLICT (provider_message_id) WHERE provider_message_id IS NOT NULL DO NOTHING RETURNING id",
+                [org.pk, conversation.pk, lead.pk if lead else None, inbound.channel, inbound.body, inbound.provider_message_id, inbound.at],
+            )
+            row = cursor.fetchone()
+        if row is None:
+            return None
+        Conversation.objects.filter(pk=conversation.pk).exclude(last_inbound_at__gte=inbound.at).update(last_inbound_at=inbound.at)
+        opted_out = is_stop_word(inbound.body) and contact.consent
+        if opted_out:
+            Contact.objects.filter(pk=contact.pk).update(consent=False, updated_at=timezone.now())
+        if lead is not None:
+            entries = [("message.received", {"channel": inbound.channel, "body": inbound.body[:500]}, inbound.at)]
+            if opted_out:
+                entries.append(("consent.revoked", {"channel": inbound.channel, "keyword": inbound.body.strip()[:40]}, inbound.at))
+            timeline.record(lead.pk, *entries)
+    return Message.objects.get(pk=row[0])
+
+
+def is_stop_word(body: str) -> bool:
+    return body.strip().strip(".!").lower() in STOP_WORDS
+
+
+__all__ = ["Applied", "Inbound", "StatusReport", "apply_status", "receive", "Channel"]

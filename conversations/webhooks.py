@@ -1,0 +1,244 @@
+"""Provider webhooks: WhatsApp Cloud API and Twilio.
+
+Every POST is authenticated over the exact bytes received (Meta:
+`X-Hub-Signature-256`, HMAC-SHA256 with the app secret; Twilio:
+`X-Twilio-Signature`, HMAC-SHA1 of URL + sorted params with the auth token),
+compared in constant time. A bad or missing signature gets 403 and changes
+nothing but the audit row (`WebhookDelivery`). Valid payloads are applied
+right away (a few indexed statements per status) and answered 200; anything
+slow, such as an SMS fallback, goes out through the outbox to a worker lane.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+from datetime import datetime, timezone as dt_timezone
+
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse
+from django.utils import timezone
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_http_methods, require_POST
+
+from conversations import receipts
+from conversations.models import Channel, WebhookDelivery
+from conversations.providers import twilio
+from conversations.services import CALLBACK_PREFIX
+from leads.models import Organization
+
+logger = logging.getLogger(__name__)
+
+MAX_STORED_BODY = 20_000
+WHATSAPP_STATUSES = {"sent", "delivered", "read", "failed"}
+TWILIO_STATUSES = {
+    "queued": "accepted", "accepted": "accepted", "scheduled": "accepted", "sending": "accepted",
+    "sent": "sent", "delivered": "delivered", "read": "read", "undelivered": "failed", "failed": "failed",
+}
+EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
+
+
+def _audit(provider: str, outcome: str, detail: str, body: bytes | str, org: Organization | None = None) -> None:
+    text = body.decode("utf-8", errors="replace") if isinstance(body, bytes) else body
+    WebhookDelivery.objects.create(provider=provider, organization=org, outcome=outcome, detail=detail[:300], body=text[:MAX_STORED_BODY])
+
+
+def _forbidden(provider: str, detail: str, body) -> HttpResponse:
+    logger.warning("%s webhook rejected: %s", provider, detail)
+    _audit(provider, WebhookDelivery.Outcome.REJECTED, detail, body)
+    return HttpResponse("Forbidden: " + detail, status=403, content_type="text/plain")
+
+
+# --- WhatsApp -----------------------------------------------------------------------
+
+
+@csrf_exempt
+@require_http_methods(["GET", "POST"])
+def whatsapp(request: HttpRequest) -> HttpResponse:
+    if request.method == "GET":
+        return _whatsapp_verify(request)
+    raw = request.body
+    try:
+        payload = json.loads(raw)
+    except ValueError:
+        payload = None
+    if not isinstance(payload, dict):
+        return _forbidden("whatsapp", "body is not a JSON object", raw)
+    changes = list(_changes(payload))
+    orgs = _orgs_by_phone_number_id({str((value.get("metadata") or {}).get("phone_number_id", "")) for value in changes})
+    secrets = {_app_secret(org) for org in orgs.values()} or {settings.WHATSAPP_APP_SECRET}
+    if not _meta_signature_valid(raw, request.headers.get("X-Hub-Signature-256", ""), secrets):
+        return _forbidden("whatsapp", "missing or invalid X-Hub-Signature-256", raw)
+
+    counts = {"statuses": 0, "messages": 0, "unknown_tenant": 0}
+    for value in changes:
+        org = orgs.get(str((value.get("metadata") or {}).get("phone_number_id", "")))
+        if org is None:
+            counts["unknown_tenant"] += 1
+            continue
+        for status in value.get("statuses") or []:
+            if report := _whatsapp_status(status):
+                receipts.apply_status(org, report)
+                counts["statuses"] += 1
+        names = {c.get("wa_id"): (c.get("profile") or {}).get("name", "") for c in value.get("contacts") or [] if isinstance(c, dict)}
+        for message in value.get("messages") or []:
+            if inbound := _whatsapp_inbound(message, names):
+                receipts.receive(org, inbound)
+                counts["messages"] += 1
+    single_org = next(iter(orgs.values())) if len(orgs) == 1 else None
+    _audit("whatsapp", WebhookDelivery.Outcome.PROCESSED, json.dumps(counts), raw, single_org)
+    return HttpResponse("ok", content_type="text/plain")
+
+
+def _whatsapp_verify(request: HttpRequest) -> HttpResponse:
+    """Meta's subscription handshake: echo hub.challenge if the verify token is one of ours."""
+    mode = request.GET.get("hub.mode", "")
+    token = request.GET.get("hub.verify_token", "")
+    challenge = request.GET.get("hub.challenge", "")
+    known = bool(token) and (
+        hmac.compare_digest(token, settings.WHATSAPP_VERIFY_TOKEN or "\0")
+        or Organization.objects.filter(whatsapp_verify_token=token).exists()
+    )
+    if mode != "subscribe" or not known or not challenge:
+        logger.warning("whatsapp verification refused (mode=%r)", mode)
+        return HttpResponse("Forbidden: verify token does not match", status=403, content_type="text/plain")
+    return HttpResponse(challenge, content_type="text/plain")
+
+
+def _changes(payload: dict):
+    """Every `value` of every change of every entry (Meta batches them)."""
+    for entry in payload.get("entry") or []:
+        if isinstance(entry, dict):
+            for change in entry.get("changes") or []:
+                if isinstance(change, dict) and change.get("field") == "messages" and isinstance(change.get("value"), dict):
+                    yield change["value"]
+
+
+def _orgs_by_phone_number_id(ids: set[str]) -> dict[str, Organization]:
+    ids.discard("")
+    if not ids:
+        return {}
+    return {org.whatsapp_phone_number_id: org for org in Organization.objects.filter(whatsapp_phone_number_id__in=ids)}
+
+
+def _app_secret(org: Organization) -> str:
+    return org.whatsapp_app_secret or settings.WHATSAPP_APP_SECRET
+
+
+def _meta_signature_valid(raw: bytes, header: str, secrets: set[str]) -> bool:
+    if not header.startswith("sha256="):
+        return False
+    provided = header[len("sha256="):].strip()
+    # Each tenant's secret must be set and match: one payload spans one Meta app.
+    return bool(secrets) and all(
+        secret and hmac.compare_digest(hmac.new(secret.encode(), raw, hashlib.sha256).hexdigest(), provided) for secret in secrets
+    )
+
+
+def _when(unix: object) -> datetime:
+    try:
+        return datetime.fromtimestamp(int(str(unix)), tz=dt_timezone.utc)
+    except (TypeError, ValueError, OverflowError):
+        return timezone.now()
+
+
+def _whatsapp_status(status: object) -> receipts.StatusReport | None:
+    if not isinstance(status, dict) or status.get("status") not in WHATSAPP_STATUSES or not status.get("id"):
+        return None
+    error = (status.get("errors") or [{}])[0] if status.get("status") == "failed" else {}
+    details = (error.get("error_data") or {}).get("details", "") if isinstance(error, dict) else ""
+    return receipts.StatusReport(
+        channel=Channel.WHATSAPP,
+        provider_message_id=str(status["id"]),
+        status=status["status"],
+        at=_when(status.get("timestamp")),
+        callback=str(status.get("biz_opaque_callback_data") or ""),
+        error_code=str(error.get("code", "")) if isinstance(error, dict) else "",
+        error_title=" ".join(filter(None, [error.get("title", "") if isinstance(error, dict) else "", details])),
+    )
+
+
+def _whatsapp_inbound(message: object, names: dict) -> receipts.Inbound | None:
+    if not isinstance(message, dict) or not message.get("id") or not str(message.get("from", "")).isdigit():
+        return None
+    kind = message.get("type", "")
+    if kind == "text":
+        body = (message.get("text") or {}).get("body", "")
+    elif kind == "button":
+        body = (message.get("button") or {}).get("text", "")
+    elif kind == "interactive":
+        reply = (message.get("interactive") or {})
+        body = (reply.get("button_reply") or reply.get("list_reply") or {}).get("title", "")
+    else:
+        body = f"[{kind or 'unsupported'} message]"
+    return receipts.Inbound(
+        channel=Channel.WHATSAPP,
+        provider_message_id=str(message["id"]),
+        phone="+" + message["from"],
+        body=str(body),
+        at=_when(message.get("timestamp")),
+        profile_name=str(names.get(message["from"], "") or ""),
+    )
+
+
+# --- Twilio ---------------------------------------------------------------------------
+
+
+def _twilio_org(request: HttpRequest, *, to: str = "") -> Organization | None:
+    sid = request.POST.get("AccountSid", "")
+    if not sid:
+        return None
+    orgs = list(Organization.objects.filter(twilio_account_sid=sid))
+    # One Twilio account can serve several organizations: the number tells them apart.
+    return next((org for org in orgs if to and org.twilio_from_number == to), orgs[0] if orgs else None)
+
+
+def _twilio_verified(request: HttpRequest, org: Organization | None) -> bool:
+    token = (org.twilio_auth_token if org else "") or settings.TWILIO_AUTH_TOKEN
+    provided = request.headers.get("X-Twilio-Signature", "")
+    params = {key: request.POST.getlist(key) for key in request.POST}
+    # Twilio signs the URL it was given: our public URL, or the one this request reached.
+    urls = {settings.PUBLIC_BASE_URL + request.get_full_path(), request.build_absolute_uri()}
+    return any(twilio.signature_valid(token, url, params, provided) for url in urls)
+
+
+@csrf_exempt
+@require_POST
+def twilio_status(request: HttpRequest) -> HttpResponse:
+    org = _twilio_org(request)
+    if org is None or not _twilio_verified(request, org):
+        return _forbidden("twilio", "unknown AccountSid or invalid X-Twilio-Signature", request.body)
+    status = TWILIO_STATUSES.get(request.POST.get("MessageStatus", ""))
+    sid = request.POST.get("MessageSid", "")
+    applied = None
+    if status and sid:
+        code = request.POST.get("ErrorCode", "")
+        applied = receipts.apply_status(
+            org,
+            receipts.StatusReport(
+                channel=Channel.SMS, provider_message_id=sid, status=status, at=timezone.now(),
+                callback=CALLBACK_PREFIX + request.GET.get("m", ""), error_code=code,
+                error_title=f"Twilio error {code}" if code else "",
+            ),
+        )
+    detail = f"{request.POST.get('MessageStatus', '')} {sid} {'applied' if applied else 'no change'}"
+    _audit("twilio", WebhookDelivery.Outcome.PROCESSED, detail, request.body, org)
+    return HttpResponse(status=204)
+
+
+@csrf_exempt
+@require_POST
+def twilio_inbound(request: HttpRequest) -> HttpResponse:
+    org = _twilio_org(request, to=request.POST.get("To", ""))
+    if org is None or not _twilio_verified(request, org):
+        return _forbidden("twilio", "unknown AccountSid or invalid X-Twilio-Signature", request.body)
+    sid, sender = request.POST.get("MessageSid", ""), request.POST.get("From", "")
+    if sid and sender.startswith("+"):
+        receipts.receive(
+            org,
+            receipts.Inbound(channel=Channel.SMS, provider_message_id=sid, phone=sender, body=request.POST.get("Body", ""), at=timezone.now()),
+        )
+    _audit("twilio", WebhookDelivery.Outcome.PROCESSED, f"inbound {sid}", request.body, org)
+    return HttpResponse(EMPTY_TWIML, content_type="text/xml")

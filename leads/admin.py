@@ -1,0 +1,106 @@
+"""Admin for sales-ops: organizations (greeting, templates, provider credentials) and leads.
+
+Credentials are write-only here: the form shows whether one is set, never its
+value, and leaving the field empty keeps the stored one.
+"""
+
+from __future__ import annotations
+
+from django import forms
+from django.contrib import admin
+
+from leads.models import ApiKey, Contact, Lead, LeadEvent, Organization, Submission
+
+SECRET_FIELDS = ("whatsapp_access_token", "whatsapp_app_secret", "whatsapp_verify_token", "twilio_auth_token", "hubspot_access_token")
+
+
+class OrganizationForm(forms.ModelForm):
+    clear_secrets = forms.MultipleChoiceField(
+        required=False, choices=[(name, name) for name in SECRET_FIELDS], widget=forms.CheckboxSelectMultiple,
+        help_text="Tick a credential to remove it.",
+    )
+
+    class Meta:
+        model = Organization
+        fields = "__all__"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for name in SECRET_FIELDS:
+            field = self.fields[name]
+            is_set = bool(self.instance.pk and getattr(self.instance, name))
+            field.widget = forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"})
+            field.required = False
+            field.help_text = "Set — leave empty to keep it." if is_set else "Not set."
+
+    def clean(self):
+        cleaned = super().clean()
+        for name in SECRET_FIELDS:
+            if name in cleaned.get("clear_secrets", []):
+                cleaned[name] = ""
+            elif not cleaned.get(name) and self.instance.pk:
+                cleaned[name] = getattr(self.instance, name)  # empty input keeps the stored secret
+        return cleaned
+
+
+@admin.register(Organization)
+class OrganizationAdmin(admin.ModelAdmin):
+    form = OrganizationForm
+    list_display = ("name", "timezone", "whatsapp_phone_number_id", "twilio_from_number", "ai_model", "created_at")
+    search_fields = ("name",)
+    fieldsets = (
+        (None, {"fields": ("name", "timezone", "phone_region", "ingest_rate_per_minute")}),
+        ("Greeting", {"fields": ("ai_model", "ai_prompt", "greeting_fallback")}),
+        ("WhatsApp", {"fields": ("whatsapp_phone_number_id", "whatsapp_access_token", "whatsapp_app_secret", "whatsapp_verify_token",
+                                 "whatsapp_template_name", "whatsapp_template_language", "whatsapp_template_has_parameter")}),
+        ("Twilio SMS", {"fields": ("twilio_account_sid", "twilio_auth_token", "twilio_from_number")}),
+        ("HubSpot", {"fields": ("hubspot_access_token",)}),
+        ("Remove credentials", {"classes": ("collapse",), "fields": ("clear_secrets",)}),
+    )
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(admin.ModelAdmin):
+    list_display = ("prefix", "name", "organization", "created_at", "revoked_at")
+    list_filter = ("organization",)
+    readonly_fields = ("prefix", "key_hash", "created_at")
+    fields = ("organization", "name", "prefix", "key_hash", "created_at", "revoked_at")
+
+    def has_add_permission(self, request):
+        return False  # keys are issued by `create_organization` / `demo_organization`, shown once
+
+
+@admin.register(Contact)
+class ContactAdmin(admin.ModelAdmin):
+    list_display = ("__str__", "organization", "phone", "email", "consent", "created_at")
+    list_filter = ("organization", "consent")
+    search_fields = ("phone", "email", "name")
+
+
+class LeadEventInline(admin.TabularInline):
+    model = LeadEvent
+    fields = ("occurred_at", "kind", "data")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    ordering = ("occurred_at", "pk")
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Lead)
+class LeadAdmin(admin.ModelAdmin):
+    list_display = ("pk", "organization", "contact", "status", "source", "captured_at", "first_response_at")
+    list_filter = ("organization", "status", "source")
+    search_fields = ("contact__phone", "contact__email", "contact__name")
+    raw_id_fields = ("contact",)
+    readonly_fields = ("captured_at", "first_response_at", "created_at")
+    inlines = [LeadEventInline]
+
+
+@admin.register(Submission)
+class SubmissionAdmin(admin.ModelAdmin):
+    list_display = ("pk", "organization", "lead", "source", "external_id", "received_at")
+    list_filter = ("organization", "source")
+    raw_id_fields = ("contact", "lead")
