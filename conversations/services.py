@@ -178,11 +178,21 @@ def _skip(lead: Lead, reason: str) -> None:
             timeline.record(lead.pk, ("first_touch.skipped", {"reason": reason, "detail": _SKIP_EXPLAINED[reason]}, now))
 
 
+def release_db_connection() -> None:
+    """Hand this thread's database connection back to the pool before waiting on a
+    provider: a lane runs dozens of greetings at once, each mostly waiting on the
+    network, and the pool is sized for queries, not for waits."""
+    if not connection.in_atomic_block and connection.settings_dict.get("OPTIONS", {}).get("pool"):
+        connection.close()
+
+
 def _compose(org: Organization, lead: Lead, contact: Contact):
     """(text, source, model_ms, model_error, composed_at): the AI's text, or the fallback in time."""
+    facts = _lead_facts(org, lead, contact)
+    release_db_connection()
     started = timezone.now()
     try:
-        text = model.write_greeting(model=org.ai_model, system_prompt=org.ai_prompt, lead_facts=_lead_facts(org, lead, contact))
+        text = model.write_greeting(model=org.ai_model, system_prompt=org.ai_prompt, lead_facts=facts)
         source, error = Greeting.TextSource.AI, ""
     except model.ModelUnavailable as exc:
         text, source, error = render_fallback(org, lead, contact), Greeting.TextSource.TEMPLATE, exc.reason
@@ -258,18 +268,29 @@ def _claim(lead, channel, text, source, model_ms, model_error, composed_at) -> t
 
 def _new_message(greeting: Greeting, lead: Lead, channel: str, *, now: datetime) -> Message:
     """The greeting's message on `channel`, claimed for sending (attempt 1)."""
+    conversation = _conversation(lead, channel)
+    template, body = _what_to_send(lead.organization, conversation, greeting.text)
     return Message.objects.create(
         organization_id=lead.organization_id,
-        conversation=_conversation(lead, channel),
+        conversation=conversation,
         lead=lead,
         greeting=greeting,
         direction=Message.Direction.OUTBOUND,
         channel=channel,
-        body=greeting.text,
+        body=body,
+        template_name=template,
         status=Message.Status.SENDING,
         attempts=1,
         created_at=now,
     )
+
+
+def _what_to_send(org: Organization, conversation: Conversation, text: str) -> tuple[str, str]:
+    """(template name or "", body actually sent). WhatsApp outside the 24-hour window
+    takes an approved template, with the text as its parameter if it has one."""
+    if conversation.channel != Channel.WHATSAPP or conversation.window_open() or not org.whatsapp_template_name:
+        return "", text
+    return org.whatsapp_template_name, text if org.whatsapp_template_has_parameter else ""
 
 
 def _reclaim(message: Message) -> bool:
@@ -290,7 +311,7 @@ def _deliver(message: Message, greeting: Greeting, lead: Lead) -> None:
         _fail(message, ProviderError(message.channel, "contact withdrew consent before sending", code="no_consent", permanent=True))
         return
     try:
-        sent = _send(message, greeting, org, contact)
+        sent = _send(message, greeting, org, contact)  # releases the connection while it waits
     except ProviderError as exc:
         _handle_send_error(message, greeting, lead, exc)
         return
@@ -300,17 +321,19 @@ def _deliver(message: Message, greeting: Greeting, lead: Lead) -> None:
 def _send(message: Message, greeting: Greeting, org: Organization, contact: Contact):
     callback = f"{CALLBACK_PREFIX}{message.pk}"
     if message.channel == Channel.SMS:
+        release_db_connection()
         return twilio.send_sms(org=org, to=contact.phone, body=greeting.text, status_callback=status_callback_url(message))
-    if message.conversation.window_open():
+    template, body = _what_to_send(org, message.conversation, greeting.text)
+    if (template, body) != (message.template_name, message.body):  # the window opened or closed since
+        Message.objects.filter(pk=message.pk).update(template_name=template, body=body)
+    release_db_connection()
+    if not template and message.conversation.window_open():
         return whatsapp.send_text(org=org, to=contact.phone, body=greeting.text, callback_data=callback)
-    if not org.whatsapp_template_name:
+    if not template:
         raise ProviderError("whatsapp", "outside the 24-hour window and no approved template configured", code="no_template", permanent=True)
-    parameter = greeting.text if org.whatsapp_template_has_parameter else None
-    if message.template_name != org.whatsapp_template_name or (parameter is None and message.body):
-        Message.objects.filter(pk=message.pk).update(template_name=org.whatsapp_template_name, body=parameter or "")
     return whatsapp.send_template(
-        org=org, to=contact.phone, name=org.whatsapp_template_name, language=org.whatsapp_template_language,
-        parameter=parameter, callback_data=callback,
+        org=org, to=contact.phone, name=template, language=org.whatsapp_template_language,
+        parameter=greeting.text if org.whatsapp_template_has_parameter else None, callback_data=callback,
     )
 
 

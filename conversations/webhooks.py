@@ -207,9 +207,10 @@ def _twilio_verified(request: HttpRequest, org: Organization | None) -> bool:
 @csrf_exempt
 @require_POST
 def twilio_status(request: HttpRequest) -> HttpResponse:
+    raw = request.body  # read before request.POST consumes the stream; kept for the audit row
     org = _twilio_org(request)
     if org is None or not _twilio_verified(request, org):
-        return _forbidden("twilio", "unknown AccountSid or invalid X-Twilio-Signature", request.body)
+        return _forbidden("twilio", "unknown AccountSid or invalid X-Twilio-Signature", raw)
     status = TWILIO_STATUSES.get(request.POST.get("MessageStatus", ""))
     sid = request.POST.get("MessageSid", "")
     applied = None
@@ -224,21 +225,22 @@ def twilio_status(request: HttpRequest) -> HttpResponse:
             ),
         )
     detail = f"{request.POST.get('MessageStatus', '')} {sid} {'applied' if applied else 'no change'}"
-    _audit("twilio", WebhookDelivery.Outcome.PROCESSED, detail, request.body, org)
+    _audit("twilio", WebhookDelivery.Outcome.PROCESSED, detail, raw, org)
     return HttpResponse(status=204)
 
 
 @csrf_exempt
 @require_POST
 def twilio_inbound(request: HttpRequest) -> HttpResponse:
+    raw = request.body  # read before request.POST consumes the stream; kept for the audit row
     org = _twilio_org(request, to=request.POST.get("To", ""))
     if org is None or not _twilio_verified(request, org):
-        return _forbidden("twilio", "unknown AccountSid or invalid X-Twilio-Signature", request.body)
+        return _forbidden("twilio", "unknown AccountSid or invalid X-Twilio-Signature", raw)
     sid, sender = request.POST.get("MessageSid", ""), request.POST.get("From", "")
     if sid and sender.startswith("+"):
         receipts.receive(
             org,
             receipts.Inbound(channel=Channel.SMS, provider_message_id=sid, phone=sender, body=request.POST.get("Body", ""), at=timezone.now()),
         )
-    _audit("twilio", WebhookDelivery.Outcome.PROCESSED, f"inbound {sid}", request.body, org)
+    _audit("twilio", WebhookDelivery.Outcome.PROCESSED, f"inbound {sid}", raw, org)
     return HttpResponse(EMPTY_TWIML, content_type="text/xml")

@@ -135,12 +135,14 @@ CELERY_BEAT_SCHEDULE_FILENAME = env_str("CELERY_BEAT_SCHEDULE_FILENAME", str(BAS
 # Worker lanes: each is its own queue and its own worker process. The first-touch
 # lane never shares workers with bulk work, so a burst of CRM sync cannot delay a
 # greeting. I/O-bound lanes use a thread pool: dozens of provider calls in flight
-# per process instead of one.
+# per process instead of one. A greeting waits ~0.6 s on providers (model, then
+# WhatsApp), so 10,000 leads/min keep ~100 in flight: first_touch has 96 threads,
+# and releases its database connection while it waits.
 SWIFTEX_LANES = {
     "first_touch": {
         "queue": "first_touch",
         "pool": "threads",
-        "concurrency": env_int("LANE_FIRST_TOUCH_CONCURRENCY", 32, minimum=1),
+        "concurrency": env_int("LANE_FIRST_TOUCH_CONCURRENCY", 96, minimum=1),
         "subscribers": ["conversations"],
     },
     "conversations": {

@@ -71,3 +71,19 @@ def org_and_key(db):
 def client_for(org_and_key):
     org, key = org_and_key
     return api_client(key)
+
+
+@pytest.fixture(scope="session")
+def fake_providers(tmp_path_factory):
+    """The fake provider server, started once; each test gets it reset (see `fakes`)."""
+    from tests.support import FakeProviders
+
+    server = FakeProviders("http://127.0.0.1:9", tmp_path_factory.mktemp("fakes")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def fakes(fake_providers):
+    fake_providers.reset()
+    return fake_providers

@@ -15,3 +15,19 @@ def org_with_key(**fields) -> tuple[Organization, str]:
     org = OrganizationFactory(**fields)
     _, raw_key = ApiKey.issue(org)
     return org, raw_key
+
+
+PROVIDER_CREDENTIALS = {
+    "whatsapp_phone_number_id": "100200300",
+    "whatsapp_access_token": "wa-token",
+    "whatsapp_app_secret": "test-whatsapp-app-secret",
+    "whatsapp_verify_token": "verify-me",
+    "twilio_account_sid": "AC" + "1" * 32,
+    "twilio_auth_token": "test-twilio-auth-token",
+    "twilio_from_number": "+15550002222",
+}
+
+
+def org_with_providers(**fields) -> tuple[Organization, str]:
+    """An organization set up for WhatsApp and Twilio (secrets match tests.support.FakeProviders)."""
+    return org_with_key(**{**PROVIDER_CREDENTIALS, **fields})

@@ -62,25 +62,32 @@ def child_env() -> dict:
 class ManagedProcess:
     """A real Swiftex process (lane worker, relay) against the test database and vhost."""
 
-    def __init__(self, name: str, argv: list[str], ready_marker: bytes, log_path: Path) -> None:
+    def __init__(self, name: str, argv: list[str], ready_marker: bytes, log_path: Path, env: dict | None = None) -> None:
         self.name = name
         self.argv = argv
         self.ready_marker = ready_marker
         self.log_path = log_path
+        self.env = env or {}
         self.process: subprocess.Popen | None = None
 
     @classmethod
-    def lane(cls, lane: str, log_dir: Path) -> ManagedProcess:
+    def lane(cls, lane: str, log_dir: Path, env: dict | None = None) -> ManagedProcess:
         argv = ["manage.py", "run_lane", lane, "--loglevel", "INFO"]
-        return cls(lane, argv, b" ready.", log_dir / f"{lane}-{time.monotonic_ns()}.log")
+        return cls(lane, argv, b" ready.", log_dir / f"{lane}-{time.monotonic_ns()}.log", env)
 
     @classmethod
-    def relay(cls, log_dir: Path) -> ManagedProcess:
-        return cls("relay", ["manage.py", "outbox_relay"], b"outbox relay started", log_dir / f"relay-{time.monotonic_ns()}.log")
+    def relay(cls, log_dir: Path, env: dict | None = None) -> ManagedProcess:
+        return cls("relay", ["manage.py", "outbox_relay"], b"outbox relay started", log_dir / f"relay-{time.monotonic_ns()}.log", env)
+
+    @classmethod
+    def web(cls, port: int, log_dir: Path, env: dict | None = None) -> ManagedProcess:
+        argv = ["-m", "gunicorn", "swiftex.wsgi", "-c", "swiftex/gunicorn.conf.py"]
+        env = {"PORT": str(port), "WEB_WORKERS": "1", "PROMETHEUS_MULTIPROC_DIR": str(log_dir / "prometheus"), **(env or {})}
+        return cls("web", argv, b"Booting worker", log_dir / f"web-{time.monotonic_ns()}.log", env)
 
     def start(self) -> ManagedProcess:
         log = self.log_path.open("ab")
-        env = {**child_env(), "LOG_LEVEL": "INFO"}
+        env = {**child_env(), "LOG_LEVEL": "INFO", **self.env}
         self.process = subprocess.Popen([sys.executable, *self.argv], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         wait_until(
             lambda: self.ready_marker in self.log_path.read_bytes() or self.process.poll() is not None,
@@ -112,3 +119,66 @@ def rabbitmq(command: str) -> None:
     subprocess.run(["rabbitmqctl", "-q", command], check=True, capture_output=True, timeout=120)
     if command == "start_app":
         subprocess.run(["rabbitmqctl", "-q", "await_startup"], check=True, capture_output=True, timeout=120)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class FakeProviders:
+    """The project's fake provider server (`python -m fakes`) as a real process."""
+
+    APP_SECRET = "test-whatsapp-app-secret"
+    AUTH_TOKEN = "test-twilio-auth-token"
+
+    def __init__(self, webhook_url: str, log_dir: Path) -> None:
+        self.webhook_url = webhook_url
+        self.log_path = log_dir / f"fakes-{time.monotonic_ns()}.log"
+        self.process: subprocess.Popen | None = None
+        self.url = ""
+
+    def start(self) -> FakeProviders:
+        argv = [sys.executable, "-m", "fakes", "--port", "0", "--webhook-url", self.webhook_url,
+                "--whatsapp-app-secret", self.APP_SECRET, "--twilio-auth-token", self.AUTH_TOKEN,
+                "--status-delay-ms", "20", "--model-latency-ms", "0", "--whatsapp-latency-ms", "0", "--sms-latency-ms", "0"]
+        self.process = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=self.log_path.open("ab"), text=True)
+        line = self.process.stdout.readline()
+        assert "listening on" in line, f"fake providers did not start: {line!r}"
+        self.url = line.strip().rsplit(" ", 1)[-1]
+        return self
+
+    def env(self) -> dict:
+        """Settings that point Swiftex at this server."""
+        return {
+            "OPENAI_BASE_URL": f"{self.url}/openai/v1",
+            "OPENAI_API_KEY": "test-openai-key",
+            "WHATSAPP_API_URL": f"{self.url}/whatsapp/v23.0",
+            "TWILIO_API_URL": f"{self.url}/twilio",
+        }
+
+    def configure(self, **config) -> dict:
+        return self._call("POST", "/_fake/config", config)
+
+    def reset(self) -> None:
+        self._call("POST", "/_fake/reset", {})
+
+    def requests(self, provider: str) -> list[dict]:
+        return self._call("GET", f"/_fake/requests?provider={provider}")["requests"]
+
+    def _call(self, method: str, path: str, body: dict | None = None) -> dict:
+        # urllib, not requests: tests mock `requests` with `responses`.
+        import urllib.request
+
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(self.url + path, data=data, method=method, headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return json.loads(response.read() or b"{}")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)

@@ -23,7 +23,7 @@ _clients: dict[tuple[str, str, float], openai.OpenAI] = {}
 _clients_lock = threading.Lock()
 # Calls run here so the caller can stop waiting at the deadline; a call that
 # overruns finishes (and is discarded) within the client's own timeout.
-_executor = ThreadPoolExecutor(max_workers=64, thread_name_prefix="greeting-model")
+_executor = ThreadPoolExecutor(max_workers=128, thread_name_prefix="greeting-model")
 
 
 class ModelUnavailable(Exception):

@@ -1,0 +1,292 @@
+"""The first touch as a service: claim, send, retry, fall back, never twice.
+
+Provider HTTP is faked at the client seam with `responses` (every expected
+request must fire); the database is real.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import timedelta
+from urllib.parse import parse_qs
+
+import pytest
+import requests
+import responses
+from django.conf import settings
+from django.utils import timezone
+
+from conversations import services
+from conversations.models import Conversation, Greeting, Message
+from leads.models import Lead, LeadEvent
+from swiftex.models import OutboxEvent
+from tests.factories import PROVIDER_CREDENTIALS, org_with_providers
+from tests.support import api_client, post_json
+
+pytestmark = pytest.mark.django_db
+
+PNID = PROVIDER_CREDENTIALS["whatsapp_phone_number_id"]
+SID = PROVIDER_CREDENTIALS["twilio_account_sid"]
+WA_URL = f"{settings.WHATSAPP_API_URL}/{PNID}/messages"
+SMS_URL = f"{settings.TWILIO_API_URL}/2010-04-01/Accounts/{SID}/Messages.json"
+ANA = {"name": "Ana Lima", "phone": "+14155550123", "source": "web", "campaign": "spring", "consent": True}
+
+
+def wa_ok(wamid: str = "wamid.ONE") -> dict:
+    return {"status": 200, "json": {"messaging_product": "whatsapp", "contacts": [{"input": "14155550123", "wa_id": "14155550123"}],
+                                    "messages": [{"id": wamid, "message_status": "accepted"}]}}
+
+
+def wa_error(code: int, http: int = 400, title: str = "error") -> dict:
+    return {"status": http, "json": {"error": {"message": title, "type": "OAuthException", "code": code, "fbtrace_id": "x"}}}
+
+
+def sms_ok(sid: str = "SM" + "a" * 32) -> dict:
+    return {"status": 201, "json": {"sid": sid, "status": "queued"}}
+
+
+@pytest.fixture
+def org(settings):
+    settings.OPENAI_API_KEY = ""  # the organization's fallback text; model tests set their own
+    return org_with_providers()
+
+
+@pytest.fixture
+def lead(org):
+    org, key = org
+    response = post_json(api_client(key), "/api/v1/leads", ANA)
+    assert response.status_code == 201
+    return Lead.objects.get(pk=response.json()["id"])
+
+
+@pytest.fixture
+def provider():
+    with responses.RequestsMock(assert_all_requests_are_fired=True) as mock:
+        yield mock
+
+
+def sms_form(call) -> dict:
+    return {key: values[0] for key, values in parse_qs(call.request.body).items()}
+
+
+def greet(lead: Lead, event_id: str | None = None) -> None:
+    services.first_touch(event_id=event_id or str(uuid.uuid4()), lead_id=lead.pk, published_at=timezone.now().isoformat())
+
+
+def kinds(lead: Lead) -> list[str]:
+    return list(LeadEvent.objects.filter(lead=lead).values_list("kind", flat=True))
+
+
+def test_new_lead_gets_one_template_greeting_on_whatsapp_and_the_timeline_shows_each_step(lead, provider):
+    provider.add(responses.POST, WA_URL, **wa_ok())
+    greet(lead)
+
+    sent = json.loads(provider.calls[0].request.body)
+    assert provider.calls[0].request.headers["Authorization"] == "Bearer wa-token"
+    assert sent["type"] == "template" and sent["to"] == "14155550123"  # no inbound yet: outside the 24 h window
+    assert sent["template"]["name"] == "lead_greeting"
+    parameter = sent["template"]["components"][0]["parameters"][0]["text"]
+    assert parameter.startswith("Hi Ana, thanks for contacting")
+    message = Message.objects.get()
+    assert (message.status, message.provider_message_id, message.template_name) == ("accepted", "wamid.ONE", "lead_greeting")
+    assert sent["biz_opaque_callback_data"] == f"swx-msg-{message.pk}"
+    lead.refresh_from_db()
+    assert lead.first_response_at is not None and lead.status == "contacted"
+    assert Greeting.objects.get().state == "done"
+    assert kinds(lead) == ["lead.created", "submission.received", "event.published", "first_touch.started", "greeting.composed", "message.accepted"]
+    accepted = LeadEvent.objects.get(lead=lead, kind="message.accepted")
+    assert accepted.data["since_capture_ms"] >= 0
+    assert OutboxEvent.objects.filter(event_type="lead.status_changed", payload__lead_id=lead.pk).count() == 1
+
+
+def test_the_same_lead_event_delivered_twice_or_duplicated_greets_once(lead, provider):
+    provider.add(responses.POST, WA_URL, **wa_ok())
+    event_id = str(uuid.uuid4())
+    greet(lead, event_id)
+    greet(lead, event_id)  # redelivery
+    greet(lead)  # a duplicate event with another id
+
+    assert len(provider.calls) == 1
+    assert Message.objects.count() == 1
+    assert kinds(lead).count("first_touch.started") == 2  # one per distinct event, never one per delivery
+
+
+def test_a_contact_without_consent_gets_no_message_and_the_reason_is_recorded(org, provider):
+    _, key = org
+    lead_id = post_json(api_client(key), "/api/v1/leads", {**ANA, "consent": False}).json()["id"]
+    services.first_touch(event_id=str(uuid.uuid4()), lead_id=lead_id)
+
+    assert len(provider.calls) == 0
+    greeting = Greeting.objects.get(lead_id=lead_id)
+    assert (greeting.state, greeting.reason) == ("skipped", "no_consent")
+    skipped = LeadEvent.objects.get(lead_id=lead_id, kind="first_touch.skipped")
+    assert "opted in" in skipped.data["detail"]
+
+
+def test_not_on_whatsapp_131026_falls_back_to_exactly_one_sms(lead, provider):
+    provider.add(responses.POST, WA_URL, **wa_error(131026, title="Message undeliverable"))
+    provider.add(responses.POST, SMS_URL, **sms_ok())
+    greet(lead)
+    greet(lead)
+
+    assert len(provider.calls) == 2
+    form = sms_form(provider.calls[1])
+    assert form["To"] == "+14155550123" and form["From"] == "+15550002222"
+    wa, sms = Message.objects.get(channel="whatsapp"), Message.objects.get(channel="sms")
+    assert (wa.status, wa.error_code) == ("failed", "131026")
+    assert sms.status == "accepted" and sms.body == form["Body"] == Greeting.objects.get().text
+    assert Greeting.objects.get().state == "done"
+    assert "greeting.fallback" in kinds(lead)
+    assert OutboxEvent.objects.filter(event_type="message.failed").count() == 1
+
+
+@pytest.mark.parametrize("code", [190, 131047, 132001, 368])
+def test_permanent_whatsapp_errors_are_not_retried(lead, provider, code):
+    provider.add(responses.POST, WA_URL, **wa_error(code))
+    provider.add(responses.POST, SMS_URL, **sms_ok())
+    greet(lead)
+    assert [c.request.url for c in provider.calls] == [WA_URL, SMS_URL]
+    assert Message.objects.get(channel="whatsapp").error_code == str(code)
+
+
+def test_transient_errors_retry_with_backoff_and_honour_retry_after(lead, provider):
+    provider.add(responses.POST, WA_URL, **wa_error(130429, http=400, title="Rate limit hit"), headers={"Retry-After": "7"})
+    provider.add(responses.POST, WA_URL, status=503, body="upstream down")
+    provider.add(responses.POST, WA_URL, **wa_ok())
+
+    with pytest.raises(services.RetryLater) as first:
+        greet(lead)
+    assert first.value.countdown >= 7
+    assert Message.objects.get().status == "retrying"
+    with pytest.raises(services.RetryLater):
+        greet(lead)  # the task's retry: re-claims the message
+    greet(lead)
+
+    message = Message.objects.get()
+    assert (message.status, message.attempts) == ("accepted", 3)
+    assert kinds(lead).count("message.retrying") == 2
+
+
+def test_transient_errors_give_up_after_the_attempt_cap_then_fall_back(lead, provider, settings):
+    settings.SEND_MAX_ATTEMPTS = 2
+    provider.add(responses.POST, WA_URL, status=500, json={"error": {"code": 1, "message": "unknown"}})
+    provider.add(responses.POST, WA_URL, status=500, json={"error": {"code": 1, "message": "unknown"}})
+    provider.add(responses.POST, SMS_URL, **sms_ok())
+    with pytest.raises(services.RetryLater):
+        greet(lead)
+    greet(lead)
+
+    wa = Message.objects.get(channel="whatsapp")
+    assert wa.status == "failed" and "gave up after 2 attempts" in wa.error_title
+    assert Message.objects.get(channel="sms").status == "accepted"
+
+
+def test_no_answer_from_whatsapp_is_never_resent_and_the_sweep_falls_back_to_sms(lead, provider, settings):
+    provider.add(responses.POST, WA_URL, body=requests.ReadTimeout("read timed out"))
+    greet(lead)
+    greet(lead)  # a redelivery must not send again: Meta may have it
+    assert len(provider.calls) == 1
+    assert Message.objects.get().status == "sending"
+    assert "message.outcome_unknown" in kinds(lead)
+
+    assert services.expire_unsent_greetings() == 0  # not overdue yet
+    later = timezone.now() + timedelta(seconds=settings.WHATSAPP_SENT_TIMEOUT_SECONDS + 1)
+    assert services.expire_unsent_greetings(now=later) == 1
+    wa = Message.objects.get(channel="whatsapp")
+    assert (wa.status, wa.error_code) == ("failed", "timeout")
+    failed = OutboxEvent.objects.get(event_type="message.failed")
+
+    provider.add(responses.POST, SMS_URL, **sms_ok())
+    services.greeting_fallback(greeting_id=failed.payload["greeting_id"])  # what the subscriber enqueues
+    services.greeting_fallback(greeting_id=failed.payload["greeting_id"])
+    assert Message.objects.filter(channel="sms").count() == 1
+
+
+def test_inside_the_24_hour_window_the_greeting_is_free_form_text(lead, provider):
+    Conversation.objects.create(organization=lead.organization, contact=lead.contact, channel="whatsapp",
+                                last_inbound_at=timezone.now() - timedelta(hours=2))
+    provider.add(responses.POST, WA_URL, **wa_ok())
+    greet(lead)
+    sent = json.loads(provider.calls[0].request.body)
+    assert sent["type"] == "text" and sent["text"]["body"].startswith("Hi Ana")
+    assert Message.objects.get().template_name == ""
+
+
+def test_without_a_template_outside_the_window_whatsapp_is_skipped_for_sms(org, provider):
+    org, key = org
+    org.whatsapp_template_name = ""
+    org.save()
+    lead_id = post_json(api_client(key), "/api/v1/leads", ANA).json()["id"]
+    provider.add(responses.POST, SMS_URL, **sms_ok())
+    services.first_touch(event_id=str(uuid.uuid4()), lead_id=lead_id)
+    assert Message.objects.get(channel="whatsapp").error_code == "no_template"
+    assert Message.objects.get(channel="sms").status == "accepted"
+
+
+def test_sms_only_organizations_greet_by_sms(org, provider):
+    org, key = org
+    org.whatsapp_phone_number_id = ""
+    org.save()
+    lead_id = post_json(api_client(key), "/api/v1/leads", ANA).json()["id"]
+    provider.add(responses.POST, SMS_URL, **sms_ok())
+    services.first_touch(event_id=str(uuid.uuid4()), lead_id=lead_id)
+    message = Message.objects.get()
+    assert message.channel == "sms"
+    assert sms_form(provider.calls[0])["StatusCallback"] == f"http://127.0.0.1:8000/webhooks/twilio/status?m={message.pk}"
+
+
+def test_the_fallback_text_fills_the_organizations_placeholders(lead):
+    org = lead.organization
+    org.greeting_fallback = "Olá {first_name}! {organization} · {campaign} via {source}"
+    assert services.render_fallback(org, lead, lead.contact) == f"Olá Ana! {org.name} · spring via web"
+
+
+def test_an_unknown_placeholder_in_the_fallback_is_rejected_by_validation(org):
+    from django.core.exceptions import ValidationError
+
+    org, _ = org
+    org.greeting_fallback = "Hi {nmae}"
+    with pytest.raises(ValidationError, match=r"\{nmae\}"):
+        org.full_clean()
+
+
+@pytest.fixture
+def model(fakes, settings):
+    """The fake OpenAI-compatible server, with its answer time set per test."""
+    settings.OPENAI_BASE_URL = fakes.env()["OPENAI_BASE_URL"]
+    settings.OPENAI_API_KEY = "test-openai-key"
+    return fakes
+
+
+def test_the_model_writes_the_greeting_when_it_answers_within_the_budget(lead, provider, model):
+    model.configure(model_latency_ms=50)
+    provider.add(responses.POST, WA_URL, **wa_ok())
+    greet(lead)
+
+    greeting = Greeting.objects.get()
+    assert greeting.text_source == "ai" and greeting.text.startswith("Hi Ana Lima!")
+    [call] = model.requests("openai")
+    assert call["body"]["model"] == "gpt-4o-mini" and "Campaign: spring" in call["body"]["messages"][1]["content"]
+    assert json.loads(provider.calls[-1].request.body)["template"]["components"][0]["parameters"][0]["text"] == greeting.text
+
+
+def test_a_slow_model_is_abandoned_at_the_budget_and_the_fallback_text_goes_out(lead, provider, model, settings):
+    settings.GREETING_MODEL_BUDGET_SECONDS = 0.3
+    model.configure(model_latency_ms=3000)
+    provider.add(responses.POST, WA_URL, **wa_ok())
+    greet(lead)
+
+    greeting = Greeting.objects.get()
+    assert greeting.text_source == "template" and "0.30s budget" in greeting.model_error
+    assert greeting.model_ms < 3000  # it did not wait for the model's answer
+    composed = LeadEvent.objects.get(lead=lead, kind="greeting.composed")
+    assert composed.data["source"] == "template" and "budget" in composed.data["model_error"]
+
+
+def test_a_failing_model_falls_back_to_the_template(lead, provider, model):
+    model.configure(model_latency_ms=0, model_error_rate=1.0)
+    provider.add(responses.POST, WA_URL, **wa_ok())
+    greet(lead)
+    greeting = Greeting.objects.get()
+    assert greeting.text_source == "template" and "HTTP 500" in greeting.model_error

@@ -1,0 +1,253 @@
+"""Provider webhooks: signatures, tenants, and statuses applied once and in the right order."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import uuid
+from urllib.parse import urlencode
+
+import pytest
+from django.test import Client
+from django.utils import timezone
+
+from conversations.models import Conversation, Greeting, Message, WebhookDelivery
+from conversations.providers import twilio
+from leads.models import Contact, Lead, LeadEvent
+from swiftex import redis as swx_redis
+from swiftex.models import OutboxEvent
+from tests.factories import PROVIDER_CREDENTIALS, org_with_providers
+
+pytestmark = pytest.mark.django_db
+
+PNID = PROVIDER_CREDENTIALS["whatsapp_phone_number_id"]
+APP_SECRET = PROVIDER_CREDENTIALS["whatsapp_app_secret"]
+SID = PROVIDER_CREDENTIALS["twilio_account_sid"]
+AUTH_TOKEN = PROVIDER_CREDENTIALS["twilio_auth_token"]
+
+
+@pytest.fixture
+def org():
+    return org_with_providers()[0]
+
+
+@pytest.fixture
+def greeting_message(org):
+    """A greeting accepted by WhatsApp, as the first-touch lane leaves it."""
+    contact = Contact.objects.create(organization=org, name="Ana", phone="+14155550123", consent=True)
+    lead = Lead.objects.create(organization=org, contact=contact, source="web", captured_at=timezone.now())
+    conversation = Conversation.objects.create(organization=org, contact=contact, channel="whatsapp")
+    greeting = Greeting.objects.create(organization=org, lead=lead, text="Hi Ana", text_source="template")
+    return Message.objects.create(
+        organization=org, conversation=conversation, lead=lead, greeting=greeting, direction="outbound", channel="whatsapp",
+        body="Hi Ana", provider_message_id="wamid.A1", status="accepted", accepted_at=timezone.now(), attempts=1,
+    )
+
+
+def meta_payload(*, statuses=(), messages=(), contacts=(), phone_number_id=PNID) -> dict:
+    value = {"messaging_product": "whatsapp", "metadata": {"display_phone_number": "15550001111", "phone_number_id": phone_number_id}}
+    if statuses:
+        value["statuses"] = list(statuses)
+    if messages:
+        value["messages"] = list(messages)
+        value["contacts"] = list(contacts)
+    return {"object": "whatsapp_business_account", "entry": [{"id": "WABA", "changes": [{"field": "messages", "value": value}]}]}
+
+
+def status(name: str, wamid: str = "wamid.A1", ts: int = 1_800_000_000, **extra) -> dict:
+    return {"id": wamid, "status": name, "timestamp": str(ts), "recipient_id": "14155550123", **extra}
+
+
+def post_meta(payload: dict, *, secret: str | None = APP_SECRET, signature: str | None = None):
+    raw = json.dumps(payload).encode()
+    headers = {}
+    if signature is not None:
+        headers["HTTP_X_HUB_SIGNATURE_256"] = signature
+    elif secret is not None:
+        headers["HTTP_X_HUB_SIGNATURE_256"] = "sha256=" + hmac.new(secret.encode(), raw, hashlib.sha256).hexdigest()
+    return Client().post("/webhooks/whatsapp", data=raw, content_type="application/json", **headers)
+
+
+def message_events(lead_id: int) -> list[str]:
+    return list(LeadEvent.objects.filter(lead_id=lead_id, kind__startswith="message.").values_list("kind", flat=True))
+
+
+# --- WhatsApp verification and signatures -----------------------------------------
+
+
+def test_meta_verification_handshake_echoes_the_challenge_for_a_known_token(org):
+    response = Client().get("/webhooks/whatsapp", {"hub.mode": "subscribe", "hub.verify_token": "verify-me", "hub.challenge": "12345"})
+    assert response.status_code == 200 and response.content == b"12345"
+
+
+@pytest.mark.parametrize("params", [
+    {"hub.mode": "subscribe", "hub.verify_token": "wrong", "hub.challenge": "1"},
+    {"hub.mode": "unsubscribe", "hub.verify_token": "verify-me", "hub.challenge": "1"},
+    {"hub.mode": "subscribe", "hub.verify_token": "", "hub.challenge": "1"},
+])
+def test_meta_verification_with_a_wrong_token_or_mode_is_refused(org, params):
+    assert Client().get("/webhooks/whatsapp", params).status_code == 403
+
+
+@pytest.mark.parametrize("signature", [None, "sha256=" + "0" * 64, "sha1=abc", ""])
+def test_unsigned_or_badly_signed_whatsapp_webhooks_get_403_and_change_nothing(greeting_message, signature):
+    payload = meta_payload(statuses=[status("read")])
+    response = post_meta(payload, secret=None, signature=signature) if signature is not None else post_meta(payload, secret=None)
+    assert response.status_code == 403
+    greeting_message.refresh_from_db()
+    assert greeting_message.status == "accepted" and greeting_message.read_at is None
+    assert WebhookDelivery.objects.get().outcome == "rejected"
+
+
+def test_a_body_signed_with_another_apps_secret_is_rejected(greeting_message):
+    assert post_meta(meta_payload(statuses=[status("sent")]), secret="someone-elses-secret").status_code == 403
+
+
+def test_a_non_json_body_is_rejected(org):
+    assert Client().post("/webhooks/whatsapp", data=b"not json", content_type="application/json").status_code == 403
+
+
+# --- Statuses ---------------------------------------------------------------------
+
+
+def test_statuses_in_order_end_read_with_every_moment_on_the_timeline(greeting_message):
+    for name, ts in (("sent", 1), ("delivered", 2), ("read", 3)):
+        assert post_meta(meta_payload(statuses=[status(name, ts=1_800_000_000 + ts)])).status_code == 200
+    greeting_message.refresh_from_db()
+    assert greeting_message.status == "read"
+    assert greeting_message.sent_at < greeting_message.delivered_at < greeting_message.read_at
+    assert message_events(greeting_message.lead_id) == ["message.sent", "message.delivered", "message.read"]
+
+
+def test_the_same_receipt_twice_and_read_before_delivered_leave_one_correct_state(greeting_message):
+    for name in ("read", "read", "delivered", "sent", "delivered"):
+        assert post_meta(meta_payload(statuses=[status(name)])).status_code == 200
+    greeting_message.refresh_from_db()
+    assert greeting_message.status == "read"
+    assert greeting_message.delivered_at and greeting_message.sent_at  # late receipts still fill their moment
+    assert sorted(message_events(greeting_message.lead_id)) == ["message.delivered", "message.read", "message.sent"]
+
+
+def test_duplicates_are_still_applied_once_when_redis_is_down(greeting_message):
+    swx_redis.breaker.trip(ConnectionError("test: redis down"))
+    for _ in range(3):
+        assert post_meta(meta_payload(statuses=[status("delivered")])).status_code == 200
+    assert message_events(greeting_message.lead_id) == ["message.delivered"]
+
+
+def test_every_entry_change_and_status_in_one_payload_is_processed(greeting_message, org):
+    other = Message.objects.create(
+        organization=org, conversation=greeting_message.conversation, direction="outbound", channel="whatsapp",
+        provider_message_id="wamid.B2", status="accepted",
+    )
+    payload = meta_payload(statuses=[status("delivered")])
+    payload["entry"].append(meta_payload(statuses=[status("sent", "wamid.B2"), status("delivered", "wamid.B2")])["entry"][0])
+    assert post_meta(payload).status_code == 200
+    greeting_message.refresh_from_db(), other.refresh_from_db()
+    assert (greeting_message.status, other.status) == ("delivered", "delivered")
+
+
+def test_a_status_for_a_message_whose_wamid_we_never_stored_is_matched_by_our_callback_data(greeting_message):
+    # A worker killed after Meta accepted but before storing the wamid.
+    Message.objects.filter(pk=greeting_message.pk).update(provider_message_id=None, status="sending", accepted_at=None)
+    Lead.objects.filter(pk=greeting_message.lead_id).update(first_response_at=None)
+    payload = meta_payload(statuses=[status("sent", "wamid.LATE", biz_opaque_callback_data=f"swx-msg-{greeting_message.pk}")])
+    assert post_meta(payload).status_code == 200
+    greeting_message.refresh_from_db()
+    assert (greeting_message.provider_message_id, greeting_message.status) == ("wamid.LATE", "sent")
+    assert Lead.objects.get(pk=greeting_message.lead_id).first_response_at is not None
+
+
+def test_a_failed_status_fails_the_message_once_and_raises_message_failed_for_the_sms_fallback(greeting_message):
+    error = {"code": 131026, "title": "Message undeliverable", "error_data": {"details": "Message Undeliverable."}}
+    for _ in range(2):
+        assert post_meta(meta_payload(statuses=[status("failed", errors=[error])])).status_code == 200
+    greeting_message.refresh_from_db()
+    assert (greeting_message.status, greeting_message.error_code) == ("failed", "131026")
+    assert "undeliverable" in greeting_message.error_title.lower()
+    event = OutboxEvent.objects.get(event_type="message.failed")
+    assert event.payload["greeting_id"] == greeting_message.greeting_id and event.payload["channel"] == "whatsapp"
+
+
+def test_failed_after_delivered_does_not_undo_the_delivery(greeting_message):
+    post_meta(meta_payload(statuses=[status("delivered")]))
+    post_meta(meta_payload(statuses=[status("failed", errors=[{"code": 131000, "title": "x"}])]))
+    greeting_message.refresh_from_db()
+    assert greeting_message.status == "delivered"
+    assert not OutboxEvent.objects.filter(event_type="message.failed").exists()
+
+
+def test_statuses_for_an_unknown_phone_number_id_change_nothing(greeting_message, settings):
+    settings.WHATSAPP_APP_SECRET = APP_SECRET  # the platform's default app
+    assert post_meta(meta_payload(statuses=[status("read")], phone_number_id="999")).status_code == 200
+    greeting_message.refresh_from_db()
+    assert greeting_message.status == "accepted"
+
+
+# --- Inbound ----------------------------------------------------------------------
+
+
+def test_an_inbound_whatsapp_message_is_stored_once_and_opens_the_24_hour_window(greeting_message):
+    inbound = {"from": "14155550123", "id": "wamid.IN1", "timestamp": str(int(timezone.now().timestamp())), "type": "text", "text": {"body": "hi!"}}
+    payload = meta_payload(messages=[inbound], contacts=[{"wa_id": "14155550123", "profile": {"name": "Ana"}}])
+    assert post_meta(payload).status_code == 200
+    assert post_meta(payload).status_code == 200
+    stored = Message.objects.get(provider_message_id="wamid.IN1")
+    assert (stored.direction, stored.body, stored.lead_id) == ("inbound", "hi!", greeting_message.lead_id)
+    assert Conversation.objects.get(pk=greeting_message.conversation_id).window_open()
+    assert message_events(greeting_message.lead_id) == ["message.received"]
+
+
+# --- Twilio -------------------------------------------------------------------------
+
+
+def post_twilio(path: str, params: dict, *, token: str | None = AUTH_TOKEN):
+    url = "http://testserver" + path
+    headers = {"HTTP_X_TWILIO_SIGNATURE": twilio.signature(token, url, params)} if token else {}
+    return Client().post(path, data=urlencode(params), content_type="application/x-www-form-urlencoded", **headers)
+
+
+@pytest.fixture
+def sms_message(greeting_message):
+    conversation = Conversation.objects.create(organization=greeting_message.organization, contact=greeting_message.conversation.contact, channel="sms")
+    return Message.objects.create(
+        organization=greeting_message.organization, conversation=conversation, lead=greeting_message.lead, greeting=greeting_message.greeting,
+        direction="outbound", channel="sms", body="Hi Ana", status="sending", attempts=1,
+    )
+
+
+def test_twilio_signature_matches_twilios_published_example():
+    params = {"CallSid": "CA1234567890ABCDE", "Caller": "+14158675309", "Digits": "1234", "From": "+14158675309", "To": "+18005551212"}
+    assert twilio.signature("12345", "https://mycompany.com/myapp.php?foo=1&bar=2", params) == "RSOYDt4T1cUTdK1PDd93/VVr8B8="
+
+
+def test_a_signed_twilio_status_callback_is_applied_and_matched_by_our_message_id(sms_message):
+    params = {"MessageSid": "SM" + "b" * 32, "MessageStatus": "delivered", "AccountSid": SID, "To": "+14155550123"}
+    assert post_twilio(f"/webhooks/twilio/status?m={sms_message.pk}", params).status_code == 204
+    sms_message.refresh_from_db()
+    assert (sms_message.status, sms_message.provider_message_id) == ("delivered", "SM" + "b" * 32)
+
+
+@pytest.mark.parametrize("token", [None, "wrong-token"])
+def test_unsigned_twilio_callbacks_get_403_and_change_nothing(sms_message, token):
+    params = {"MessageSid": "SM" + "b" * 32, "MessageStatus": "delivered", "AccountSid": SID}
+    assert post_twilio(f"/webhooks/twilio/status?m={sms_message.pk}", params, token=token).status_code == 403
+    sms_message.refresh_from_db()
+    assert sms_message.status == "sending"
+
+
+def test_a_failed_sms_marks_the_greeting_failed(sms_message):
+    params = {"MessageSid": "SM" + "c" * 32, "MessageStatus": "undelivered", "ErrorCode": "30003", "AccountSid": SID}
+    post_twilio(f"/webhooks/twilio/status?m={sms_message.pk}", params)
+    sms_message.refresh_from_db()
+    assert (sms_message.status, sms_message.error_code) == ("failed", "30003")
+    assert Greeting.objects.get(pk=sms_message.greeting_id).state == "failed"
+
+
+def test_an_inbound_stop_by_sms_opts_the_contact_out(greeting_message):
+    params = {"MessageSid": "SM" + uuid.uuid4().hex, "From": "+14155550123", "To": "+15550002222", "Body": "STOP", "AccountSid": SID}
+    response = post_twilio("/webhooks/twilio/inbound", params)
+    assert response.status_code == 200 and b"<Response>" in response.content
+    assert Contact.objects.get(phone="+14155550123").consent is False
+    assert LeadEvent.objects.filter(lead_id=greeting_message.lead_id, kind="consent.revoked").exists()
