@@ -1,0 +1,188 @@
+"""The first touch end to end: real web (gunicorn), relay, first-touch lane, RabbitMQ,
+Redis, PostgreSQL and the fake provider server, which answers like OpenAI, WhatsApp
+and Twilio and sends signed status webhooks back to the web process.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import requests
+
+from conversations.models import Greeting, Message
+from leads.models import Lead, LeadEvent
+from swiftex.models import OutboxEvent
+from tests.factories import org_with_providers
+from tests.support import ManagedProcess, free_port, wait_until
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
+
+TIMEOUT = 30
+
+
+class Stack:
+    """Web, relay and a first-touch lane sharing one environment pointed at the fakes."""
+
+    def __init__(self, fakes, log_dir) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.fakes = fakes
+        self.log_dir = log_dir
+        self.env = {**fakes.env(), "PUBLIC_BASE_URL": self.url}
+        self.web = ManagedProcess.web(self.port, log_dir, self.env).start()
+        self.relay = ManagedProcess.relay(log_dir, self.env).start()
+        self.lane = ManagedProcess.lane("first_touch", log_dir, self.env).start()
+
+    def restart_lane(self, *, kill: bool) -> None:
+        self.lane.kill() if kill else self.lane.stop()
+        self.lane = ManagedProcess.lane("first_touch", self.log_dir, self.env).start()
+
+    def stop(self) -> None:
+        for process in (self.lane, self.relay, self.web):
+            process.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(django_db_setup, django_db_blocker, fake_providers, tmp_path_factory):
+    running = Stack(fake_providers, tmp_path_factory.mktemp("e2e"))
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def e2e(stack, fakes):
+    fakes.configure(webhook_url=stack.url)
+    org, key = org_with_providers()
+    return stack, key
+
+
+def submit(stack: Stack, key: str, phone: str, **fields) -> int:
+    body = {"name": "Ana Lima", "phone": phone, "source": "web", "consent": True, **fields}
+    response = requests.post(f"{stack.url}/api/v1/leads", json=body, headers={"Authorization": f"Bearer {key}"}, timeout=10)
+    assert response.status_code == 201, response.text
+    return response.json()["id"]
+
+
+def whatsapp_sends(fakes, phone: str) -> list[dict]:
+    return [r for r in fakes.requests("whatsapp") if r["body"].get("to", "").lstrip("+") == phone.lstrip("+") and r["status"] == 200]
+
+
+def sms_sends(fakes, phone: str) -> list[dict]:
+    return [r for r in fakes.requests("twilio") if r["body"].get("To") == phone and r["status"] == 201]
+
+
+def timeline(lead_id: int) -> list[str]:
+    return list(LeadEvent.objects.filter(lead_id=lead_id).values_list("kind", flat=True))
+
+
+def message_reaches(lead_id: int, channel: str, status: str) -> Message | None:
+    return Message.objects.filter(lead_id=lead_id, channel=channel, status=status).first()
+
+
+def test_a_lead_gets_one_whatsapp_greeting_statuses_flow_back_and_the_timeline_shows_every_step(e2e):
+    stack, key = e2e
+    lead_id = submit(stack, key, "+14155550101")
+
+    wait_until(lambda: message_reaches(lead_id, "whatsapp", "read"), timeout=TIMEOUT, what="the greeting to be read")
+    [sent] = whatsapp_sends(stack.fakes, "+14155550101")
+    assert sent["body"]["type"] == "template"
+    assert sent["body"]["template"]["components"][0]["parameters"][0]["text"].startswith("Hi Ana Lima!")  # the fake model's text
+    for step in ("lead.created", "event.published", "first_touch.started", "greeting.composed", "message.accepted",
+                 "message.sent", "message.delivered", "message.read"):
+        assert timeline(lead_id).count(step) == 1, step
+
+    detail = requests.get(f"{stack.url}/api/v1/leads/{lead_id}", headers={"Authorization": f"Bearer {key}"}, timeout=10).json()
+    assert detail["first_response_at"] is not None and detail["status"] == "contacted"
+    steps = {entry["kind"]: entry["data"].get("since_capture_ms") for entry in detail["timeline"]}
+    assert steps["event.published"] <= steps["first_touch.started"] <= steps["greeting.composed"] <= steps["message.accepted"]
+    assert not sms_sends(stack.fakes, "+14155550101")
+
+
+def test_a_number_not_on_whatsapp_gets_exactly_one_sms(e2e):
+    stack, key = e2e
+    stack.fakes.configure(whatsapp_undeliverable=["14155550102"])
+    lead_id = submit(stack, key, "+14155550102")
+
+    wait_until(lambda: message_reaches(lead_id, "sms", "delivered"), timeout=TIMEOUT, what="the SMS fallback to be delivered")
+    time.sleep(1)  # room for a wrong second SMS to show up
+    assert len(whatsapp_sends(stack.fakes, "+14155550102")) == 1
+    assert len(sms_sends(stack.fakes, "+14155550102")) == 1
+    assert Message.objects.get(lead_id=lead_id, channel="whatsapp").error_code == "131026"
+    assert Greeting.objects.get(lead_id=lead_id).state == "done"
+
+
+def test_a_slow_model_still_yields_a_template_greeting_within_two_seconds(e2e):
+    stack, key = e2e
+    stack.fakes.configure(model_latency_ms=3000)
+    lead_id = submit(stack, key, "+14155550103")
+
+    accepted = wait_until(
+        lambda: LeadEvent.objects.filter(lead_id=lead_id, kind="message.accepted").first(), timeout=TIMEOUT, what="the greeting"
+    )
+    greeting = Greeting.objects.get(lead_id=lead_id)
+    assert greeting.text_source == "template" and "budget" in greeting.model_error
+    assert accepted.data["since_capture_ms"] < 2000
+
+
+def test_duplicated_and_out_of_order_status_webhooks_give_the_right_final_state(e2e):
+    stack, key = e2e
+    stack.fakes.configure(duplicate_statuses=True, reverse_statuses=True)  # read, read, delivered, delivered, sent, sent
+    lead_id = submit(stack, key, "+14155550104")
+
+    message = wait_until(lambda: Message.objects.filter(lead_id=lead_id, sent_at__isnull=False).first(), timeout=TIMEOUT, what="all statuses")
+    wait_until(lambda: len([w for w in webhooks(stack) if w["status"] == 200]) >= 6, timeout=TIMEOUT, what="six webhooks answered")
+    message.refresh_from_db()
+    assert message.status == "read" and message.delivered_at and message.read_at
+    kinds = timeline(lead_id)
+    assert (kinds.count("message.sent"), kinds.count("message.delivered"), kinds.count("message.read")) == (1, 1, 1)
+
+
+def webhooks(stack: Stack) -> list[dict]:
+    return stack.fakes._call("GET", "/_fake/webhooks?provider=whatsapp")["webhooks"]
+
+
+def test_unsigned_webhooks_are_rejected_by_the_running_web_process(e2e):
+    stack, _ = e2e
+    body = b'{"object": "whatsapp_business_account", "entry": []}'
+    assert requests.post(f"{stack.url}/webhooks/whatsapp", data=body, headers={"Content-Type": "application/json"}, timeout=10).status_code == 403
+    assert requests.post(f"{stack.url}/webhooks/twilio/status", data={"MessageSid": "SM1", "MessageStatus": "sent"}, timeout=10).status_code == 403
+
+
+@pytest.mark.parametrize("moment", ["while the model writes", "while WhatsApp answers"])
+def test_a_worker_killed_while_greeting_ends_with_exactly_one_greeting(e2e, moment):
+    stack, key = e2e
+    phone = "+14155550105" if moment == "while the model writes" else "+14155550106"
+    if moment == "while the model writes":
+        stack.fakes.configure(model_latency_ms=900)
+        started = lambda: LeadEvent.objects.filter(kind="first_touch.started").exists()  # noqa: E731
+    else:
+        stack.fakes.configure(whatsapp_latency_ms=2000)
+        started = lambda: Message.objects.filter(channel="whatsapp", status="sending").exists()  # noqa: E731
+    lead_id = submit(stack, key, phone)
+    wait_until(started, timeout=TIMEOUT, interval=0.02, what=f"the greeting to be under way ({moment})")
+
+    stack.restart_lane(kill=True)  # SIGKILL: the unacked task goes back to RabbitMQ
+
+    wait_until(lambda: Lead.objects.get(pk=lead_id).first_response_at, timeout=TIMEOUT, what="the greeting to go out")
+    wait_until(lambda: message_reaches(lead_id, "whatsapp", "read"), timeout=TIMEOUT, what="the statuses")
+    time.sleep(1)
+    [sent] = whatsapp_sends(stack.fakes, phone)
+    [message] = Message.objects.filter(lead_id=lead_id)
+    assert message.provider_message_id == sent["message_id"]  # learned from the answer, or from the webhook's callback data
+    assert not sms_sends(stack.fakes, phone)
+
+
+def test_a_duplicated_lead_created_event_greets_once(e2e):
+    stack, key = e2e
+    lead_id = submit(stack, key, "+14155550107")
+    wait_until(lambda: Lead.objects.get(pk=lead_id).first_response_at, timeout=TIMEOUT, what="the greeting")
+
+    handled = lambda: stack.lane.log().count("conversations.tasks.first_touch[")  # noqa: E731 - "received" + "succeeded" lines
+    wait_until(lambda: handled() % 2 == 0, timeout=TIMEOUT, what="the first delivery to finish")
+    before = handled()
+    # As if the relay died after RabbitMQ confirmed but before marking the row: published again.
+    OutboxEvent.objects.filter(event_type="lead.created", payload__lead_id=lead_id).update(published_at=None)
+    wait_until(lambda: handled() >= before + 2, timeout=TIMEOUT, what="the duplicate to be received and handled")
+    assert len(whatsapp_sends(stack.fakes, "+14155550107")) == 1
+    assert timeline(lead_id).count("first_touch.started") == 1  # same event id: the ledger saw it
