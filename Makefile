@@ -7,12 +7,38 @@ export PORT ?= 8000
 
 .PHONY: up test install services db bench clean-venv
 
+# `make up FAKE_PROVIDERS=1`: also run the fake provider server (fakes/) on
+# 127.0.0.1:8900 and point OpenAI, WhatsApp and Twilio at it, with matching
+# demo credentials, so a lead gets a (fake) greeting with nothing external.
+FAKE_PROVIDERS ?= 0
+FAKES_PORT ?= 8900
+PROCFILE := Procfile
+ifeq ($(FAKE_PROVIDERS),1)
+export OPENAI_BASE_URL ?= http://127.0.0.1:$(FAKES_PORT)/openai/v1
+export OPENAI_API_KEY ?= fake-openai-key
+export WHATSAPP_API_URL ?= http://127.0.0.1:$(FAKES_PORT)/whatsapp/v23.0
+export TWILIO_API_URL ?= http://127.0.0.1:$(FAKES_PORT)/twilio
+export WHATSAPP_PHONE_NUMBER_ID ?= 100000000000001
+export WHATSAPP_ACCESS_TOKEN ?= fake-whatsapp-token
+export WHATSAPP_APP_SECRET ?= fake-app-secret
+export WHATSAPP_VERIFY_TOKEN ?= fake-verify-token
+export TWILIO_ACCOUNT_SID ?= AC00000000000000000000000000000000
+export TWILIO_AUTH_TOKEN ?= fake-auth-token
+export TWILIO_FROM_NUMBER ?= +15550002222
+export PUBLIC_BASE_URL ?= http://127.0.0.1:$(PORT)
+PROCFILE := var/Procfile.fakes
+endif
+
 ## up: install, check/start services, create + migrate the database, print a demo API key, run every process
 up: db
 	@$(PY) manage.py demo_organization | tee var/demo-key.txt | sed 's/^/[demo] /'
 	@echo "[demo] try: curl -s -XPOST http://127.0.0.1:$(PORT)/api/v1/leads -H \"Authorization: Bearer $$(tail -1 var/demo-key.txt)\" -H 'Content-Type: application/json' -d '{\"name\":\"Ana\",\"phone\":\"+14155550123\",\"consent\":true}'"
 	@echo "[demo] starting web, relay, worker lanes and scheduler; Ctrl-C stops them all"
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/honcho start -f Procfile
+ifeq ($(FAKE_PROVIDERS),1)
+	@echo "[demo] fake providers on 127.0.0.1:$(FAKES_PORT): see what was sent with curl -s http://127.0.0.1:$(FAKES_PORT)/_fake/requests?provider=whatsapp"
+	@{ cat Procfile; echo "fakes: exec python -m fakes --port $(FAKES_PORT) --webhook-url http://127.0.0.1:$$PORT --whatsapp-app-secret $$WHATSAPP_APP_SECRET --twilio-auth-token $$TWILIO_AUTH_TOKEN"; } > $(PROCFILE)
+endif
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/honcho start -f $(PROCFILE) -d $(CURDIR)
 
 ## test: the whole suite against real PostgreSQL, Redis and RabbitMQ
 test: install services

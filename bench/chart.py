@@ -1,6 +1,7 @@
 """Draw latency percentiles against load as an SVG (no plotting dependency).
 
     python bench/chart.py bench/results/ingest.json bench/results/ingest-latency.svg
+    python bench/chart.py --first-touch bench/results/ingest.json bench/results/first-touch-latency.svg
 """
 
 from __future__ import annotations
@@ -16,10 +17,25 @@ SERIES = (("p50", "#2b8a3e"), ("p95", "#e67700"), ("p99", "#c92a2a"))
 
 
 def render(report: dict, *, target_ms: float = 50.0) -> str:
+    """POST /api/v1/leads latency (client side, from the scheduled send time)."""
+    title = f"POST /api/v1/leads latency vs load ({report['machine']['cpus']} cores, whole stack on one machine)"
+    return _render(report, lambda s: s["ingest_latency_ms"], title, target_ms)
+
+
+def render_first_touch(report: dict, *, target_ms: float = 2000.0) -> str:
+    """Submit -> provider-accepted (capture to WhatsApp's answer), with the fakes' own delay as the floor."""
+    steps = [s for s in report["steps"] if "first_touch" in s]
+    floor = steps[0]["first_touch"]["fake_delay_ms"] if steps else None
+    title = f"First touch: submit → WhatsApp accepted vs load ({report['machine']['cpus']} cores, fakes included)"
+    return _render({**report, "steps": steps}, lambda s: s["first_touch"]["submit_to_accepted_ms"], title, target_ms,
+                   floor_ms=floor, floor_label="fakes' own delay (model + WhatsApp)")
+
+
+def _render(report: dict, figures, title: str, target_ms: float, *, floor_ms: float | None = None, floor_label: str = "") -> str:
     steps = report["steps"]
     rates = [s["target_leads_per_min"] for s in steps]
-    values = [s["ingest_latency_ms"][p] for s in steps for p, _ in SERIES if s["ingest_latency_ms"][p]]
-    y_min = 10 ** math.floor(math.log10(max(min(values), 0.5)))
+    values = [figures(s)[p] for s in steps for p, _ in SERIES if figures(s)[p]]
+    y_min = 10 ** math.floor(math.log10(max(min(values + [floor_ms or math.inf]), 0.5)))
     y_max = 10 ** math.ceil(math.log10(max(max(values), target_ms * 1.5)))
     plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
 
@@ -33,8 +49,7 @@ def render(report: dict, *, target_ms: float = 50.0) -> str:
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" font-family="sans-serif" font-size="12">',
         f'<rect width="{WIDTH}" height="{HEIGHT}" fill="white"/>',
-        f'<text x="{WIDTH / 2}" y="20" text-anchor="middle" font-size="14">POST /api/v1/leads latency vs load '
-        f'({report["machine"]["cpus"]} cores, whole stack on one machine)</text>',
+        f'<text x="{WIDTH / 2}" y="20" text-anchor="middle" font-size="14">{title}</text>',
     ]
     decade = y_min
     while decade <= y_max:
@@ -48,11 +63,16 @@ def render(report: dict, *, target_ms: float = 50.0) -> str:
         f'<line x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{y(target_ms):.1f}" y2="{y(target_ms):.1f}" stroke="#555" stroke-dasharray="6 4"/>'
         f'<text x="{WIDTH - RIGHT - 4}" y="{y(target_ms) - 5:.1f}" text-anchor="end" fill="#555">p99 target {target_ms:g} ms</text>'
     )
+    if floor_ms:
+        out.append(
+            f'<line x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{y(floor_ms):.1f}" y2="{y(floor_ms):.1f}" stroke="#1971c2" stroke-dasharray="2 3"/>'
+            f'<text x="{WIDTH - RIGHT - 4}" y="{y(floor_ms) + 14:.1f}" text-anchor="end" fill="#1971c2">{floor_label} {floor_ms:g} ms</text>'
+        )
     for i, rate in enumerate(rates):
         out.append(f'<text x="{x(i):.1f}" y="{HEIGHT - BOTTOM + 18}" text-anchor="middle">{rate:,.0f}</text>')
     out.append(f'<text x="{LEFT + plot_w / 2}" y="{HEIGHT - 18}" text-anchor="middle">leads per minute (open-loop, 60 s per step)</text>')
     for n, (name, color) in enumerate(SERIES):
-        points = [(x(i), y(s["ingest_latency_ms"][name])) for i, s in enumerate(steps) if s["ingest_latency_ms"][name]]
+        points = [(x(i), y(figures(s)[name])) for i, s in enumerate(steps) if figures(s)[name]]
         out.append(f'<polyline fill="none" stroke="{color}" stroke-width="2" points="{" ".join(f"{a:.1f},{b:.1f}" for a, b in points)}"/>')
         out += [f'<circle cx="{a:.1f}" cy="{b:.1f}" r="3" fill="{color}"/>' for a, b in points]
         out.append(f'<text x="{LEFT + 10 + n * 60}" y="{TOP + 14}" fill="{color}">■ {name}</text>')
@@ -61,6 +81,8 @@ def render(report: dict, *, target_ms: float = 50.0) -> str:
 
 
 if __name__ == "__main__":
-    source, target = Path(sys.argv[1]), Path(sys.argv[2])
-    target.write_text(render(json.loads(source.read_text())))
+    args = sys.argv[1:]
+    draw = render_first_touch if args and args[0] == "--first-touch" else render
+    source, target = Path(args[-2]), Path(args[-1])
+    target.write_text(draw(json.loads(source.read_text())))
     print(f"chart written to {target}")

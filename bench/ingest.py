@@ -1,14 +1,19 @@
-"""Ingest benchmark: `make bench`.
+"""Ingest and first-touch benchmark: `make bench`.
 
-Starts the stack (web, relay, worker lanes) against a fresh bench database,
-then for each rate step drives an open-loop load generator in a separate
-process and records: POST /api/v1/leads latency percentiles, achieved
-throughput, outbox backlog over time (does it grow?), capture -> first-touch
-pickup latency, queue depths, and peak RSS / CPU per process type.
+Starts the stack (web, relay, worker lanes, scheduler) and the fake provider
+server against a fresh bench database, then for each rate step drives an
+open-loop load generator in a separate process and records: POST
+/api/v1/leads latency percentiles, achieved throughput, outbox backlog over
+time (does it grow?), capture -> first-touch pickup latency, queue depths,
+peak RSS / CPU per process type, and, once the step's greetings settled, the
+first touch end to end (bench/first_touch.py): submit -> provider-accepted,
+overhead over the fakes' delay, where the time goes, lost / duplicated.
 
 Environment: BENCH_RATES (leads/min, comma-separated; default
 1000,5000,10000,20000), BENCH_SECONDS per step (default 60), BENCH_OUT
-(default bench/results/ingest.json).
+(default bench/results/ingest.json; the charts go next to it), BENCH_SETTLE_SECONDS
+(bound on waiting for a step's greetings, default 60), and the fakes'
+latencies BENCH_MODEL_MS / BENCH_WHATSAPP_MS / BENCH_SMS_MS (400 / 150 / 150).
 """
 
 from __future__ import annotations
@@ -25,20 +30,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from stack import PORT, PY, ROOT, Stack, db_query, prepare, queue_depths, stack_env  # noqa: E402
+import chart  # noqa: E402
+import first_touch  # noqa: E402
+from first_touch import percentile  # noqa: E402
+from loadgen import phone_for  # noqa: E402
+from stack import MODEL_MS, PORT, PY, ROOT, SMS_MS, WHATSAPP_MS, Stack, db_query, prepare, queue_depths, stack_env  # noqa: E402
 
 RATES = [float(r) for r in os.environ.get("BENCH_RATES", "1000,5000,10000,20000").split(",")]
 SECONDS = float(os.environ.get("BENCH_SECONDS", "60"))
 OUT = Path(os.environ.get("BENCH_OUT", ROOT / "bench" / "results" / "ingest.json"))
 DRAIN_TIMEOUT = 60.0
+SETTLE_TIMEOUT = float(os.environ.get("BENCH_SETTLE_SECONDS", "60"))
 QUEUES = ["first_touch", "conversations.events", "analytics.events", "crmsync.events"]
-
-
-def percentile(sorted_values: list[float], p: float) -> float | None:
-    if not sorted_values:
-        return None
-    rank = max(0, min(len(sorted_values) - 1, int(round(p / 100 * len(sorted_values) + 0.5)) - 1))
-    return sorted_values[rank]
 
 
 def summarize_ms(values_s: list[float]) -> dict:
@@ -55,6 +58,7 @@ def outbox_backlog() -> int:
 
 def run_step(stack: Stack, env: dict, key: str, rate: float, run_id: int) -> dict:
     out_file = Path(tempfile.mkstemp(suffix=".json")[1])
+    first_touch.reset_fake()  # the previous step settled: its records and webhooks are no longer needed
     step_started = datetime.now(timezone.utc)
     started = time.monotonic()
     loadgen = subprocess.Popen(
@@ -83,9 +87,13 @@ def run_step(stack: Stack, env: dict, key: str, rate: float, run_id: int) -> dic
 
     result = json.loads(out_file.read_text())
     out_file.unlink()
+    print("  waiting for the step's greetings to settle ...", flush=True)
+    settle = first_touch.wait_settled(step_started, SETTLE_TIMEOUT)
+    touch = {"settle": settle} | first_touch.measure(step_started, result, phone_for, run_id)
     ok = sum(n for status, n in result["statuses"].items() if status.startswith("2"))
     pickup = db_query(
-        "SELECT (e.data->>'waited_ms')::float FROM leads_leadevent e JOIN leads_lead l ON l.id = e.lead_id "
+        # Pickup minus capture: `since_capture_ms` (called `waited_ms` before the greeting was built).
+        "SELECT COALESCE(e.data->>'since_capture_ms', e.data->>'waited_ms')::float FROM leads_leadevent e JOIN leads_lead l ON l.id = e.lead_id "
         "WHERE e.kind = 'first_touch.started' AND l.captured_at >= %s",
         [step_started],
     )
@@ -110,6 +118,7 @@ def run_step(stack: Stack, env: dict, key: str, rate: float, run_id: int) -> dic
         "queue_depth_max": {name: max((s[name] for s in depth_series), default=0) for name in QUEUES},
         "drain_s_after_load": round(drain_s, 1),
         "processes": usage,
+        "first_touch": touch,
     }
 
 
@@ -125,27 +134,51 @@ def verdict(steps: list[dict]) -> dict:
         )
 
     at_5k = next((s for s in steps if s["target_leads_per_min"] == 5000), None)
+    touch = at_5k["first_touch"] if at_5k else None
+    accepted_p99 = touch["submit_to_accepted_ms"]["p99"] if touch else None
+    overhead_p99 = touch["overhead_ms"]["p99"] if touch else None
     return {
         "p99_ms_at_5000_per_min": at_5k["ingest_latency_ms"]["p99"] if at_5k else None,
         "p99_under_50ms_at_5000_per_min": bool(at_5k and at_5k["ingest_latency_ms"]["p99"] < 50),
         "max_sustained_leads_per_min": max((s["target_leads_per_min"] for s in steps if sustained(s)), default=0),
+        "first_touch_at_5000_per_min": {
+            "submit_to_accepted_p99_ms": accepted_p99,
+            "submit_to_accepted_p99_under_2s": accepted_p99 is not None and accepted_p99 < 2000,
+            "overhead_p99_ms": overhead_p99,
+            "overhead_p99_under_150ms": overhead_p99 is not None and overhead_p99 < 150,
+            "lost": touch["lost"] if touch else None,
+            "duplicated": touch["duplicated"] if touch else None,
+        },
     }
 
 
 def cpu_summary(processes: dict) -> str:
+    """Swiftex (web, lanes + relay + scheduler), the services, then load-side cost (loadgen, fakes)."""
     cpu = {name: p["cpu_share_of_one_core"] for name, p in processes.items()}
-    lanes = cpu.get("first_touch", 0) + cpu.get("conversations", 0) + cpu.get("bulk", 0) + cpu.get("relay", 0)
-    return "/".join(f"{v:.2f}" for v in (cpu.get("web", 0), lanes, cpu.get("postgres", 0), cpu.get("rabbitmq", 0), cpu.get("loadgen", 0)))
+    lanes = sum(cpu.get(name, 0) for name in ("first_touch", "conversations", "bulk", "relay", "scheduler"))
+    return "/".join(
+        f"{v:.2f}" for v in (cpu.get("web", 0), lanes, cpu.get("postgres", 0), cpu.get("rabbitmq", 0), cpu.get("loadgen", 0), cpu.get("fakes", 0))
+    )
 
 
 def print_table(steps: list[dict]) -> None:
-    print(f"\n{'leads/min':>10} {'2xx/min':>8} {'p50':>7} {'p95':>7} {'p99':>7} {'backlog max/end':>16} {'pickup p99':>11} {'CPU web/lanes/pg/mq/loadgen':>28}")
+    print(f"\n{'leads/min':>10} {'2xx/min':>8} {'p50':>7} {'p95':>7} {'p99':>7} {'backlog max/end':>16} {'pickup p99':>11} {'CPU web/lanes/pg/mq/loadgen/fakes':>33}")
     for s in steps:
         lat = s["ingest_latency_ms"]
         print(
             f"{s['target_leads_per_min']:>10.0f} {s['achieved_2xx_per_min']:>8} {lat['p50']:>7} {lat['p95']:>7} {lat['p99']:>7} "
             f"{s['outbox_backlog']['max_during_load']:>8}/{s['outbox_backlog']['at_end_of_load']:<7} "
-            f"{s['capture_to_first_touch_pickup_ms']['p99']!s:>11} {cpu_summary(s['processes']):>28}"
+            f"{s['capture_to_first_touch_pickup_ms']['p99']!s:>11} {cpu_summary(s['processes']):>33}"
+        )
+    print(f"{'first touch':>10} {'accepted p50/p95/p99 ms':>26} {'overhead p50/p95/p99 ms':>26} {'client p99':>10} "
+          f"{'template':>8} {'lost/dup':>8} {'sms':>5} {'unsettled':>9}")
+    for s in steps:
+        t = s["first_touch"]
+        acc, over = t["submit_to_accepted_ms"], t["overhead_ms"]
+        print(
+            f"{s['target_leads_per_min']:>10.0f} {acc['p50']!s:>8}/{acc['p95']!s}/{acc['p99']!s:<8} {over['p50']!s:>8}/{over['p95']!s}/{over['p99']!s:<8} "
+            f"{t['client_submit_to_accepted_ms']['p99']!s:>10} {t['template_fallbacks']:>8} {t['lost']:>4}/{t['duplicated']:<3} "
+            f"{t['fake']['sms_accepted']:>5} {t['settle']['unsettled_leads']:>9}"
         )
 
 
@@ -165,15 +198,20 @@ def main() -> None:
     finally:
         stack.stop()
     report = {
-        "benchmark": "ingest",
+        "benchmark": "ingest+first_touch",
         "recorded_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-        "config": {"rates": RATES, "seconds_per_step": SECONDS, "web_workers": env.get("WEB_WORKERS", "2"), "web_threads": env.get("WEB_THREADS", "4")},
+        "config": {
+            "rates": RATES, "seconds_per_step": SECONDS, "web_workers": env.get("WEB_WORKERS", "2"), "web_threads": env.get("WEB_THREADS", "4"),
+            "fake_latency_ms": {"model": MODEL_MS, "whatsapp": WHATSAPP_MS, "sms": SMS_MS},
+        },
         "verdict": verdict(steps),
         "steps": steps,
     }
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(report, indent=2) + "\n")
+    for name, svg in (("ingest-latency.svg", chart.render(report)), ("first-touch-latency.svg", chart.render_first_touch(report))):
+        (OUT.parent / name).write_text(svg)
     print_table(steps)
     print(f"\nbench: verdict {json.dumps(report['verdict'])}\nbench: written to {OUT}")
 

@@ -55,6 +55,7 @@ async def run(url: str, key: str, rate_per_min: float, seconds: float, run_id: i
             latencies.append(time.perf_counter() - scheduled)
 
         start = time.perf_counter()
+        start_wall = time.time()  # request i is scheduled at start_wall + i * interval (wall clock, for joins with the database)
         tasks = []
         last_report = start
         for i in range(total):
@@ -78,6 +79,8 @@ async def run(url: str, key: str, rate_per_min: float, seconds: float, run_id: i
         "target_rate_per_min": rate_per_min,
         "requests": len(tasks),
         "elapsed_s": elapsed,
+        "scheduled_start_epoch": start_wall,
+        "interval_s": interval,
         "statuses": statuses,
         "errors": errors,
         "latencies_s": latencies,

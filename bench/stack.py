@@ -2,7 +2,10 @@
 
 A fresh database (`swiftex_bench`), RabbitMQ vhost (`swiftex_bench`) and Redis
 database (14) per run; the same process types as `make up` (Procfile), with
-their RSS and CPU sampled from /proc.
+their RSS and CPU sampled from /proc. Providers are the fake server
+(`python -m fakes`) on loopback, with the model and WhatsApp latencies set by
+BENCH_MODEL_MS / BENCH_WHATSAPP_MS / BENCH_SMS_MS (400 / 150 / 150 ms). It is
+sampled too, but it is load-generator-side cost, not Swiftex's.
 """
 
 from __future__ import annotations
@@ -23,6 +26,15 @@ PY = sys.executable
 BENCH_DB = "swiftex_bench"
 BENCH_VHOST = "swiftex_bench"
 PORT = int(os.environ.get("BENCH_PORT", "8100"))
+FAKE_PORT = int(os.environ.get("BENCH_FAKE_PORT", "8901"))
+FAKE_URL = f"http://127.0.0.1:{FAKE_PORT}"
+# The fakes' own delay per call: what a greeting cannot go faster than.
+MODEL_MS = float(os.environ.get("BENCH_MODEL_MS", "400"))
+WHATSAPP_MS = float(os.environ.get("BENCH_WHATSAPP_MS", "150"))
+SMS_MS = float(os.environ.get("BENCH_SMS_MS", "150"))
+# Shared by the fake (which signs webhooks / checks auth with them) and the bench organization.
+WHATSAPP_APP_SECRET = "bench-whatsapp-app-secret"
+TWILIO_AUTH_TOKEN = "bench-twilio-auth-token"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -32,7 +44,15 @@ PROCESSES = {
     "first_touch": [PY, "manage.py", "run_lane", "first_touch", "--loglevel", "WARNING"],
     "conversations": [PY, "manage.py", "run_lane", "conversations", "--loglevel", "WARNING"],
     "bulk": [PY, "manage.py", "run_lane", "bulk", "--loglevel", "WARNING"],
+    # Runs the greeting sweep (WhatsApp messages with no `sent` status fall back to SMS).
+    "scheduler": ["celery", "-A", "swiftex", "beat", "--loglevel", "WARNING"],
 }
+# Started first, before anything that could call it; not part of Swiftex.
+FAKES = [
+    PY, "-m", "fakes", "--port", str(FAKE_PORT), "--webhook-url", f"http://127.0.0.1:{PORT}",
+    "--whatsapp-app-secret", WHATSAPP_APP_SECRET, "--twilio-auth-token", TWILIO_AUTH_TOKEN,
+    "--model-latency-ms", f"{MODEL_MS:g}", "--whatsapp-latency-ms", f"{WHATSAPP_MS:g}", "--sms-latency-ms", f"{SMS_MS:g}",
+]
 
 
 def stack_env() -> dict:
@@ -46,6 +66,20 @@ def stack_env() -> dict:
         PROMETHEUS_MULTIPROC_DIR=str(ROOT / "var" / "bench-prometheus"),
         PATH=f"{Path(PY).parent}:{env.get('PATH', '')}",
         DJANGO_SETTINGS_MODULE="swiftex.settings",
+        CELERY_BEAT_SCHEDULE_FILENAME=str(ROOT / "var" / "bench-celerybeat-schedule"),
+        # Providers: the fake server. A new organization copies the credentials below.
+        OPENAI_BASE_URL=f"{FAKE_URL}/openai/v1",
+        OPENAI_API_KEY="bench-key",
+        WHATSAPP_API_URL=f"{FAKE_URL}/whatsapp/v23.0",
+        TWILIO_API_URL=f"{FAKE_URL}/twilio",
+        PUBLIC_BASE_URL=f"http://127.0.0.1:{PORT}",
+        WHATSAPP_PHONE_NUMBER_ID="bench-pnid",
+        WHATSAPP_ACCESS_TOKEN="bench-token",
+        WHATSAPP_APP_SECRET=WHATSAPP_APP_SECRET,
+        WHATSAPP_VERIFY_TOKEN="bench-verify",
+        TWILIO_ACCOUNT_SID="ACbench0000000000000000000000000000",
+        TWILIO_AUTH_TOKEN=TWILIO_AUTH_TOKEN,
+        TWILIO_FROM_NUMBER="+15550002222",
     )
     return env
 
@@ -130,16 +164,32 @@ class Stack:
     def start(self) -> None:
         if port_in_use(PORT):
             raise SystemExit(f"port {PORT} is already in use (a leftover stack?); stop it or set BENCH_PORT")
+        if port_in_use(FAKE_PORT):
+            raise SystemExit(f"port {FAKE_PORT} is already in use (a leftover fake server?); stop it or set BENCH_FAKE_PORT")
         # A SIGTERM (CI timeout, `timeout`) must still stop the children, which
         # run in their own sessions: turn it into an exception `finally` sees.
         signal.signal(signal.SIGTERM, _raise_interrupt)
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        self._spawn("fakes", FAKES)
+        self._wait_for_line("fakes", b"fake providers listening")
         for name, argv in PROCESSES.items():
-            log = (self.log_dir / f"{name}.log").open("wb")
-            self.popens[name] = subprocess.Popen(
-                argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
+            self._spawn(name, argv)
         self._wait_ready()
+
+    def _spawn(self, name: str, argv: list[str]) -> None:
+        log = (self.log_dir / f"{name}.log").open("wb")
+        self.popens[name] = subprocess.Popen(
+            argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+    def _wait_for_line(self, name: str, line: bytes, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while line not in (self.log_dir / f"{name}.log").read_bytes():
+            if self.popens[name].poll() is not None:
+                raise RuntimeError(f"{name} exited; see {self.log_dir / name}.log")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{name} did not start; see {self.log_dir / name}.log")
+            time.sleep(0.1)
 
     def _wait_ready(self, timeout: float = 90) -> None:
         import urllib.request

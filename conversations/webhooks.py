@@ -15,7 +15,7 @@ import hashlib
 import hmac
 import json
 import logging
-from datetime import datetime, timezone as dt_timezone
+from datetime import datetime, timedelta, timezone as dt_timezone
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
@@ -59,6 +59,7 @@ def _forbidden(provider: str, detail: str, body) -> HttpResponse:
 def whatsapp(request: HttpRequest) -> HttpResponse:
     if request.method == "GET":
         return _whatsapp_verify(request)
+    received_at = timezone.now()
     raw = request.body
     try:
         payload = json.loads(raw)
@@ -79,12 +80,12 @@ def whatsapp(request: HttpRequest) -> HttpResponse:
             counts["unknown_tenant"] += 1
             continue
         for status in value.get("statuses") or []:
-            if report := _whatsapp_status(status):
+            if report := _whatsapp_status(status, received_at):
                 receipts.apply_status(org, report)
                 counts["statuses"] += 1
         names = {c.get("wa_id"): (c.get("profile") or {}).get("name", "") for c in value.get("contacts") or [] if isinstance(c, dict)}
         for message in value.get("messages") or []:
-            if inbound := _whatsapp_inbound(message, names):
+            if inbound := _whatsapp_inbound(message, names, received_at):
                 receipts.receive(org, inbound)
                 counts["messages"] += 1
     single_org = next(iter(orgs.values())) if len(orgs) == 1 else None
@@ -137,14 +138,21 @@ def _meta_signature_valid(raw: bytes, header: str, secrets: set[str]) -> bool:
     )
 
 
-def _when(unix: object) -> datetime:
+# Meta stamps events in whole seconds. Within that resolution our own receipt
+# time is the better estimate (sub-second, never before the event), and keeps
+# the timeline in order; a webhook redelivered much later keeps Meta's time.
+PROVIDER_CLOCK_RESOLUTION = timedelta(seconds=2)
+
+
+def _when(unix: object, received_at: datetime) -> datetime:
     try:
-        return datetime.fromtimestamp(int(str(unix)), tz=dt_timezone.utc)
+        stamped = datetime.fromtimestamp(int(str(unix)), tz=dt_timezone.utc)
     except (TypeError, ValueError, OverflowError):
-        return timezone.now()
+        return received_at
+    return received_at if stamped >= received_at - PROVIDER_CLOCK_RESOLUTION else stamped
 
 
-def _whatsapp_status(status: object) -> receipts.StatusReport | None:
+def _whatsapp_status(status: object, received_at: datetime) -> receipts.StatusReport | None:
     if not isinstance(status, dict) or status.get("status") not in WHATSAPP_STATUSES or not status.get("id"):
         return None
     error = (status.get("errors") or [{}])[0] if status.get("status") == "failed" else {}
@@ -153,14 +161,14 @@ def _whatsapp_status(status: object) -> receipts.StatusReport | None:
         channel=Channel.WHATSAPP,
         provider_message_id=str(status["id"]),
         status=status["status"],
-        at=_when(status.get("timestamp")),
+        at=_when(status.get("timestamp"), received_at),
         callback=str(status.get("biz_opaque_callback_data") or ""),
         error_code=str(error.get("code", "")) if isinstance(error, dict) else "",
         error_title=" ".join(filter(None, [error.get("title", "") if isinstance(error, dict) else "", details])),
     )
 
 
-def _whatsapp_inbound(message: object, names: dict) -> receipts.Inbound | None:
+def _whatsapp_inbound(message: object, names: dict, received_at: datetime) -> receipts.Inbound | None:
     if not isinstance(message, dict) or not message.get("id") or not str(message.get("from", "")).isdigit():
         return None
     kind = message.get("type", "")
@@ -178,7 +186,7 @@ def _whatsapp_inbound(message: object, names: dict) -> receipts.Inbound | None:
         provider_message_id=str(message["id"]),
         phone="+" + message["from"],
         body=str(body),
-        at=_when(message.get("timestamp")),
+        at=_when(message.get("timestamp"), received_at),
         profile_name=str(names.get(message["from"], "") or ""),
     )
 

@@ -37,8 +37,35 @@ def lead_detail(*, org: Organization, lead_id: int) -> dict | None:
             }
             for s in lead.submissions.order_by("received_at", "pk")
         ],
+        "greeting": _greeting(lead),
+        "messages": [
+            {
+                "id": m.pk,
+                "direction": m.direction,
+                "channel": m.channel,
+                "status": m.status,
+                "body": m.body,
+                "template_name": m.template_name,
+                "error_code": m.error_code,
+                "error_title": m.error_title,
+                "created_at": m.created_at,
+                "accepted_at": m.accepted_at,
+                "delivered_at": m.delivered_at,
+                "read_at": m.read_at,
+            }
+            for m in lead.messages.order_by("created_at", "pk")
+        ],
         "timeline": [
             {"kind": e.kind, "occurred_at": e.occurred_at, "data": e.data}
             for e in lead.events.order_by("occurred_at", "pk")
         ],
     }
+
+
+def _greeting(lead: Lead) -> dict | None:
+    from conversations.models import Greeting  # conversations builds on leads, not the reverse
+
+    greeting = Greeting.objects.filter(lead=lead).first()
+    if greeting is None:
+        return None
+    return {"state": greeting.state, "reason": greeting.reason, "text_source": greeting.text_source, "model_ms": greeting.model_ms}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.core.management.base import BaseCommand
 
 from leads.models import ApiKey, Organization
-from leads.services import organization_create
+from leads.services import organization_create, organization_defaults
 
 DEMO_NAME = "Demo"
 
@@ -20,5 +20,10 @@ class Command(BaseCommand):
         else:
             # Keys are stored hashed, so an old one cannot be shown again: issue another.
             _, raw_key = ApiKey.issue(org, name="make up")
+            # Credentials the environment now provides (e.g. `make up FAKE_PROVIDERS=1`)
+            # fill the ones still empty; values set in admin are kept.
+            missing = {name: value for name, value in organization_defaults().items() if value and getattr(org, name) == ""}
+            if missing:
+                Organization.objects.filter(pk=org.pk).update(**missing)
         self.stdout.write(f"Demo organization id {org.pk}. API key:")
         self.stdout.write(raw_key)
