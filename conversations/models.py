@@ -143,7 +143,12 @@ STATUS_RANK = {
 
 
 class WebhookDelivery(models.Model):
-    """Every webhook POST we received, valid or not: what came in and what we did with it."""
+    """A webhook a human should look at: rejected (bad signature) or failed while processing.
+
+    Processed deliveries leave their effect on messages and the timeline, and a
+    count in /metrics; at thousands of statuses a minute, a row each would be
+    an audit table growing by gigabytes a day for no reader.
+    """
 
     class Outcome(models.TextChoices):
         PROCESSED = "processed", "Processed"

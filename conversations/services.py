@@ -101,19 +101,21 @@ def resume(greeting: Greeting, lead: Lead) -> None:
 
 
 def expire_unsent_greetings(*, now: datetime | None = None, limit: int = 500) -> int:
-    """Fail greeting messages with no `sent` status within the timeout; returns how many.
+    """Fail WhatsApp greetings with no `sent` status within the timeout; returns how many.
 
     Durable: the state is in the database and the scheduler runs this every few
     seconds. Rows are claimed with SKIP LOCKED, so sweeps never collide. Each
     failure raises `message.failed`, which sends a WhatsApp greeting by SMS.
     """
+    if not settings.WHATSAPP_SENT_TIMEOUT_SECONDS:
+        return 0
     now = now or timezone.now()
     cutoff = now - timedelta(seconds=settings.WHATSAPP_SENT_TIMEOUT_SECONDS)
     timeout = f"no sent status within {settings.WHATSAPP_SENT_TIMEOUT_SECONDS:g}s"
     with transaction.atomic():
         overdue = list(
             Message.objects.select_for_update(skip_locked=True)
-            .filter(greeting__isnull=False, direction=Message.Direction.OUTBOUND, created_at__lt=cutoff,
+            .filter(greeting__isnull=False, channel=Channel.WHATSAPP, created_at__lt=cutoff,
                     status__in=[Message.Status.SENDING, Message.Status.ACCEPTED])
             .order_by("created_at")[:limit]
         )

@@ -4,9 +4,12 @@ Every POST is authenticated over the exact bytes received (Meta:
 `X-Hub-Signature-256`, HMAC-SHA256 with the app secret; Twilio:
 `X-Twilio-Signature`, HMAC-SHA1 of URL + sorted params with the auth token),
 compared in constant time. A bad or missing signature gets 403 and changes
-nothing but the audit row (`WebhookDelivery`). Valid payloads are applied
-right away (a few indexed statements per status) and answered 200; anything
-slow, such as an SMS fallback, goes out through the outbox to a worker lane.
+nothing; it is kept as a `WebhookDelivery` row for a human to inspect, as is
+a delivery whose processing failed (answered 500, so the provider retries).
+Valid payloads are applied right away (a few indexed statements per status)
+and answered 200; their effect is on the messages and the lead's timeline.
+Anything slow, such as an SMS fallback, goes through the outbox to a worker
+lane. Counts per provider and outcome are in /metrics.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import hashlib
 import hmac
 import json
 import logging
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone as dt_timezone
 
 from django.conf import settings
@@ -28,6 +32,7 @@ from conversations.models import Channel, WebhookDelivery
 from conversations.providers import twilio
 from conversations.services import CALLBACK_PREFIX
 from leads.models import Organization
+from swiftex import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -43,12 +48,24 @@ EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
 def _audit(provider: str, outcome: str, detail: str, body: bytes | str, org: Organization | None = None) -> None:
     text = body.decode("utf-8", errors="replace") if isinstance(body, bytes) else body
     WebhookDelivery.objects.create(provider=provider, organization=org, outcome=outcome, detail=detail[:300], body=text[:MAX_STORED_BODY])
+    metrics.WEBHOOKS.labels(provider=provider, outcome=outcome).inc()
 
 
 def _forbidden(provider: str, detail: str, body) -> HttpResponse:
     logger.warning("%s webhook rejected: %s", provider, detail)
     _audit(provider, WebhookDelivery.Outcome.REJECTED, detail, body)
     return HttpResponse("Forbidden: " + detail, status=403, content_type="text/plain")
+
+
+@contextmanager
+def _processing(provider: str, body: bytes, org: Organization | None = None):
+    """Count a processed delivery; keep the body of one that failed (the provider retries it)."""
+    try:
+        yield
+    except Exception as exc:
+        _audit(provider, WebhookDelivery.Outcome.FAILED, f"{type(exc).__name__}: {exc}", body, org)
+        raise
+    metrics.WEBHOOKS.labels(provider=provider, outcome=WebhookDelivery.Outcome.PROCESSED).inc()
 
 
 # --- WhatsApp -----------------------------------------------------------------------
@@ -73,23 +90,19 @@ def whatsapp(request: HttpRequest) -> HttpResponse:
     if not _meta_signature_valid(raw, request.headers.get("X-Hub-Signature-256", ""), secrets):
         return _forbidden("whatsapp", "missing or invalid X-Hub-Signature-256", raw)
 
-    counts = {"statuses": 0, "messages": 0, "unknown_tenant": 0}
-    for value in changes:
-        org = orgs.get(str((value.get("metadata") or {}).get("phone_number_id", "")))
-        if org is None:
-            counts["unknown_tenant"] += 1
-            continue
-        for status in value.get("statuses") or []:
-            if report := _whatsapp_status(status, received_at):
-                receipts.apply_status(org, report)
-                counts["statuses"] += 1
-        names = {c.get("wa_id"): (c.get("profile") or {}).get("name", "") for c in value.get("contacts") or [] if isinstance(c, dict)}
-        for message in value.get("messages") or []:
-            if inbound := _whatsapp_inbound(message, names, received_at):
-                receipts.receive(org, inbound)
-                counts["messages"] += 1
-    single_org = next(iter(orgs.values())) if len(orgs) == 1 else None
-    _audit("whatsapp", WebhookDelivery.Outcome.PROCESSED, json.dumps(counts), raw, single_org)
+    with _processing("whatsapp", raw):
+        for value in changes:
+            org = orgs.get(str((value.get("metadata") or {}).get("phone_number_id", "")))
+            if org is None:
+                logger.info("whatsapp webhook for unknown phone_number_id %r ignored", (value.get("metadata") or {}).get("phone_number_id"))
+                continue
+            for status in value.get("statuses") or []:
+                if report := _whatsapp_status(status, received_at):
+                    receipts.apply_status(org, report)
+            names = {c.get("wa_id"): (c.get("profile") or {}).get("name", "") for c in value.get("contacts") or [] if isinstance(c, dict)}
+            for message in value.get("messages") or []:
+                if inbound := _whatsapp_inbound(message, names, received_at):
+                    receipts.receive(org, inbound)
     return HttpResponse("ok", content_type="text/plain")
 
 
@@ -221,19 +234,17 @@ def twilio_status(request: HttpRequest) -> HttpResponse:
         return _forbidden("twilio", "unknown AccountSid or invalid X-Twilio-Signature", raw)
     status = TWILIO_STATUSES.get(request.POST.get("MessageStatus", ""))
     sid = request.POST.get("MessageSid", "")
-    applied = None
     if status and sid:
         code = request.POST.get("ErrorCode", "")
-        applied = receipts.apply_status(
-            org,
-            receipts.StatusReport(
-                channel=Channel.SMS, provider_message_id=sid, status=status, at=timezone.now(),
-                callback=CALLBACK_PREFIX + request.GET.get("m", ""), error_code=code,
-                error_title=f"Twilio error {code}" if code else "",
-            ),
-        )
-    detail = f"{request.POST.get('MessageStatus', '')} {sid} {'applied' if applied else 'no change'}"
-    _audit("twilio", WebhookDelivery.Outcome.PROCESSED, detail, raw, org)
+        with _processing("twilio", raw, org):
+            receipts.apply_status(
+                org,
+                receipts.StatusReport(
+                    channel=Channel.SMS, provider_message_id=sid, status=status, at=timezone.now(),
+                    callback=CALLBACK_PREFIX + request.GET.get("m", ""), error_code=code,
+                    error_title=f"Twilio error {code}" if code else "",
+                ),
+            )
     return HttpResponse(status=204)
 
 
@@ -246,9 +257,9 @@ def twilio_inbound(request: HttpRequest) -> HttpResponse:
         return _forbidden("twilio", "unknown AccountSid or invalid X-Twilio-Signature", raw)
     sid, sender = request.POST.get("MessageSid", ""), request.POST.get("From", "")
     if sid and sender.startswith("+"):
-        receipts.receive(
-            org,
-            receipts.Inbound(channel=Channel.SMS, provider_message_id=sid, phone=sender, body=request.POST.get("Body", ""), at=timezone.now()),
-        )
-    _audit("twilio", WebhookDelivery.Outcome.PROCESSED, f"inbound {sid}", raw, org)
+        with _processing("twilio", raw, org):
+            receipts.receive(
+                org,
+                receipts.Inbound(channel=Channel.SMS, provider_message_id=sid, phone=sender, body=request.POST.get("Body", ""), at=timezone.now()),
+            )
     return HttpResponse(EMPTY_TWIML, content_type="text/xml")

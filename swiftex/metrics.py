@@ -24,6 +24,7 @@ REQUEST_LATENCY = Histogram(
 )
 LEADS_INGESTED = Counter("swiftex_leads_ingested_total", "Lead submissions stored, by outcome.", ["outcome"])
 INGEST_REJECTED = Counter("swiftex_ingest_rejected_total", "Lead submissions refused, by reason.", ["reason"])
+WEBHOOKS = Counter("swiftex_webhooks_total", "Provider webhooks received, by provider and outcome.", ["provider", "outcome"])
 
 
 class OutboxCollector:

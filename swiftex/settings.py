@@ -245,8 +245,9 @@ PUBLIC_BASE_URL = env_url("PUBLIC_BASE_URL", "http://127.0.0.1:8000", schemes=("
 # fallback text goes out instead, so the 2-second promise holds anyway.
 GREETING_MODEL_BUDGET_SECONDS = env_float("GREETING_MODEL_BUDGET_SECONDS", 1.2, minimum=0.05, maximum=30)
 # A WhatsApp greeting with no `sent` status after this long is given up on and
-# the greeting goes by SMS.
-WHATSAPP_SENT_TIMEOUT_SECONDS = env_float("WHATSAPP_SENT_TIMEOUT_SECONDS", 60.0, minimum=1, maximum=3600)
+# the greeting goes by SMS. 0 turns this off (e.g. while status webhooks are
+# not wired up, when every greeting would otherwise also go by SMS).
+WHATSAPP_SENT_TIMEOUT_SECONDS = env_float("WHATSAPP_SENT_TIMEOUT_SECONDS", 60.0, minimum=0, maximum=3600)
 PROVIDER_CONNECT_TIMEOUT_SECONDS = env_float("PROVIDER_CONNECT_TIMEOUT_SECONDS", 2.0, minimum=0.05)
 PROVIDER_READ_TIMEOUT_SECONDS = env_float("PROVIDER_READ_TIMEOUT_SECONDS", 8.0, minimum=0.1)
 # Transient provider errors (5xx, rate limits, connection refused) are retried

@@ -60,14 +60,14 @@ def status(name: str, wamid: str = "wamid.A1", ts: int | None = None, **extra) -
     return {"id": wamid, "status": name, "timestamp": str(ts), "recipient_id": "14155550123", **extra}
 
 
-def post_meta(payload: dict, *, secret: str | None = APP_SECRET, signature: str | None = None):
+def post_meta(payload: dict, *, secret: str | None = APP_SECRET, signature: str | None = None, client: Client | None = None):
     raw = json.dumps(payload).encode()
     headers = {}
     if signature is not None:
         headers["HTTP_X_HUB_SIGNATURE_256"] = signature
     elif secret is not None:
         headers["HTTP_X_HUB_SIGNATURE_256"] = "sha256=" + hmac.new(secret.encode(), raw, hashlib.sha256).hexdigest()
-    return Client().post("/webhooks/whatsapp", data=raw, content_type="application/json", **headers)
+    return (client or Client()).post("/webhooks/whatsapp", data=raw, content_type="application/json", **headers)
 
 
 def message_events(lead_id: int) -> list[str]:
@@ -184,6 +184,23 @@ def test_statuses_for_an_unknown_phone_number_id_change_nothing(greeting_message
     assert post_meta(meta_payload(statuses=[status("read")], phone_number_id="999")).status_code == 200
     greeting_message.refresh_from_db()
     assert greeting_message.status == "accepted"
+
+
+def test_a_delivery_that_fails_while_processing_is_kept_and_answered_500_so_meta_retries(greeting_message, monkeypatch):
+    def broken(org, report):
+        raise RuntimeError("database went away")
+
+    monkeypatch.setattr("conversations.receipts.apply_status", broken)
+    response = post_meta(meta_payload(statuses=[status("read")]), client=Client(raise_request_exception=False))
+    assert response.status_code == 500
+    delivery = WebhookDelivery.objects.get()
+    assert delivery.outcome == "failed" and "database went away" in delivery.detail and '"read"' in delivery.body
+
+
+def test_processed_webhooks_leave_no_audit_row_but_are_counted(greeting_message):
+    assert post_meta(meta_payload(statuses=[status("sent")])).status_code == 200
+    assert not WebhookDelivery.objects.exists()
+    assert 'swiftex_webhooks_total{outcome="processed",provider="whatsapp"}' in Client().get("/metrics").content.decode()
 
 
 # --- Inbound ----------------------------------------------------------------------
