@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import random
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
@@ -458,8 +457,7 @@ def _greeting_failed(greeting_id: int, reason: str) -> None:
 
 def _fall_back_to_sms(greeting: Greeting, lead: Lead, failed: Message) -> None:
     """Once WhatsApp definitively failed: the same text by SMS, at most once per greeting."""
-    org, contact = lead.organization, lead.contact
-    if not twilio.is_configured(org):
+    if not twilio.is_configured(lead.organization):
         return  # message_failed() already marked the greeting failed
     now = timezone.now()
     with transaction.atomic():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 import re
 import secrets
@@ -47,12 +46,7 @@ def greeting(messages: list[Any]) -> str:
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     config = state.config
-    raw = await request.read()
-    try:
-        body: Any = json.loads(raw) if raw else None
-    except ValueError:
-        body = raw.decode("utf-8", "replace")
-    record = state.record_request("openai", request, body)
+    body, record = await state.receive_json("openai", request)
 
     scheme, _, key = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not key.strip():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import re
 import time
 from collections import deque
@@ -204,6 +205,15 @@ class State:
         # Strong references: the event loop only keeps weak ones to running tasks.
         self.tasks: set[asyncio.Task[None]] = set()
         self.session: aiohttp.ClientSession | None = None
+
+    async def receive_json(self, provider: str, request: web.Request) -> tuple[Any, dict[str, Any]]:
+        """Read a JSON request body (kept as text if it is not JSON) and record the request."""
+        raw = await request.read()
+        try:
+            body: Any = json.loads(raw) if raw else None
+        except ValueError:
+            body = raw.decode("utf-8", "replace")
+        return body, self.record_request(provider, request, body)
 
     def record_request(self, provider: str, request: web.Request, body: Any) -> dict[str, Any]:
         """Appended on arrival (so the list is in arrival order) and completed by `answered`."""

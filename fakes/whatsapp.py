@@ -106,12 +106,7 @@ def _template_problem(template: Any) -> str | None:
 async def send_message(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     config = state.config
-    raw = await request.read()
-    try:
-        body: Any = json.loads(raw) if raw else None
-    except ValueError:
-        body = raw.decode("utf-8", "replace")
-    record = state.record_request("whatsapp", request, body)
+    body, record = await state.receive_json("whatsapp", request)
 
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     token = token.strip()

@@ -88,3 +88,21 @@ def retry_after_seconds(response: requests.Response) -> float | None:
         return max(0.0, float(value)) if value else None
     except ValueError:
         return None
+
+
+def classify(provider: str, response: requests.Response, *, code: object, title: str,
+             permanent_codes: set, transient_codes: set) -> ProviderError:
+    """A provider's error answer as a ProviderError: its own codes first, then HTTP status.
+
+    5xx and 429 may pass; any other 4xx means the same request will be refused again.
+    """
+    if code in permanent_codes:
+        permanent = True
+    elif code in transient_codes or response.status_code >= 500 or response.status_code == 429:
+        permanent = False
+    else:
+        permanent = 400 <= response.status_code < 500
+    return ProviderError(
+        provider, title, code=str(code if code is not None else response.status_code), permanent=permanent,
+        retry_after=retry_after_seconds(response),
+    )

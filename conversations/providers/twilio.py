@@ -13,7 +13,7 @@ import hmac
 
 from django.conf import settings
 
-from conversations.providers.base import ProviderError, Sent, post, retry_after_seconds
+from conversations.providers.base import ProviderError, Sent, classify, post
 
 PROVIDER = "twilio"
 
@@ -47,16 +47,7 @@ def error_from_response(response) -> ProviderError:
         error = {}
     code = error.get("code") if isinstance(error, dict) else None
     title = (error.get("message") if isinstance(error, dict) else None) or f"HTTP {response.status_code}"
-    if code in PERMANENT_CODES:
-        permanent = True
-    elif code in TRANSIENT_CODES or response.status_code >= 500 or response.status_code == 429:
-        permanent = False
-    else:
-        permanent = 400 <= response.status_code < 500
-    return ProviderError(
-        PROVIDER, title, code=str(code if code is not None else response.status_code), permanent=permanent,
-        retry_after=retry_after_seconds(response),
-    )
+    return classify(PROVIDER, response, code=code, title=title, permanent_codes=PERMANENT_CODES, transient_codes=TRANSIENT_CODES)
 
 
 def signature(auth_token: str, url: str, params: dict[str, list[str]] | dict[str, str]) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from django.conf import settings
 
-from conversations.providers.base import ProviderError, Sent, post, retry_after_seconds
+from conversations.providers.base import ProviderError, Sent, classify, post
 
 PROVIDER = "whatsapp"
 
@@ -60,22 +60,14 @@ def _send(org, message: dict, callback_data: str) -> Sent:
 
 def error_from_response(response) -> ProviderError:
     try:
-        error = response.json().get("error") or {}
+        data = response.json()
     except ValueError:
-        error = {}
+        data = {}
+    error = data.get("error") if isinstance(data, dict) else None
+    error = error if isinstance(error, dict) else {}
     code = error.get("code")
     title = error.get("message") or error.get("error_user_title") or f"HTTP {response.status_code}"
     details = (error.get("error_data") or {}).get("details")
     if details and details not in title:
         title = f"{title} ({details})"
-    if code in PERMANENT_CODES:
-        permanent = True
-    elif code in TRANSIENT_CODES or response.status_code >= 500 or response.status_code == 429:
-        permanent = False
-    else:
-        # An unknown 4xx: retrying the same request will not change Meta's mind.
-        permanent = 400 <= response.status_code < 500
-    return ProviderError(
-        PROVIDER, title, code=str(code if code is not None else response.status_code), permanent=permanent,
-        retry_after=retry_after_seconds(response),
-    )
+    return classify(PROVIDER, response, code=code, title=title, permanent_codes=PERMANENT_CODES, transient_codes=TRANSIENT_CODES)
