@@ -102,10 +102,11 @@ def measure(since: datetime, loadgen: dict, phone_for, run_id: int) -> dict:
             scheduled = loadgen["scheduled_start_epoch"] + index[phone] * loadgen["interval_s"]
             client_ms.append((responded - scheduled) * 1000)
 
+    # The first row of each kind per lead (an SMS fallback adds a second `message.accepted`).
     timeline: dict[str, list[float]] = {kind: [] for kind in TIMELINE_KINDS}
     for kind, ms in db_query(
-        "SELECT e.kind, (e.data->>'since_capture_ms')::float8 FROM leads_leadevent e JOIN leads_lead l ON l.id = e.lead_id "
-        "WHERE l.captured_at >= %s AND e.kind = ANY(%s)",
+        "SELECT e.kind, min((e.data->>'since_capture_ms')::float8) FROM leads_leadevent e JOIN leads_lead l ON l.id = e.lead_id "
+        "WHERE l.captured_at >= %s AND e.kind = ANY(%s) GROUP BY e.lead_id, e.kind",
         [since, TIMELINE_KINDS],
     ):
         timeline[kind].append(ms)
@@ -123,6 +124,12 @@ def measure(since: datetime, loadgen: dict, phone_for, run_id: int) -> dict:
     model_ms = [float(ms) for (ms,) in db_query(
         "SELECT g.model_ms FROM conversations_greeting g JOIN leads_lead l ON l.id = g.lead_id "
         "WHERE l.captured_at >= %s AND g.model_ms IS NOT NULL", [since])]
+    # Webhooks Swiftex processed (the fake retries one that is not answered 2xx within 5 s, so
+    # under overload the same status arrives several times), against the statuses the fake meant to send.
+    webhooks = db_query(
+        "SELECT provider, outcome, count(*) FROM conversations_webhookdelivery WHERE received_at >= %s GROUP BY 1, 2 ORDER BY 1, 2",
+        [since],
+    )
     messages = db_query(
         "SELECT m.channel, m.status, count(*) FROM conversations_message m JOIN leads_lead l ON l.id = m.lead_id "
         "WHERE l.captured_at >= %s AND m.direction = 'outbound' GROUP BY 1, 2 ORDER BY 1, 2",
@@ -153,6 +160,7 @@ def measure(since: datetime, loadgen: dict, phone_for, run_id: int) -> dict:
         "template_fallbacks": template_count,
         "template_fallback_reasons": {reason or "(none)": n for reason, n in fallback_reasons},
         "messages_in_db": [{"channel": ch, "status": st, "count": n} for ch, st, n in messages],
+        "webhooks_received": [{"provider": pr, "outcome": out, "count": n} for pr, out, n in webhooks],
         "fake": {
             "model_calls": model_calls,
             "whatsapp_requests": len(wa_records),

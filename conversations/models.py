@@ -83,7 +83,7 @@ class Message(models.Model):
         INBOUND = "inbound", "Inbound"
 
     class Status(models.TextChoices):
-        RETRYING = "retrying", "Waiting to retry"  # the provider definitely did not take it; safe to resend
+        QUEUED = "queued", "Queued"  # not with the provider (yet, or it refused for now): safe to send
         SENDING = "sending", "Sending"  # handed to the provider; outcome not known yet
         ACCEPTED = "accepted", "Accepted by provider"
         SENT = "sent", "Sent"
@@ -133,7 +133,7 @@ class Message(models.Model):
 # replace anything short of DELIVERED (WhatsApp may report `failed` after
 # `sent`); a message once delivered or read is never marked failed.
 STATUS_RANK = {
-    Message.Status.RETRYING: 0,
+    Message.Status.QUEUED: 0,
     Message.Status.SENDING: 1,
     Message.Status.ACCEPTED: 2,
     Message.Status.SENT: 3,

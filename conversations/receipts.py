@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 # database, which is right anyway. An hour keeps ~1M keys at 15,000 statuses a minute.
 FINGERPRINT_TTL_SECONDS = 3600
 STOP_WORDS = {"stop", "stopall", "unsubscribe", "cancel", "end", "quit", "parar", "pare", "baja", "alto"}
-_RANKED = "ARRAY['retrying', 'sending', 'accepted', 'sent', 'delivered', 'read']"
+_RANKED = "ARRAY['queued', 'sending', 'accepted', 'sent', 'delivered', 'read']"
 _MOMENT_COLUMN = {"sent": "sent_at", "delivered": "delivered_at", "read": "read_at", "failed": "failed_at", "accepted": "accepted_at"}
 
 

@@ -6,12 +6,14 @@ How "exactly once" holds when events are redelivered and workers die:
    organization's fallback): nothing is stored yet, so a crash here just
    means the redelivered task writes it again.
 2. One transaction claims the greeting (`Greeting` is unique per lead) and
-   its first `Message` in status SENDING. A duplicate task loses the claim
-   and only resumes what is left to do (`resume`).
-3. The provider is called. Accepted: the id is stored. Definitely not taken
-   (refused, 5xx, rate limit): status RETRYING, and the task retries with
-   backoff, re-claiming the message. Permanently refused: FAILED, and the
-   greeting falls back to SMS once (unique greeting + channel).
+   its first `Message`, QUEUED. A duplicate task loses the claim and only
+   resumes what is left to do (`resume`).
+3. A QUEUED message is moved to SENDING by one conditional UPDATE (one worker
+   wins), then the provider is called. Accepted: the id is stored. Definitely
+   not taken (refused, 5xx, rate limit): back to QUEUED, and the task retries
+   with backoff. Permanently refused: FAILED, and the greeting falls back to
+   SMS once (unique greeting + channel). A worker that dies between the claim
+   and the call leaves it QUEUED, and the redelivered task sends it.
 4. No answer (read timeout, worker killed mid-call): the message stays
    SENDING and is never blindly resent. Meta echoes our message id in every
    status webhook (`biz_opaque_callback_data`), so a later status attaches
@@ -91,7 +93,7 @@ def resume(greeting: Greeting, lead: Lead) -> None:
     """Finish whatever a greeting still needs: a retry that is due, or the SMS fallback."""
     messages = {m.channel: m for m in greeting.messages.all()}
     for message in messages.values():
-        if message.status == Message.Status.RETRYING:
+        if message.status == Message.Status.QUEUED:
             _deliver(message, greeting, lead)
             return
     wa = messages.get(Channel.WHATSAPP)
@@ -268,7 +270,7 @@ def _claim(lead, channel, text, source, model_ms, model_error, composed_at) -> t
 
 
 def _new_message(greeting: Greeting, lead: Lead, channel: str, *, now: datetime) -> Message:
-    """The greeting's message on `channel`, claimed for sending (attempt 1)."""
+    """The greeting's message on `channel`, QUEUED: `_deliver` takes it from there."""
     conversation = _conversation(lead, channel)
     template, body = _what_to_send(lead.organization, conversation, greeting.text)
     return Message.objects.create(
@@ -280,8 +282,8 @@ def _new_message(greeting: Greeting, lead: Lead, channel: str, *, now: datetime)
         channel=channel,
         body=body,
         template_name=template,
-        status=Message.Status.SENDING,
-        attempts=1,
+        status=Message.Status.QUEUED,
+        attempts=0,
         created_at=now,
     )
 
@@ -294,18 +296,27 @@ def _what_to_send(org: Organization, conversation: Conversation, text: str) -> t
     return org.whatsapp_template_name, text if org.whatsapp_template_has_parameter else ""
 
 
-def _reclaim(message: Message) -> bool:
-    """Take a RETRYING message back for one more attempt; False if another worker did."""
-    updated = Message.objects.filter(pk=message.pk, status=Message.Status.RETRYING).update(
-        status=Message.Status.SENDING, attempts=message.attempts + 1
-    )
-    if updated:
-        message.status, message.attempts = Message.Status.SENDING, message.attempts + 1
-    return bool(updated)
+def _take_for_sending(message: Message) -> bool:
+    """QUEUED -> SENDING for one attempt; False if another delivery took it first.
+
+    Only a QUEUED message is ever sent, and this UPDATE lets exactly one worker
+    move it: a message that crashed in SENDING is never sent again blindly.
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {Message._meta.db_table} SET status = 'sending', attempts = attempts + 1 "
+            "WHERE id = %s AND status = 'queued' RETURNING attempts",
+            [message.pk],
+        )
+        row = cursor.fetchone()
+    if row is None:
+        return False
+    message.status, message.attempts = Message.Status.SENDING, row[0]
+    return True
 
 
 def _deliver(message: Message, greeting: Greeting, lead: Lead) -> None:
-    if message.status == Message.Status.RETRYING and not _reclaim(message):
+    if not _take_for_sending(message):
         return
     org, contact = lead.organization, lead.contact
     if not contact.consent:
@@ -356,7 +367,7 @@ def _handle_send_error(message: Message, greeting: Greeting, lead: Lead, exc: Pr
             _fall_back_to_sms(greeting, lead, message)
         return
     Message.objects.filter(pk=message.pk, status=Message.Status.SENDING).update(
-        status=Message.Status.RETRYING, error_code=exc.code, error_title=exc.title
+        status=Message.Status.QUEUED, error_code=exc.code, error_title=exc.title
     )
     countdown = backoff(message.attempts, exc.retry_after)
     timeline.record(
@@ -377,7 +388,7 @@ def _accepted(message: Message, lead: Lead, provider_message_id: str) -> None:
         with connection.cursor() as cursor:
             cursor.execute(
                 f"UPDATE {Message._meta.db_table} SET provider_message_id = %s, accepted_at = COALESCE(accepted_at, %s), "
-                "status = CASE WHEN status IN ('sending', 'retrying') THEN 'accepted' ELSE status END, error_code = '', error_title = '' "
+                "status = CASE WHEN status IN ('sending', 'queued') THEN 'accepted' ELSE status END, error_code = '', error_title = '' "
                 "WHERE id = %s",
                 [provider_message_id, now, message.pk],
             )

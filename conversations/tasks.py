@@ -4,7 +4,7 @@ Retry policy, in one place:
 - the database blipped (OperationalError/InterfaceError): retried with
   exponential backoff and jitter, up to 8 times;
 - a provider failed transiently (5xx, rate limit, refused): the service marks
-  the message RETRYING and raises RetryLater with its backoff (honouring
+  the message QUEUED and raises RetryLater with its backoff (honouring
   Retry-After); the task runs again and re-claims the message. The attempt
   cap is on the message (SEND_MAX_ATTEMPTS), after which it is FAILED and
   shown as such on the timeline and in admin;

@@ -112,6 +112,17 @@ def test_the_same_lead_event_delivered_twice_or_duplicated_greets_once(lead, pro
     assert kinds(lead).count("first_touch.started") == 2  # one per distinct event, never one per delivery
 
 
+def test_a_worker_that_died_between_the_claim_and_the_call_leaves_it_queued_and_the_redelivery_sends_it(lead, provider, monkeypatch):
+    with monkeypatch.context() as patched:
+        patched.setattr(services, "_deliver", lambda *args: None)  # the process died right after the claim committed
+        greet(lead)
+    assert Message.objects.get().status == "queued"
+    provider.add(responses.POST, WA_URL, **wa_ok())
+    greet(lead)
+    message = Message.objects.get()
+    assert (message.status, message.attempts, len(provider.calls)) == ("accepted", 1, 1)
+
+
 def test_a_contact_without_consent_gets_no_message_and_the_reason_is_recorded(org, provider):
     _, key = org
     lead_id = post_json(api_client(key), "/api/v1/leads", {**ANA, "consent": False}).json()["id"]
@@ -158,7 +169,7 @@ def test_transient_errors_retry_with_backoff_and_honour_retry_after(lead, provid
     with pytest.raises(services.RetryLater) as first:
         greet(lead)
     assert first.value.countdown >= 7
-    assert Message.objects.get().status == "retrying"
+    assert Message.objects.get().status == "queued"
     with pytest.raises(services.RetryLater):
         greet(lead)  # the task's retry: re-claims the message
     greet(lead)

@@ -49,7 +49,7 @@ class Migration(migrations.Migration):
                 ('body', models.TextField(blank=True, default='')),
                 ('template_name', models.CharField(blank=True, default='', max_length=200)),
                 ('provider_message_id', models.CharField(blank=True, help_text='WhatsApp wamid or Twilio MessageSid.', max_length=128, null=True)),
-                ('status', models.CharField(choices=[('retrying', 'Waiting to retry'), ('sending', 'Sending'), ('accepted', 'Accepted by provider'), ('sent', 'Sent'), ('delivered', 'Delivered'), ('read', 'Read'), ('failed', 'Failed'), ('received', 'Received')], max_length=16)),
+                ('status', models.CharField(choices=[('queued', 'Queued'), ('sending', 'Sending'), ('accepted', 'Accepted by provider'), ('sent', 'Sent'), ('delivered', 'Delivered'), ('read', 'Read'), ('failed', 'Failed'), ('received', 'Received')], max_length=16)),
                 ('attempts', models.PositiveSmallIntegerField(default=0)),
                 ('error_code', models.CharField(blank=True, default='', max_length=32)),
                 ('error_title', models.CharField(blank=True, default='', max_length=300)),
