@@ -57,7 +57,8 @@ def _render(report: dict, figures, title: str, target_ms: float, *, floor_ms: fl
             tick = decade * mult
             if y_min <= tick <= y_max:
                 out.append(f'<line x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{y(tick):.1f}" y2="{y(tick):.1f}" stroke="#eee"/>')
-                out.append(f'<text x="{LEFT - 6}" y="{y(tick) + 4:.1f}" text-anchor="end">{tick:g} ms</text>')
+                label = f"{tick / 1000:g} s" if tick >= 1000 else f"{tick:g} ms"
+                out.append(f'<text x="{LEFT - 6}" y="{y(tick) + 4:.1f}" text-anchor="end">{label}</text>')
         decade *= 10
     out.append(
         f'<line x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{y(target_ms):.1f}" y2="{y(target_ms):.1f}" stroke="#555" stroke-dasharray="6 4"/>'

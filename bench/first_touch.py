@@ -21,7 +21,7 @@ import urllib.request
 from collections import Counter
 from datetime import datetime
 
-from stack import FAKE_URL, MODEL_MS, WHATSAPP_MS, db_query
+from stack import FAKE_URL, MODEL_MS, PORT, WHATSAPP_MS, db_query
 
 TIMELINE_KINDS = ["event.published", "first_touch.started", "greeting.composed", "message.accepted", "message.sent", "message.delivered"]
 FINAL_STATES = ("done", "skipped", "failed")
@@ -62,8 +62,8 @@ def unsettled(since: datetime) -> int:
     """Leads captured since `since` whose greeting is not in a final state (or not there yet)."""
     return db_query(
         "SELECT count(*) FROM leads_lead l LEFT JOIN conversations_greeting g ON g.lead_id = l.id "
-        "WHERE l.captured_at >= %s AND (g.id IS NULL OR g.state NOT IN ('done', 'skipped', 'failed'))",
-        [since],
+        "WHERE l.captured_at >= %s AND (g.id IS NULL OR NOT g.state = ANY(%s))",
+        [since, list(FINAL_STATES)],
     )[0][0]
 
 
@@ -83,6 +83,42 @@ def wait_settled(since: datetime, timeout: float) -> dict:
         previous = stats
         time.sleep(1.0)
     return {"waited_s": round(time.monotonic() - started, 1), "unsettled_leads": left}
+
+
+def web_metrics() -> dict[tuple[str, frozenset], float]:
+    """The web's Prometheus counters used here: request durations per route, webhooks by outcome."""
+    wanted = {"swiftex_http_request_duration_seconds_sum", "swiftex_http_request_duration_seconds_count", "swiftex_webhooks_total"}
+    with urllib.request.urlopen(f"http://127.0.0.1:{PORT}/metrics", timeout=30) as response:
+        text = response.read().decode()
+    out = {}
+    for line in text.splitlines():
+        name, _, rest = line.partition("{")
+        if name in wanted:
+            labels, _, value = rest.rpartition("} ")
+            pairs = (item.split("=", 1) for item in labels.split(",") if "=" in item)
+            out[(name, frozenset((key, val.strip('"')) for key, val in pairs))] = float(value)
+    return out
+
+
+def web_handling(before: dict, after: dict) -> dict:
+    """Over the step, per route: requests and mean time inside Django (not counting the wait for a
+    free gunicorn thread); and webhooks by outcome. The fake retries a webhook not answered 2xx
+    within 5 s, so more webhooks than statuses sent (3 per message) means the web fell behind."""
+    routes: dict[str, list[float]] = {}
+    webhooks: dict[str, int] = {}
+    for (name, labels), value in after.items():
+        value -= before.get((name, labels), 0.0)
+        label = dict(labels)
+        if name == "swiftex_webhooks_total" and value:
+            webhooks[f"{label['provider']} {label['outcome']}"] = int(value)
+        elif name != "swiftex_webhooks_total":
+            count_and_seconds = routes.setdefault(f"{label['method']} /{label['route']}", [0, 0.0])
+            count_and_seconds[0 if name.endswith("_count") else 1] += value
+    handling = {
+        route: {"requests": int(count), "mean_ms": round(seconds / count * 1000, 1)}
+        for route, (count, seconds) in sorted(routes.items()) if count
+    }
+    return {"web_mean_handling": handling, "webhooks_received": dict(sorted(webhooks.items()))}
 
 
 def measure(since: datetime, loadgen: dict, phone_for, run_id: int) -> dict:
@@ -124,12 +160,6 @@ def measure(since: datetime, loadgen: dict, phone_for, run_id: int) -> dict:
     model_ms = [float(ms) for (ms,) in db_query(
         "SELECT g.model_ms FROM conversations_greeting g JOIN leads_lead l ON l.id = g.lead_id "
         "WHERE l.captured_at >= %s AND g.model_ms IS NOT NULL", [since])]
-    # Webhooks Swiftex processed (the fake retries one that is not answered 2xx within 5 s, so
-    # under overload the same status arrives several times), against the statuses the fake meant to send.
-    webhooks = db_query(
-        "SELECT provider, outcome, count(*) FROM conversations_webhookdelivery WHERE received_at >= %s GROUP BY 1, 2 ORDER BY 1, 2",
-        [since],
-    )
     messages = db_query(
         "SELECT m.channel, m.status, count(*) FROM conversations_message m JOIN leads_lead l ON l.id = m.lead_id "
         "WHERE l.captured_at >= %s AND m.direction = 'outbound' GROUP BY 1, 2 ORDER BY 1, 2",
@@ -160,7 +190,6 @@ def measure(since: datetime, loadgen: dict, phone_for, run_id: int) -> dict:
         "template_fallbacks": template_count,
         "template_fallback_reasons": {reason or "(none)": n for reason, n in fallback_reasons},
         "messages_in_db": [{"channel": ch, "status": st, "count": n} for ch, st, n in messages],
-        "webhooks_received": [{"provider": pr, "outcome": out, "count": n} for pr, out, n in webhooks],
         "fake": {
             "model_calls": model_calls,
             "whatsapp_requests": len(wa_records),
@@ -173,4 +202,26 @@ def measure(since: datetime, loadgen: dict, phone_for, run_id: int) -> dict:
         },
         "lost": sum(1 for phone in step_phones if per_lead[phone] == 0),
         "duplicated": sum(1 for phone in step_phones if per_lead[phone] > 1),
+    }
+
+
+def whole_run_tally() -> dict:
+    """From the database, over every step: leads whose greeting went out more than once or never.
+
+    Counted at the end because a step's figures are read when it settles, and a late
+    SMS fallback (the sweep fails a WhatsApp message with no `sent` status after
+    WHATSAPP_SENT_TIMEOUT_SECONDS) may come after that.
+    """
+    (leads, none, several, fallbacks), = db_query(
+        "SELECT count(*), count(*) FILTER (WHERE accepted = 0), count(*) FILTER (WHERE accepted > 1), "
+        "count(*) FILTER (WHERE swept > 0) FROM ("
+        "  SELECT l.id, count(m.id) FILTER (WHERE m.provider_message_id IS NOT NULL) AS accepted,"
+        "         count(m.id) FILTER (WHERE m.channel = 'whatsapp' AND m.error_code = 'timeout' AND m.provider_message_id IS NOT NULL) AS swept"
+        "  FROM leads_lead l LEFT JOIN conversations_message m ON m.lead_id = l.id AND m.direction = 'outbound' GROUP BY l.id) per_lead"
+    )
+    return {
+        "leads": leads,
+        "leads_with_no_accepted_message": none,
+        "leads_with_more_than_one_accepted_message": several,
+        "whatsapp_accepted_then_failed_by_sweep": fallbacks,
     }

@@ -132,6 +132,13 @@ def _usage(pids: list[int]) -> tuple[int, int]:
     return rss, ticks
 
 
+def _machine_ticks() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs since boot, from /proc/stat."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
 @dataclass
 class Group:
     """A set of processes measured together: a process type, a service, the load generator."""
@@ -226,6 +233,7 @@ class Stack:
         for group in self.groups.values():
             group.peak_rss, group.cpu_ticks_start = group.rss_and_ticks()
             group.cpu_ticks_last = group.cpu_ticks_start
+        self.machine_start = _machine_ticks()
 
     def sample(self) -> None:
         # Keep the last reading: a process that exits (the load generator) takes its counters with it.
@@ -242,6 +250,9 @@ class Stack:
                 "peak_rss_mb": round(group.peak_rss / 2**20, 1),
                 "cpu_share_of_one_core": round((group.cpu_ticks_last - group.cpu_ticks_start) / CLK_TCK / elapsed, 3),
             }
+        # Everything on the machine, measured or not: how close to the cores it ran.
+        busy, total = (end - start for end, start in zip(_machine_ticks(), self.machine_start))
+        out["machine"] = {"cores": os.cpu_count(), "busy_cores": round(busy / total * os.cpu_count(), 2) if total else None}
         return out
 
     def stop(self) -> None:
@@ -281,3 +292,11 @@ def queue_depths(env: dict, names: list[str]) -> dict[str, tuple[int, int]]:
 def db_query(sql: str, params: list | None = None):
     with psycopg.connect(dbname=BENCH_DB, host="127.0.0.1", user="postgres", autocommit=True) as conn:
         return conn.execute(sql, params or []).fetchall()
+
+
+def analyze() -> None:
+    """Refresh the planner's statistics. This machine's PostgreSQL runs with autovacuum off (a CI
+    setting), so without this every query plans against the empty tables of the fresh database;
+    in production autoanalyze keeps them current."""
+    with psycopg.connect(dbname=BENCH_DB, host="127.0.0.1", user="postgres", autocommit=True) as conn:
+        conn.execute("ANALYZE")
