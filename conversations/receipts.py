@@ -10,6 +10,7 @@ the database stays the source of truth when Redis is down.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime
@@ -20,7 +21,7 @@ from django.utils import timezone
 from conversations import timeline
 from conversations.models import Channel, Conversation, Message
 from conversations.services import CALLBACK_PREFIX, mark_first_response, message_failed
-from leads.models import Contact, Lead, Organization
+from leads.models import Contact, Lead, LeadEvent, Organization
 from swiftex import redis as swx_redis
 
 logger = logging.getLogger(__name__)
@@ -60,61 +61,74 @@ def apply_status(org: Organization, report: StatusReport) -> Applied | None:
         return None
     try:
         with transaction.atomic():
-            applied = _apply(org, report)
-            if applied is not None and applied.lead_id is not None:
-                _record(applied, report)
+            applied, needs_first_response = _apply(org, report)
+            if applied is None:
+                return None
+            if report.status == "failed" and applied.status == "failed":
+                message_failed(Message.objects.get(pk=applied.message_id))
+            if needs_first_response:
+                # A worker may have died before storing the provider's answer: this
+                # status proves the greeting went out.
+                mark_first_response(applied.lead_id, report.at)
     except Exception:
         _forget(fingerprint)  # let the provider's retry be processed
         raise
     return applied
 
 
-def _apply(org: Organization, report: StatusReport) -> Applied | None:
-    column = _MOMENT_COLUMN[report.status]
-    callback_id = _callback_message_id(report.callback)
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"""
-            UPDATE {Message._meta.db_table} SET
-                provider_message_id = COALESCE(provider_message_id, %(pid)s),
-                {column} = COALESCE({column}, %(at)s),
-                status = CASE
-                    WHEN status = 'failed' THEN status
-                    WHEN %(new)s = 'failed' THEN CASE WHEN status IN ('delivered', 'read') THEN status ELSE 'failed' END
-                    WHEN array_position({_RANKED}, %(new)s) > array_position({_RANKED}, status) THEN %(new)s
-                    ELSE status END,
-                error_code = CASE WHEN %(new)s = 'failed' AND status NOT IN ('delivered', 'read', 'failed') THEN %(code)s ELSE error_code END,
-                error_title = CASE WHEN %(new)s = 'failed' AND status NOT IN ('delivered', 'read', 'failed') THEN %(title)s ELSE error_title END
-            WHERE organization_id = %(org)s AND channel = %(channel)s AND direction = 'outbound'
-              AND (provider_message_id = %(pid)s OR (provider_message_id IS NULL AND id = %(callback_id)s))
-              AND {column} IS NULL
-            RETURNING id, lead_id, greeting_id, channel, status
-            """,
-            {
-                "pid": report.provider_message_id, "at": report.at, "new": report.status, "code": report.error_code[:32],
-                "title": report.error_title[:300], "org": org.pk, "channel": report.channel, "callback_id": callback_id,
-            },
-        )
-        row = cursor.fetchone()
-    return Applied(*row) if row else None
+# One statement in the common case: the status only moves forward, each moment
+# is stamped once, and only then is the timeline entry written (with a note when
+# the status arrived late or a failure came after delivery).
+_APPLY = f"""
+WITH m AS (
+    UPDATE {Message._meta.db_table} SET
+        provider_message_id = COALESCE(provider_message_id, %(pid)s),
+        {{column}} = COALESCE({{column}}, %(at)s),
+        status = CASE
+            WHEN status = 'failed' THEN status
+            WHEN %(new)s = 'failed' THEN CASE WHEN status IN ('delivered', 'read') THEN status ELSE 'failed' END
+            WHEN array_position({_RANKED}, %(new)s) > array_position({_RANKED}, status) THEN %(new)s
+            ELSE status END,
+        error_code = CASE WHEN %(new)s = 'failed' AND status NOT IN ('delivered', 'read', 'failed') THEN %(code)s ELSE error_code END,
+        error_title = CASE WHEN %(new)s = 'failed' AND status NOT IN ('delivered', 'read', 'failed') THEN %(title)s ELSE error_title END
+    WHERE organization_id = %(org)s AND channel = %(channel)s AND direction = 'outbound'
+      AND (provider_message_id = %(pid)s OR (provider_message_id IS NULL AND id = %(callback_id)s))
+      AND {{column}} IS NULL
+    RETURNING id, lead_id, greeting_id, channel, status
+), entry AS (
+    INSERT INTO {LeadEvent._meta.db_table} (lead_id, kind, data, occurred_at)
+    SELECT m.lead_id, %(kind)s,
+           %(data)s::jsonb
+           || CASE WHEN %(new)s <> 'failed' AND m.status <> %(new)s THEN jsonb_build_object('status_now', m.status) ELSE '{{{{}}}}'::jsonb END
+           || CASE WHEN %(new)s = 'failed' AND m.status <> 'failed' THEN jsonb_build_object('ignored', 'already ' || m.status) ELSE '{{{{}}}}'::jsonb END
+           || jsonb_build_object('since_capture_ms', round((EXTRACT(EPOCH FROM %(at)s - lead.captured_at) * 1000)::numeric, 1)),
+           %(at)s
+    FROM m JOIN {Lead._meta.db_table} AS lead ON lead.id = m.lead_id
+)
+SELECT m.id, m.lead_id, m.greeting_id, m.channel, m.status,
+       m.greeting_id IS NOT NULL AND %(new)s <> 'failed'
+           AND (SELECT first_response_at IS NULL FROM {Lead._meta.db_table} WHERE id = m.lead_id)
+FROM m
+"""
 
 
-def _record(applied: Applied, report: StatusReport) -> None:
+def _apply(org: Organization, report: StatusReport) -> tuple[Applied | None, bool]:
     data = {"channel": report.channel, "provider_message_id": report.provider_message_id}
     if report.status == "failed":
         data |= {"error_code": report.error_code, "error": report.error_title}
-    kind = "message.failed" if report.status == "failed" else f"message.{report.status}"
-    if applied.status != report.status and report.status != "failed":
-        data["status_now"] = applied.status  # arrived late: recorded, status kept
-    if report.status == "failed" and applied.status != "failed":
-        data["ignored"] = f"already {applied.status}"
-    timeline.record(applied.lead_id, (kind, data, report.at))
-    if report.status == "failed" and applied.status == "failed":
-        message_failed(Message.objects.get(pk=applied.message_id))
-    if report.status in ("accepted", "sent", "delivered", "read") and applied.greeting_id is not None:
-        # A worker may have died before storing the provider's answer: the first
-        # status proves the greeting went out.
-        mark_first_response(applied.lead_id, report.at)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _APPLY.format(column=_MOMENT_COLUMN[report.status]),
+            {
+                "pid": report.provider_message_id, "at": report.at, "new": report.status, "code": report.error_code[:32],
+                "title": report.error_title[:300], "org": org.pk, "channel": report.channel,
+                "callback_id": _callback_message_id(report.callback), "kind": f"message.{report.status}", "data": json.dumps(data),
+            },
+        )
+        row = cursor.fetchone()
+    if row is None:
+        return None, False
+    return Applied(*row[:5]), bool(row[5])
 
 
 def _callback_message_id(callback: str) -> int | None:

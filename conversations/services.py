@@ -23,21 +23,23 @@ How "exactly once" holds when events are redelivered and workers die:
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import connection, transaction
+from django.db.models import Q
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from conversations import timeline
+from conversations import greeting_sql, timeline
 from conversations.models import Channel, Conversation, Greeting, Message
 from conversations.providers import ProviderError, model, twilio, whatsapp
+from leads import selectors
 from leads.models import Contact, Lead, Organization
 from swiftex.events import emit
-from swiftex.events.idempotency import LEDGER
 
 logger = logging.getLogger(__name__)
 
@@ -58,28 +60,26 @@ class RetryLater(Exception):
 
 def first_touch(*, event_id: str, lead_id: int, published_at: str | None = None) -> None:
     """Handle one delivery of `lead.created`: greet the lead, or resume its greeting."""
-    started = timezone.now()
-    _record_pickup(event_id, lead_id, published_at, started)
-    lead = Lead.objects.select_related("contact", "organization").filter(pk=lead_id).first()
-    if lead is None:
+    loaded = _load(event_id, lead_id, published_at, timezone.now())
+    if loaded is None:
         logger.info("first touch: lead %s no longer exists", lead_id)
         return
-    greeting = Greeting.objects.filter(lead_id=lead_id).first()
-    if greeting is not None:
-        resume(greeting, lead)
+    lead, greeting_id, first_message, window_open = loaded
+    if greeting_id is not None:
+        resume(Greeting.objects.get(pk=greeting_id), lead)
         return
     org, contact = lead.organization, lead.contact
     channel, skip_reason = _first_channel(org, contact)
     if skip_reason:
         _skip(lead, skip_reason)
         return
-    text, source, model_ms, model_error, composed_at = _compose(org, lead, contact)
-    claimed = _claim(lead, channel, text, source, model_ms, model_error, composed_at)
+    text, source, model_ms, model_error, composed_at = _compose(org, lead, contact, first_message)
+    claimed = _claim(lead, channel, window_open, text, source, model_ms, model_error, composed_at)
     if claimed is None:
         logger.info("first touch: lead %s already claimed by another delivery", lead_id)
         return
     greeting, message = claimed
-    _deliver(message, greeting, lead)
+    _deliver(message, greeting, lead, window_open=window_open)
 
 
 def greeting_fallback(*, greeting_id: int) -> None:
@@ -102,55 +102,65 @@ def resume(greeting: Greeting, lead: Lead) -> None:
 
 
 def expire_unsent_greetings(*, now: datetime | None = None, limit: int = 500) -> int:
-    """Fail WhatsApp greetings with no `sent` status within the timeout; returns how many.
+    """Fail WhatsApp greetings stuck without a `sent` status; returns how many.
 
-    Durable: the state is in the database and the scheduler runs this every few
-    seconds. Rows are claimed with SKIP LOCKED, so sweeps never collide. Each
-    failure raises `message.failed`, which sends a WhatsApp greeting by SMS.
+    SENDING (Meta never confirmed taking it) after WHATSAPP_SENT_TIMEOUT_SECONDS;
+    ACCEPTED (Meta has it, no status yet) only if WHATSAPP_ACCEPTED_TIMEOUT_SECONDS
+    is set. Durable: the state is in the database and the scheduler runs this
+    every few seconds; rows are claimed with SKIP LOCKED, so sweeps never
+    collide. Each failure raises `message.failed`, which sends it by SMS.
     """
-    if not settings.WHATSAPP_SENT_TIMEOUT_SECONDS:
-        return 0
     now = now or timezone.now()
-    cutoff = now - timedelta(seconds=settings.WHATSAPP_SENT_TIMEOUT_SECONDS)
-    timeout = f"no sent status within {settings.WHATSAPP_SENT_TIMEOUT_SECONDS:g}s"
+    stuck = Q(pk__in=[])
+    for status, seconds in ((Message.Status.SENDING, settings.WHATSAPP_SENT_TIMEOUT_SECONDS),
+                            (Message.Status.ACCEPTED, settings.WHATSAPP_ACCEPTED_TIMEOUT_SECONDS)):
+        if seconds:
+            stuck |= Q(status=status, created_at__lt=now - timedelta(seconds=seconds))
     with transaction.atomic():
         overdue = list(
             Message.objects.select_for_update(skip_locked=True)
-            .filter(greeting__isnull=False, channel=Channel.WHATSAPP, created_at__lt=cutoff,
-                    status__in=[Message.Status.SENDING, Message.Status.ACCEPTED])
+            .filter(stuck, greeting__isnull=False, channel=Channel.WHATSAPP)
             .order_by("created_at")[:limit]
         )
         for message in overdue:
-            _fail(message, ProviderError(message.channel, timeout, code="timeout", permanent=True), now=now)
+            waited = (now - message.created_at).total_seconds()
+            reason = f"no sent status after {waited:.0f}s ({'accepted' if message.provider_message_id else 'never confirmed'})"
+            _fail(message, ProviderError(message.channel, reason, code="timeout", permanent=True), now=now)
     return len(overdue)
 
 
 # --- Steps ------------------------------------------------------------------------------
 
-_PICKUP_SQL = f"""
-WITH ledger AS (
-    INSERT INTO {LEDGER} (consumer, event_id, processed_at) VALUES (%(consumer)s, %(event_id)s, %(now)s)
-    ON CONFLICT (consumer, event_id) DO NOTHING
-    RETURNING 1
-)
-SELECT count(*) FROM ledger
-"""
+def _load(event_id: str, lead_id: int, published_at: str | None, started: datetime):
+    """(lead, greeting id or None, first submission's message, WhatsApp window open), or None.
 
-
-def _record_pickup(event_id: str, lead_id: int, published_at: str | None, started: datetime) -> None:
-    """Timeline: when the event left the outbox and when this lane picked it up (once per event).
-
-    The ledger only keeps the timeline free of repeats; it does not gate the
-    greeting, so a worker killed after this point still gets the lead greeted.
+    One statement, which also puts "event.published" and "first_touch.started"
+    on the timeline once per event (the processed-event ledger). The ledger only
+    keeps the timeline free of repeats; it does not gate the greeting, so a
+    worker killed after this point still gets the lead greeted.
     """
     entries = [("first_touch.started", {"event_id": event_id}, started)]
     published = parse_datetime(published_at) if published_at else None
     if published is not None:
         entries.insert(0, ("event.published", {"event_id": event_id}, published))
-    with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute(_PICKUP_SQL, {"consumer": FIRST_TOUCH_CONSUMER, "event_id": event_id, "now": started})
-        if cursor.fetchone()[0]:
-            timeline.record(lead_id, *entries)
+    params = {
+        "consumer": FIRST_TOUCH_CONSUMER, "event_id": event_id, "lead_id": lead_id, "now": started,
+        "kinds": [kind for kind, _, _ in entries], "datas": [json.dumps(data) for _, data, _ in entries],
+        "ats": [at for _, _, at in entries],
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(greeting_sql.LOAD, params)
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    org_id, contact_id, status, source, campaign, captured_at, name, phone, consent, greeting_id, first_message, last_inbound = row
+    org = selectors.organization(org_id)
+    if org is None:
+        return None
+    contact = Contact(pk=contact_id, organization_id=org_id, name=name, phone=phone, consent=consent)
+    lead = Lead(pk=lead_id, organization=org, contact=contact, status=status, source=source, campaign=campaign, captured_at=captured_at)
+    window_open = Conversation(channel=Channel.WHATSAPP, last_inbound_at=last_inbound).window_open()
+    return lead, greeting_id, first_message or "", window_open
 
 
 def _first_channel(org: Organization, contact: Contact) -> tuple[str, str]:
@@ -189,9 +199,9 @@ def release_db_connection() -> None:
         connection.close()
 
 
-def _compose(org: Organization, lead: Lead, contact: Contact):
+def _compose(org: Organization, lead: Lead, contact: Contact, first_message: str):
     """(text, source, model_ms, model_error, composed_at): the AI's text, or the fallback in time."""
-    facts = _lead_facts(org, lead, contact)
+    facts = _lead_facts(org, lead, contact, first_message)
     release_db_connection()
     started = timezone.now()
     try:
@@ -203,8 +213,7 @@ def _compose(org: Organization, lead: Lead, contact: Contact):
     return text, source, int((composed_at - started).total_seconds() * 1000), error, composed_at
 
 
-def _lead_facts(org: Organization, lead: Lead, contact: Contact) -> str:
-    message = lead.submissions.order_by("pk").values_list("message", flat=True).first() or ""
+def _lead_facts(org: Organization, lead: Lead, contact: Contact, message: str) -> str:
     facts = [f"Name: {contact.name or 'unknown'}", f"Business: {org.name}", f"Source: {lead.source}"]
     if lead.campaign:
         facts.append(f"Campaign: {lead.campaign}")
@@ -250,29 +259,43 @@ def _conversation(lead: Lead, channel: str) -> Conversation:
     return conversation
 
 
-def _claim(lead, channel, text, source, model_ms, model_error, composed_at) -> tuple[Greeting, Message] | None:
-    with transaction.atomic():
-        greeting_id = _insert_greeting(
-            lead, state=Greeting.State.SENDING, now=composed_at, text=text, source=source, model_ms=model_ms, model_error=model_error
-        )
-        if greeting_id is None:
-            return None
-        greeting = Greeting(
-            pk=greeting_id, organization_id=lead.organization_id, lead=lead, state=Greeting.State.SENDING,
-            text=text, text_source=source, model_ms=model_ms, model_error=model_error, created_at=composed_at,
-        )
-        message = _new_message(greeting, lead, channel, now=composed_at)
-        composed = {"source": source, "model_ms": model_ms}
-        if model_error:
-            composed["model_error"] = model_error
-        timeline.record(lead.pk, ("greeting.composed", composed, composed_at))
+def _claim(lead, channel, window_open, text, source, model_ms, model_error, composed_at) -> tuple[Greeting, Message] | None:
+    """One statement: the greeting (unique per lead), its conversation and QUEUED message,
+    and "greeting.composed" on the timeline; None if another delivery claimed it first."""
+    template, body = _what_to_send(lead.organization, channel, window_open, text)
+    composed = {"source": source, "model_ms": model_ms, "since_capture_ms": _since_capture(lead, composed_at)}
+    if model_error:
+        composed["model_error"] = model_error
+    with connection.cursor() as cursor:
+        cursor.execute(greeting_sql.CLAIM, {
+            "org": lead.organization_id, "lead_id": lead.pk, "contact_id": lead.contact_id, "channel": channel,
+            "text": text, "source": source, "model_ms": model_ms, "model_error": model_error[:300], "now": composed_at,
+            "body": body, "template": template, "composed": json.dumps(composed),
+        })
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    greeting_id, message_id, conversation_id = row
+    greeting = Greeting(
+        pk=greeting_id, organization_id=lead.organization_id, lead=lead, state=Greeting.State.SENDING,
+        text=text, text_source=source, model_ms=model_ms, model_error=model_error, created_at=composed_at,
+    )
+    message = Message(
+        pk=message_id, organization_id=lead.organization_id, conversation_id=conversation_id, lead=lead, greeting=greeting,
+        direction=Message.Direction.OUTBOUND, channel=channel, body=body, template_name=template,
+        status=Message.Status.QUEUED, attempts=0, created_at=composed_at,
+    )
     return greeting, message
+
+
+def _since_capture(lead: Lead, at: datetime) -> float:
+    return round((at - lead.captured_at).total_seconds() * 1000, 1)
 
 
 def _new_message(greeting: Greeting, lead: Lead, channel: str, *, now: datetime) -> Message:
     """The greeting's message on `channel`, QUEUED: `_deliver` takes it from there."""
     conversation = _conversation(lead, channel)
-    template, body = _what_to_send(lead.organization, conversation, greeting.text)
+    template, body = _what_to_send(lead.organization, channel, conversation.window_open(), greeting.text)
     return Message.objects.create(
         organization_id=lead.organization_id,
         conversation=conversation,
@@ -288,10 +311,10 @@ def _new_message(greeting: Greeting, lead: Lead, channel: str, *, now: datetime)
     )
 
 
-def _what_to_send(org: Organization, conversation: Conversation, text: str) -> tuple[str, str]:
+def _what_to_send(org: Organization, channel: str, window_open: bool, text: str) -> tuple[str, str]:
     """(template name or "", body actually sent). WhatsApp outside the 24-hour window
     takes an approved template, with the text as its parameter if it has one."""
-    if conversation.channel != Channel.WHATSAPP or conversation.window_open() or not org.whatsapp_template_name:
+    if channel != Channel.WHATSAPP or window_open or not org.whatsapp_template_name:
         return "", text
     return org.whatsapp_template_name, text if org.whatsapp_template_has_parameter else ""
 
@@ -315,7 +338,7 @@ def _take_for_sending(message: Message) -> bool:
     return True
 
 
-def _deliver(message: Message, greeting: Greeting, lead: Lead) -> None:
+def _deliver(message: Message, greeting: Greeting, lead: Lead, *, window_open: bool | None = None) -> None:
     if not _take_for_sending(message):
         return
     org, contact = lead.organization, lead.contact
@@ -323,28 +346,31 @@ def _deliver(message: Message, greeting: Greeting, lead: Lead) -> None:
         _fail(message, ProviderError(message.channel, "contact withdrew consent before sending", code="no_consent", permanent=True))
         return
     try:
-        sent = _send(message, greeting, org, contact)  # releases the connection while it waits
+        sent = _send(message, greeting, org, contact, window_open)  # releases the connection while it waits
     except ProviderError as exc:
         _handle_send_error(message, greeting, lead, exc)
         return
     _accepted(message, lead, sent.provider_message_id)
 
 
-def _send(message: Message, greeting: Greeting, org: Organization, contact: Contact):
+def _send(message: Message, greeting: Greeting, org: Organization, contact: Contact, window_open: bool | None):
     callback = f"{CALLBACK_PREFIX}{message.pk}"
     if message.channel == Channel.SMS:
         release_db_connection()
         return twilio.send_sms(org=org, to=contact.phone, body=greeting.text, status_callback=status_callback_url(message))
-    template, body = _what_to_send(org, message.conversation, greeting.text)
-    if (template, body) != (message.template_name, message.body):  # the window opened or closed since
-        Message.objects.filter(pk=message.pk).update(template_name=template, body=body)
+    if window_open is None:  # a retry or a resumed greeting: the window may have opened meanwhile
+        window_open = message.conversation.window_open()
+        template, body = _what_to_send(org, message.channel, window_open, greeting.text)
+        if (template, body) != (message.template_name, message.body):
+            Message.objects.filter(pk=message.pk).update(template_name=template, body=body)
+            message.template_name, message.body = template, body
     release_db_connection()
-    if not template and message.conversation.window_open():
+    if window_open:
         return whatsapp.send_text(org=org, to=contact.phone, body=greeting.text, callback_data=callback)
-    if not template:
+    if not message.template_name:
         raise ProviderError("whatsapp", "outside the 24-hour window and no approved template configured", code="no_template", permanent=True)
     return whatsapp.send_template(
-        org=org, to=contact.phone, name=template, language=org.whatsapp_template_language,
+        org=org, to=contact.phone, name=message.template_name, language=org.whatsapp_template_language,
         parameter=greeting.text if org.whatsapp_template_has_parameter else None, callback_data=callback,
     )
 
@@ -384,43 +410,18 @@ def backoff(attempt: int, retry_after: float | None = None) -> float:
 
 def _accepted(message: Message, lead: Lead, provider_message_id: str) -> None:
     now = timezone.now()
-    with transaction.atomic():
-        with connection.cursor() as cursor:
-            cursor.execute(
-                f"UPDATE {Message._meta.db_table} SET provider_message_id = %s, accepted_at = COALESCE(accepted_at, %s), "
-                "status = CASE WHEN status IN ('sending', 'queued') THEN 'accepted' ELSE status END, error_code = '', error_title = '' "
-                "WHERE id = %s",
-                [provider_message_id, now, message.pk],
-            )
-        Greeting.objects.filter(pk=message.greeting_id).update(state=Greeting.State.DONE)
-        timeline.record(lead.pk, ("message.accepted", {"channel": message.channel, "provider_message_id": provider_message_id}, now))
-        mark_first_response(lead.pk, now)
+    data = {"channel": message.channel, "provider_message_id": provider_message_id, "since_capture_ms": _since_capture(lead, now)}
+    with connection.cursor() as cursor:
+        cursor.execute(greeting_sql.ACCEPTED, {
+            "provider_message_id": provider_message_id, "message_id": message.pk, "greeting_id": message.greeting_id,
+            "lead_id": lead.pk, "data": json.dumps(data), "now": now, "now_iso": now.isoformat(),
+        })
 
 
 def mark_first_response(lead_id: int, at: datetime) -> None:
-    """Set the lead's first response (once) and move it from new to contacted."""
+    """Set the lead's first response (once), move it from new to contacted, raise lead.status_changed."""
     with connection.cursor() as cursor:
-        cursor.execute(
-            f"UPDATE {Lead._meta.db_table} SET first_response_at = %s, "
-            "status = CASE WHEN status = 'new' THEN 'contacted' ELSE status END "
-            "WHERE id = %s AND first_response_at IS NULL "
-            "RETURNING organization_id, status, captured_at",
-            [at, lead_id],
-        )
-        row = cursor.fetchone()
-    if row is None:
-        return
-    organization_id, status, captured_at = row
-    emit(
-        "lead.status_changed",
-        organization_id=organization_id,
-        data={
-            "lead_id": lead_id,
-            "status": status,
-            "first_response_at": at.isoformat(),
-            "first_response_ms": round((at - captured_at).total_seconds() * 1000, 1),
-        },
-    )
+        cursor.execute(greeting_sql.FIRST_RESPONSE, {"lead_id": lead_id, "now": at, "now_iso": at.isoformat()})
 
 
 def _fail(message: Message, exc: ProviderError, *, now: datetime | None = None) -> bool:
@@ -458,8 +459,8 @@ def message_failed(message: Message) -> None:
 
 
 def _sms_possible(message: Message) -> bool:
-    org = Organization.objects.only("twilio_account_sid", "twilio_auth_token", "twilio_from_number").get(pk=message.organization_id)
-    return twilio.is_configured(org)
+    org = selectors.organization(message.organization_id)
+    return org is not None and twilio.is_configured(org)
 
 
 def _greeting_failed(greeting_id: int, reason: str) -> None:

@@ -31,6 +31,7 @@ from conversations import receipts
 from conversations.models import Channel, WebhookDelivery
 from conversations.providers import twilio
 from conversations.services import CALLBACK_PREFIX
+from leads import selectors
 from leads.models import Organization
 from swiftex import metrics
 
@@ -131,10 +132,8 @@ def _changes(payload: dict):
 
 
 def _orgs_by_phone_number_id(ids: set[str]) -> dict[str, Organization]:
-    ids.discard("")
-    if not ids:
-        return {}
-    return {org.whatsapp_phone_number_id: org for org in Organization.objects.filter(whatsapp_phone_number_id__in=ids)}
+    found = {pnid: selectors.organization_for_whatsapp_number(pnid) for pnid in ids if pnid}
+    return {pnid: org for pnid, org in found.items() if org is not None}
 
 
 def _app_secret(org: Organization) -> str:

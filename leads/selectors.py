@@ -2,7 +2,25 @@
 
 from __future__ import annotations
 
+from django.conf import settings
+
 from leads.models import Lead, Organization
+from swiftex.ttlcache import TTLCache
+
+_organizations: TTLCache[Organization | None] = TTLCache(lambda: settings.ORGANIZATION_CACHE_SECONDS)
+_by_whatsapp_number: TTLCache[Organization | None] = TTLCache(lambda: settings.ORGANIZATION_CACHE_SECONDS)
+
+
+def organization(org_id: int) -> Organization | None:
+    """The organization, cached for ORGANIZATION_CACHE_SECONDS (admin edits apply within that)."""
+    return _organizations.get(org_id, lambda: Organization.objects.filter(pk=org_id).first())
+
+
+def organization_for_whatsapp_number(phone_number_id: str) -> Organization | None:
+    """The tenant a WhatsApp webhook is for (`metadata.phone_number_id`), cached likewise."""
+    return _by_whatsapp_number.get(
+        phone_number_id, lambda: Organization.objects.filter(whatsapp_phone_number_id=phone_number_id).order_by("pk").first()
+    )
 
 
 def lead_detail(*, org: Organization, lead_id: int) -> dict | None:

@@ -198,7 +198,12 @@ CELERY_BEAT_SCHEDULE = {
 # one place.
 SWIFTEX_EVENTS_EXCHANGE = "swiftex.events"
 SWIFTEX_SUBSCRIBERS = {
-    "conversations": {"routing_keys": ["lead.created", "message.failed"], "handler": "conversations.subscriber.handle_events"},
+    "conversations": {
+        "routing_keys": ["lead.created", "message.failed"],
+        "handler": "conversations.subscriber.handle_events",
+        # Every millisecond here is a millisecond of first response; others batch for 50 ms.
+        "flush_seconds": 0.005,
+    },
     "analytics": {"routing_keys": ["lead.#", "message.#"], "handler": "analytics.subscriber.handle_events"},
     "crmsync": {"routing_keys": ["lead.created", "lead.status_changed"], "handler": "crmsync.subscriber.handle_events"},
 }
@@ -220,6 +225,8 @@ LEADS_DEFAULT_PHONE_REGION = env_str("LEADS_DEFAULT_PHONE_REGION", "US").upper()
 LEADS_DEFAULT_RATE_PER_MINUTE = env_int("LEADS_DEFAULT_RATE_PER_MINUTE", 6000, minimum=1)
 IDEMPOTENCY_KEY_TTL_HOURS = env_int("IDEMPOTENCY_KEY_TTL_HOURS", 24, minimum=1)
 API_KEY_CACHE_SECONDS = env_float("API_KEY_CACHE_SECONDS", 10.0, minimum=0.0)
+# Organizations read by the first touch and webhooks; admin edits apply within this.
+ORGANIZATION_CACHE_SECONDS = env_float("ORGANIZATION_CACHE_SECONDS", 10.0, minimum=0.0)
 DATA_UPLOAD_MAX_MEMORY_SIZE = LEADS_BATCH_MAX_BODY_BYTES
 
 # --- Providers (defaults an organization starts with; editable per organization)
@@ -244,10 +251,14 @@ PUBLIC_BASE_URL = env_url("PUBLIC_BASE_URL", "http://127.0.0.1:8000", schemes=("
 # The model gets this long to write the greeting; past it, the organization's
 # fallback text goes out instead, so the 2-second promise holds anyway.
 GREETING_MODEL_BUDGET_SECONDS = env_float("GREETING_MODEL_BUDGET_SECONDS", 1.2, minimum=0.05, maximum=30)
-# A WhatsApp greeting with no `sent` status after this long is given up on and
-# the greeting goes by SMS. 0 turns this off (e.g. while status webhooks are
-# not wired up, when every greeting would otherwise also go by SMS).
+# A WhatsApp greeting that Meta never confirmed taking (no answer, no wamid, no
+# status) is given up on after this long and goes by SMS. 0 turns it off.
 WHATSAPP_SENT_TIMEOUT_SECONDS = env_float("WHATSAPP_SENT_TIMEOUT_SECONDS", 60.0, minimum=0, maximum=3600)
+# One Meta did accept (it has a wamid) but that has no `sent` status yet: off by
+# default, because late status webhooks (ours or Meta's) would then send the
+# lead an SMS on top of a WhatsApp message that did arrive. A `failed` status
+# always falls back.
+WHATSAPP_ACCEPTED_TIMEOUT_SECONDS = env_float("WHATSAPP_ACCEPTED_TIMEOUT_SECONDS", 0.0, minimum=0, maximum=7 * 24 * 3600)
 PROVIDER_CONNECT_TIMEOUT_SECONDS = env_float("PROVIDER_CONNECT_TIMEOUT_SECONDS", 2.0, minimum=0.05)
 PROVIDER_READ_TIMEOUT_SECONDS = env_float("PROVIDER_READ_TIMEOUT_SECONDS", 8.0, minimum=0.1)
 # Transient provider errors (5xx, rate limits, connection refused) are retried
@@ -289,5 +300,9 @@ LOGGING = {
         "django.db.backends": {"level": "INFO"},
         "amqp": {"level": "WARNING"},
         "kombu": {"level": "WARNING"},
+        # The OpenAI client's HTTP layer logs every request at INFO: a line per greeting.
+        "httpx": {"level": "WARNING"},
+        "httpx2": {"level": "WARNING"},
+        "openai": {"level": "WARNING"},
     },
 }

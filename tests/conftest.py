@@ -10,6 +10,7 @@ from kombu import Connection
 
 from leads import auth
 from swiftex import redis as swx_redis
+from swiftex import ttlcache
 from swiftex.events.topology import DEAD_LETTER_QUEUE, declare_all, subscriber_queue
 from tests.factories import org_with_key
 from tests.support import api_client
@@ -40,6 +41,7 @@ def _clean_state():
     """Each test starts with empty queues, an empty Redis test db and fresh caches."""
     swx_redis.breaker.reset()
     auth.clear_cache()
+    ttlcache.clear_all()
     try:
         swx_redis.client().flushdb()
     except Exception:  # noqa: BLE001 - tests that need Redis will say so

@@ -114,7 +114,7 @@ def test_the_same_lead_event_delivered_twice_or_duplicated_greets_once(lead, pro
 
 def test_a_worker_that_died_between_the_claim_and_the_call_leaves_it_queued_and_the_redelivery_sends_it(lead, provider, monkeypatch):
     with monkeypatch.context() as patched:
-        patched.setattr(services, "_deliver", lambda *args: None)  # the process died right after the claim committed
+        patched.setattr(services, "_deliver", lambda *args, **kwargs: None)  # the process died right after the claim committed
         greet(lead)
     assert Message.objects.get().status == "queued"
     provider.add(responses.POST, WA_URL, **wa_ok())
@@ -301,3 +301,15 @@ def test_a_failing_model_falls_back_to_the_template(lead, provider, model):
     greet(lead)
     greeting = Greeting.objects.get()
     assert greeting.text_source == "template" and "HTTP 500" in greeting.model_error
+
+
+def test_a_greeting_whatsapp_accepted_is_not_also_sent_by_sms_just_because_statuses_are_late(lead, provider, settings):
+    provider.add(responses.POST, WA_URL, **wa_ok())
+    greet(lead)
+    much_later = timezone.now() + timedelta(hours=1)
+    assert services.expire_unsent_greetings(now=much_later) == 0  # accepted: waits for a status by default
+
+    settings.WHATSAPP_ACCEPTED_TIMEOUT_SECONDS = 600  # opt in to giving up on accepted ones too
+    assert services.expire_unsent_greetings(now=much_later) == 1
+    message = Message.objects.get()
+    assert message.status == "failed" and "accepted" in message.error_title

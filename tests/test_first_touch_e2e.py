@@ -29,7 +29,9 @@ class Stack:
         self.url = f"http://127.0.0.1:{self.port}"
         self.fakes = fakes
         self.log_dir = log_dir
-        self.env = {**fakes.env(), "PUBLIC_BASE_URL": self.url}
+        # Every test's organization has the same WhatsApp number: no cache may carry
+        # the previous test's tenant into the next one.
+        self.env = {**fakes.env(), "PUBLIC_BASE_URL": self.url, "ORGANIZATION_CACHE_SECONDS": "0"}
         self.web = ManagedProcess.web(self.port, log_dir, self.env).start()
         self.relay = ManagedProcess.relay(log_dir, self.env).start()
         self.lane = ManagedProcess.lane("first_touch", log_dir, self.env).start()

@@ -51,10 +51,12 @@ def validate_event(body: object) -> dict:
 class Batcher:
     """Buffers one subscriber's messages and flushes them to its handler."""
 
-    def __init__(self, name: str, handler: Callable[[list[dict]], None]) -> None:
+    def __init__(self, name: str, handler: Callable[[list[dict]], None], flush_seconds: float = FLUSH_INTERVAL) -> None:
         self.name = name
         self.handler = handler
+        self.flush_seconds = flush_seconds
         self.pending: list[tuple[dict, Message]] = []
+        self.oldest_at = 0.0
         self.failures = 0
         self.retry_at = 0.0
 
@@ -64,8 +66,14 @@ class Batcher:
         except MalformedEvent as exc:
             self._dead_letter(message, exc)
             return
+        if not self.pending:
+            self.oldest_at = time.monotonic()
         self.pending.append((event, message))
         if len(self.pending) >= BATCH_SIZE:
+            self.flush()
+
+    def flush_if_due(self) -> None:
+        if self.pending and time.monotonic() - self.oldest_at >= self.flush_seconds:
             self.flush()
 
     def flush(self) -> None:
@@ -119,7 +127,7 @@ class EventConsumerStep(bootsteps.ConsumerStep):
         consumers = []
         for name in self.subscriber_names:
             subscriber = get_subscriber(name)
-            batcher = Batcher(name, subscriber.handler)
+            batcher = Batcher(name, subscriber.handler, subscriber.flush_seconds)
             self.batchers.append(batcher)
             consumers.append(
                 Consumer(channel, queues=[subscriber.queue], callbacks=[batcher.add], accept=["json"], prefetch_count=BATCH_SIZE * 2)
@@ -131,12 +139,13 @@ class EventConsumerStep(bootsteps.ConsumerStep):
         super().start(c)
         if self.subscriber_names and not self._ticking and c.hub is not None:
             # Runs in the consumer's own loop, so acks stay on the consumer thread.
-            c.hub.call_repeatedly(FLUSH_INTERVAL, self._flush_all)
+            tick = min(b.flush_seconds for b in self.batchers) if self.batchers else FLUSH_INTERVAL
+            c.hub.call_repeatedly(tick, self._flush_all)
             self._ticking = True
 
     def _flush_all(self) -> None:
         for batcher in self.batchers:
-            batcher.flush()
+            batcher.flush_if_due()
 
     def stop(self, c) -> None:
         # Nothing buffered has been handled yet; the broker redelivers it.

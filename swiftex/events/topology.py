@@ -25,6 +25,7 @@ class Subscriber:
     name: str
     routing_keys: tuple[str, ...]
     handler_path: str
+    flush_seconds: float = 0.05  # how long a batch may wait for more events
 
     @property
     def queue(self) -> Queue:
@@ -42,7 +43,10 @@ def events_exchange() -> Exchange:
 @cache
 def subscribers() -> dict[str, Subscriber]:
     return {
-        name: Subscriber(name=name, routing_keys=tuple(spec["routing_keys"]), handler_path=spec["handler"])
+        name: Subscriber(
+            name=name, routing_keys=tuple(spec["routing_keys"]), handler_path=spec["handler"],
+            flush_seconds=spec.get("flush_seconds", Subscriber.flush_seconds),
+        )
         for name, spec in settings.SWIFTEX_SUBSCRIBERS.items()
     }
 
