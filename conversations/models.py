@@ -142,6 +142,28 @@ STATUS_RANK = {
 }
 
 
+class StatusReceipt(models.Model):
+    """A delivery status a provider reported, waiting to be applied (an inbox).
+
+    The webhook only verifies the signature and stores the statuses here in one
+    statement, so it answers in a millisecond or two however many arrive; the
+    conversations lane applies them in batches (`receipts.apply_pending`) and
+    deletes them. Durable: a status survives a crash between the two.
+    """
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE)
+    channel = models.CharField(max_length=16, choices=Channel.choices)
+    provider_message_id = models.CharField(max_length=128)
+    status = models.CharField(max_length=16)
+    at = models.DateTimeField()
+    callback = models.CharField(max_length=64, blank=True, default="")
+    error_code = models.CharField(max_length=32, blank=True, default="")
+    error_title = models.CharField(max_length=300, blank=True, default="")
+
+    def __str__(self) -> str:
+        return f"{self.channel} {self.status} for {self.provider_message_id}"
+
+
 class WebhookDelivery(models.Model):
     """A webhook a human should look at: rejected (bad signature) or failed while processing.
 

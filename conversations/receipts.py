@@ -1,11 +1,13 @@
 """What providers tell us after the fact: delivery statuses and inbound messages.
 
-Statuses arrive out of order and more than once. Each is applied by one
-UPDATE that only moves the status forward and records each moment (sent,
-delivered, read, failed) the first time it is seen, so a duplicate or a late
-`delivered` after `read` leaves one correct state and one timeline entry.
-A Redis fingerprint per (provider id, status) skips known repeats cheaply;
-the database stays the source of truth when Redis is down.
+Statuses arrive out of order and more than once. Webhooks store them
+(`enqueue`, one statement) and the conversations lane applies them in
+batches (`apply_pending`). Each is applied by one UPDATE that only moves the
+status forward and records each moment (sent, delivered, read, failed) the
+first time it is seen, so a duplicate or a late `delivered` after `read`
+leaves one correct state and one timeline entry. A Redis fingerprint per
+(provider id, status) skips known repeats cheaply; the database stays the
+source of truth when Redis is down.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from conversations import timeline
-from conversations.models import Channel, Conversation, Message
+from conversations.models import Channel, Conversation, Message, StatusReceipt, WebhookDelivery
 from conversations.services import CALLBACK_PREFIX, mark_first_response, message_failed
 from leads.models import Contact, Lead, LeadEvent, Organization
 from swiftex import redis as swx_redis
@@ -55,25 +57,95 @@ class Applied:
 
 
 def apply_status(org: Organization, report: StatusReport) -> Applied | None:
-    """Apply one status report; None if it was a repeat or is not about one of our messages."""
-    fingerprint = swx_redis.key("status", report.channel, report.provider_message_id, report.status)
-    if not _first_sighting(fingerprint):
+    """Apply one status report; None if it changed nothing (a repeat, or not our message).
+
+    Call it inside a transaction (apply_pending does): the status, a
+    `message.failed` event and the first response are written together.
+    """
+    applied, needs_first_response = _apply(org, report)
+    if applied is None:
         return None
+    if report.status == "failed" and applied.status == "failed":
+        message_failed(Message.objects.get(pk=applied.message_id))
+    if needs_first_response:
+        # A worker may have died before storing the provider's answer: this
+        # status proves the greeting went out.
+        mark_first_response(applied.lead_id, report.at)
+    return applied
+
+
+def enqueue(org: Organization, reports: list[StatusReport]) -> None:
+    """Store reported statuses for the conversations lane to apply: one statement."""
+    if not reports:
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {StatusReceipt._meta.db_table} "
+            "(organization_id, channel, provider_message_id, status, at, callback, error_code, error_title) "
+            "SELECT %s, * FROM unnest(%s::text[], %s::text[], %s::text[], %s::timestamptz[], %s::text[], %s::text[], %s::text[])",
+            [org.pk, [r.channel for r in reports], [r.provider_message_id for r in reports], [r.status for r in reports],
+             [r.at for r in reports], [r.callback[:64] for r in reports], [r.error_code[:32] for r in reports],
+             [r.error_title[:300] for r in reports]],
+        )
+
+
+def apply_pending(*, batch_size: int = 500, max_batches: int = 20) -> int:
+    """Apply stored statuses in arrival order, a batch per transaction; returns how many.
+
+    Rows are claimed with SKIP LOCKED (any number of workers may drain) and
+    deleted in the transaction that applies them. Repeats are skipped by their
+    Redis fingerprint (one round trip per batch), remembered only once the
+    batch committed; the database's "each moment once" guard is the truth when
+    Redis is down or two workers race. If one status fails, the batch is redone
+    one status at a time, so a bad row is recorded and dropped, not retried forever.
+    """
+    done = 0
+    for _ in range(max_batches):
+        with transaction.atomic():
+            rows = list(
+                StatusReceipt.objects.select_for_update(skip_locked=True).select_related("organization").order_by("id")[:batch_size]
+            )
+            if not rows:
+                break
+            fingerprints = [_fingerprint(row) for row in rows]
+            fresh = [row for row, seen in zip(rows, _already_applied(fingerprints)) if not seen]
+            try:
+                with transaction.atomic():
+                    for row in fresh:
+                        apply_status(row.organization, _report(row))
+            except Exception:  # noqa: BLE001 - isolated below
+                logger.exception("applying %d statuses failed; retrying them one at a time", len(fresh))
+                for row in fresh:
+                    _apply_alone(row)
+            StatusReceipt.objects.filter(pk__in=[row.pk for row in rows]).delete()
+            transaction.on_commit(lambda keys=fingerprints: _remember(keys))
+        done += len(rows)
+        if len(rows) < batch_size:
+            break
+    return done
+
+
+def _fingerprint(row: StatusReceipt) -> str:
+    return swx_redis.key("status", row.channel, row.provider_message_id, row.status)
+
+
+def _apply_alone(row: StatusReceipt) -> None:
     try:
         with transaction.atomic():
-            applied, needs_first_response = _apply(org, report)
-            if applied is None:
-                return None
-            if report.status == "failed" and applied.status == "failed":
-                message_failed(Message.objects.get(pk=applied.message_id))
-            if needs_first_response:
-                # A worker may have died before storing the provider's answer: this
-                # status proves the greeting went out.
-                mark_first_response(applied.lead_id, report.at)
-    except Exception:
-        _forget(fingerprint)  # let the provider's retry be processed
-        raise
-    return applied
+            apply_status(row.organization, _report(row))
+    except Exception as exc:  # noqa: BLE001 - kept for a human, not retried forever
+        logger.exception("status %s could not be applied", row.pk)
+        WebhookDelivery.objects.create(
+            provider=row.channel, organization=row.organization, outcome=WebhookDelivery.Outcome.FAILED,
+            detail=f"{type(exc).__name__}: {exc}"[:300], body=str(_report(row)),
+        )
+
+
+def _report(row: StatusReceipt) -> StatusReport:
+    return StatusReport(
+        channel=row.channel, provider_message_id=row.provider_message_id, status=row.status, at=row.at,
+        callback=row.callback, error_code=row.error_code, error_title=row.error_title,
+    )
 
 
 # One statement in the common case: the status only moves forward, each moment
@@ -139,22 +211,27 @@ def _callback_message_id(callback: str) -> int | None:
     return None
 
 
-def _first_sighting(fingerprint: str) -> bool:
-    """False if this exact report was already applied (fast path); True when unsure."""
+def _already_applied(fingerprints: list[str]) -> list[bool]:
+    """Which of these statuses were applied before (fast path); all False when unsure."""
     try:
-        return bool(swx_redis.client().set(fingerprint, 1, nx=True, ex=FINGERPRINT_TTL_SECONDS))
+        return [value is not None for value in swx_redis.client().mget(fingerprints)]
     except swx_redis.RedisUnavailable:
-        return True
+        pass
     except swx_redis.UNAVAILABLE_ERRORS as exc:
         swx_redis.breaker.trip(exc)
-        return True
+    return [False] * len(fingerprints)
 
 
-def _forget(fingerprint: str) -> None:
+def _remember(fingerprints: list[str]) -> None:
     try:
-        swx_redis.client().delete(fingerprint)
-    except (swx_redis.RedisUnavailable, *swx_redis.UNAVAILABLE_ERRORS):
+        pipe = swx_redis.client().pipeline(transaction=False)
+        for fingerprint in fingerprints:
+            pipe.set(fingerprint, 1, ex=FINGERPRINT_TTL_SECONDS)
+        pipe.execute()
+    except swx_redis.RedisUnavailable:
         pass
+    except swx_redis.UNAVAILABLE_ERRORS as exc:
+        swx_redis.breaker.trip(exc)
 
 
 # --- Inbound -----------------------------------------------------------------------

@@ -21,7 +21,7 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError
 from django.utils import timezone
 
-from conversations import services
+from conversations import receipts, services
 from conversations.models import WebhookDelivery
 
 TRANSIENT_DB_ERRORS = (OperationalError, InterfaceError)
@@ -42,6 +42,11 @@ def greeting_fallback(self, *, greeting_id: int) -> None:
         services.greeting_fallback(greeting_id=greeting_id)
     except services.RetryLater as exc:
         raise self.retry(countdown=exc.countdown, max_retries=settings.SEND_MAX_ATTEMPTS + 2) from None
+
+
+@shared_task(ignore_result=True, **_DB_RETRY)
+def apply_receipts() -> None:
+    receipts.apply_pending()
 
 
 @shared_task(ignore_result=True)

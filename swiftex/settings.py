@@ -180,10 +180,17 @@ CELERY_TASK_ROUTES = {
 }
 # How often the scheduler looks for greetings that never got a `sent` status.
 GREETING_SWEEP_SECONDS = env_float("GREETING_SWEEP_SECONDS", 5.0, minimum=0.5)
+# How often stored delivery statuses are applied (conversations lane, in batches).
+RECEIPTS_APPLY_SECONDS = env_float("RECEIPTS_APPLY_SECONDS", 0.5, minimum=0.1)
 CELERY_BEAT_SCHEDULE = {
     "prune-outbox": {"task": "swiftex.tasks.prune_outbox", "schedule": 600.0},
     "expire-idempotency-keys": {"task": "leads.tasks.expire_idempotency_keys", "schedule": 600.0},
     "prune-webhook-deliveries": {"task": "conversations.tasks.prune_webhook_deliveries", "schedule": 3600.0},
+    "apply-receipts": {
+        "task": "conversations.tasks.apply_receipts",
+        "schedule": RECEIPTS_APPLY_SECONDS,
+        "options": {"expires": max(5.0, RECEIPTS_APPLY_SECONDS * 4)},
+    },
     "greeting-sweep": {
         "task": "conversations.tasks.greeting_sweep",
         "schedule": GREETING_SWEEP_SECONDS,

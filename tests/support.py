@@ -80,6 +80,12 @@ class ManagedProcess:
         return cls("relay", ["manage.py", "outbox_relay"], b"outbox relay started", log_dir / f"relay-{time.monotonic_ns()}.log", env)
 
     @classmethod
+    def scheduler(cls, log_dir: Path, env: dict | None = None) -> ManagedProcess:
+        schedule = log_dir / f"beat-{time.monotonic_ns()}"
+        argv = ["-m", "celery", "-A", "swiftex", "beat", "--loglevel", "INFO", "--schedule", str(schedule)]
+        return cls("scheduler", argv, b"beat: Starting", log_dir / f"scheduler-{time.monotonic_ns()}.log", env)
+
+    @classmethod
     def web(cls, port: int, log_dir: Path, env: dict | None = None) -> ManagedProcess:
         argv = ["-m", "gunicorn", "swiftex.wsgi", "-c", "swiftex/gunicorn.conf.py"]
         env = {"PORT": str(port), "WEB_WORKERS": "1", "PROMETHEUS_MULTIPROC_DIR": str(log_dir / "prometheus"), **(env or {})}

@@ -22,7 +22,8 @@ TIMEOUT = 30
 
 
 class Stack:
-    """Web, relay and a first-touch lane sharing one environment pointed at the fakes."""
+    """Web, relay, the first-touch and conversations lanes and the scheduler, sharing one
+    environment pointed at the fakes."""
 
     def __init__(self, fakes, log_dir) -> None:
         self.port = free_port()
@@ -35,13 +36,17 @@ class Stack:
         self.web = ManagedProcess.web(self.port, log_dir, self.env).start()
         self.relay = ManagedProcess.relay(log_dir, self.env).start()
         self.lane = ManagedProcess.lane("first_touch", log_dir, self.env).start()
+        self.others = [  # delivery statuses are applied by the conversations lane, on the scheduler's beat
+            ManagedProcess.lane("conversations", log_dir, self.env).start(),
+            ManagedProcess.scheduler(log_dir, self.env).start(),
+        ]
 
     def restart_lane(self, *, kill: bool) -> None:
         self.lane.kill() if kill else self.lane.stop()
         self.lane = ManagedProcess.lane("first_touch", self.log_dir, self.env).start()
 
     def stop(self) -> None:
-        for process in (self.lane, self.relay, self.web):
+        for process in (self.lane, *self.others, self.relay, self.web):
             process.stop()
 
 

@@ -12,7 +12,8 @@ import pytest
 from django.test import Client
 from django.utils import timezone
 
-from conversations.models import Conversation, Greeting, Message, WebhookDelivery
+from conversations import receipts
+from conversations.models import Conversation, Greeting, Message, StatusReceipt, WebhookDelivery
 from conversations.providers import twilio
 from leads.models import Contact, Lead, LeadEvent
 from swiftex import redis as swx_redis
@@ -67,7 +68,9 @@ def post_meta(payload: dict, *, secret: str | None = APP_SECRET, signature: str 
         headers["HTTP_X_HUB_SIGNATURE_256"] = signature
     elif secret is not None:
         headers["HTTP_X_HUB_SIGNATURE_256"] = "sha256=" + hmac.new(secret.encode(), raw, hashlib.sha256).hexdigest()
-    return (client or Client()).post("/webhooks/whatsapp", data=raw, content_type="application/json", **headers)
+    response = (client or Client()).post("/webhooks/whatsapp", data=raw, content_type="application/json", **headers)
+    receipts.apply_pending()  # what the conversations lane does every half second
+    return response
 
 
 def message_events(lead_id: int) -> list[str]:
@@ -187,10 +190,10 @@ def test_statuses_for_an_unknown_phone_number_id_change_nothing(greeting_message
 
 
 def test_a_delivery_that_fails_while_processing_is_kept_and_answered_500_so_meta_retries(greeting_message, monkeypatch):
-    def broken(org, report):
+    def broken(org, reports):
         raise RuntimeError("database went away")
 
-    monkeypatch.setattr("conversations.receipts.apply_status", broken)
+    monkeypatch.setattr("conversations.receipts.enqueue", broken)
     response = post_meta(meta_payload(statuses=[status("read")]), client=Client(raise_request_exception=False))
     assert response.status_code == 500
     delivery = WebhookDelivery.objects.get()
@@ -201,6 +204,37 @@ def test_processed_webhooks_leave_no_audit_row_but_are_counted(greeting_message)
     assert post_meta(meta_payload(statuses=[status("sent")])).status_code == 200
     assert not WebhookDelivery.objects.exists()
     assert 'swiftex_webhooks_total{outcome="processed",provider="whatsapp"}' in Client().get("/metrics").content.decode()
+
+
+def test_statuses_are_stored_by_the_webhook_and_applied_in_a_batch_later(greeting_message):
+    raw = json.dumps(meta_payload(statuses=[status("sent"), status("delivered")])).encode()
+    signature = "sha256=" + hmac.new(APP_SECRET.encode(), raw, hashlib.sha256).hexdigest()
+    assert Client().post("/webhooks/whatsapp", data=raw, content_type="application/json", HTTP_X_HUB_SIGNATURE_256=signature).status_code == 200
+    greeting_message.refresh_from_db()
+    assert greeting_message.status == "accepted" and StatusReceipt.objects.count() == 2  # answered before applying
+
+    assert receipts.apply_pending() == 2
+    greeting_message.refresh_from_db()
+    assert greeting_message.status == "delivered" and not StatusReceipt.objects.exists()
+
+
+def test_a_status_that_cannot_be_applied_is_recorded_and_does_not_block_the_others(greeting_message, org, monkeypatch):
+    other = Message.objects.create(
+        organization=org, conversation=greeting_message.conversation, direction="outbound", channel="whatsapp",
+        provider_message_id="wamid.B2", status="accepted",
+    )
+    real_apply = receipts._apply
+
+    def flaky(org, report):
+        if report.provider_message_id == "wamid.B2":
+            raise ValueError("unexpected shape")
+        return real_apply(org, report)
+
+    monkeypatch.setattr(receipts, "_apply", flaky)
+    post_meta(meta_payload(statuses=[status("sent"), status("sent", "wamid.B2"), status("delivered")]))
+    greeting_message.refresh_from_db(), other.refresh_from_db()
+    assert (greeting_message.status, other.status) == ("delivered", "accepted")
+    assert WebhookDelivery.objects.get().outcome == "failed" and not StatusReceipt.objects.exists()
 
 
 # --- Inbound ----------------------------------------------------------------------
@@ -230,7 +264,9 @@ def test_an_inbound_whatsapp_message_is_stored_once_and_opens_the_24_hour_window
 def post_twilio(path: str, params: dict, *, token: str | None = AUTH_TOKEN):
     url = "http://testserver" + path
     headers = {"HTTP_X_TWILIO_SIGNATURE": twilio.signature(token, url, params)} if token else {}
-    return Client().post(path, data=urlencode(params), content_type="application/x-www-form-urlencoded", **headers)
+    response = Client().post(path, data=urlencode(params), content_type="application/x-www-form-urlencoded", **headers)
+    receipts.apply_pending()
+    return response
 
 
 @pytest.fixture
