@@ -43,8 +43,9 @@ WITH ledger AS (
                'since_capture_ms', round((EXTRACT(EPOCH FROM entry.at - lead.captured_at) * 1000)::numeric, 1)),
            entry.at
     FROM ledger, {_LEAD} AS lead,
-         unnest(%(kinds)s::text[], %(datas)s::jsonb[], %(ats)s::timestamptz[]) AS entry(kind, data, at)
-    WHERE lead.id = %(lead_id)s
+         (VALUES ('first_touch.started', %(started_data)s::jsonb, %(now)s::timestamptz),
+                 ('event.published', %(published_data)s::jsonb, %(published)s::timestamptz)) AS entry(kind, data, at)
+    WHERE lead.id = %(lead_id)s AND entry.at IS NOT NULL
 )
 SELECT lead.organization_id, lead.contact_id, lead.status, lead.source, lead.campaign, lead.captured_at,
        contact.name, contact.phone, contact.consent,

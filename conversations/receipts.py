@@ -78,14 +78,19 @@ def enqueue(org: Organization, reports: list[StatusReport]) -> None:
     """Store reported statuses for the conversations lane to apply: one statement."""
     if not reports:
         return
+    # Plain VALUES rows: with client-side binding, array parameters cost ~0.4 ms
+    # of Python quoting per call (profiled), more than the rest of the insert.
+    rows = ", ".join(["(%s, %s, %s, %s, %s, %s, %s, %s)"] * len(reports))
+    params = [
+        value
+        for r in reports
+        for value in (org.pk, r.channel, r.provider_message_id, r.status, r.at, r.callback[:64], r.error_code[:32], r.error_title[:300])
+    ]
     with connection.cursor() as cursor:
         cursor.execute(
             f"INSERT INTO {StatusReceipt._meta.db_table} "
-            "(organization_id, channel, provider_message_id, status, at, callback, error_code, error_title) "
-            "SELECT %s, * FROM unnest(%s::text[], %s::text[], %s::text[], %s::timestamptz[], %s::text[], %s::text[], %s::text[])",
-            [org.pk, [r.channel for r in reports], [r.provider_message_id for r in reports], [r.status for r in reports],
-             [r.at for r in reports], [r.callback[:64] for r in reports], [r.error_code[:32] for r in reports],
-             [r.error_title[:300] for r in reports]],
+            f"(organization_id, channel, provider_message_id, status, at, callback, error_code, error_title) VALUES {rows}",
+            params,
         )
 
 

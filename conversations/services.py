@@ -139,14 +139,10 @@ def _load(event_id: str, lead_id: int, published_at: str | None, started: dateti
     keeps the timeline free of repeats; it does not gate the greeting, so a
     worker killed after this point still gets the lead greeted.
     """
-    entries = [("first_touch.started", {"event_id": event_id}, started)]
-    published = parse_datetime(published_at) if published_at else None
-    if published is not None:
-        entries.insert(0, ("event.published", {"event_id": event_id}, published))
+    event = json.dumps({"event_id": event_id})
     params = {
         "consumer": FIRST_TOUCH_CONSUMER, "event_id": event_id, "lead_id": lead_id, "now": started,
-        "kinds": [kind for kind, _, _ in entries], "datas": [json.dumps(data) for _, data, _ in entries],
-        "ats": [at for _, _, at in entries],
+        "started_data": event, "published_data": event, "published": parse_datetime(published_at) if published_at else None,
     }
     with connection.cursor() as cursor:
         cursor.execute(greeting_sql.LOAD, params)
