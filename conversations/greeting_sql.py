@@ -103,14 +103,19 @@ first_response AS (
 
 FIRST_RESPONSE = "WITH " + _FIRST_RESPONSE_CTES + "\nSELECT count(*) FROM wake"
 
+# A message failed meanwhile (a `failed` status that came first, or the sweep)
+# keeps its failure; the provider's id and time are still recorded.
 ACCEPTED = f"""
 WITH m AS (
     UPDATE {_MESSAGE} SET provider_message_id = %(provider_message_id)s, accepted_at = COALESCE(accepted_at, %(now)s),
-        status = CASE WHEN status IN ('sending', 'queued') THEN 'accepted' ELSE status END, error_code = '', error_title = ''
+        status = CASE WHEN status IN ('sending', 'queued') THEN 'accepted' ELSE status END,
+        error_code = CASE WHEN status = 'failed' THEN error_code ELSE '' END,
+        error_title = CASE WHEN status = 'failed' THEN error_title ELSE '' END
     WHERE id = %(message_id)s
-    RETURNING id
+    RETURNING status
 ), g AS (
-    UPDATE {_GREETING} SET state = 'done' WHERE id = %(greeting_id)s RETURNING id
+    UPDATE {_GREETING} SET state = 'done' WHERE id = %(greeting_id)s AND EXISTS (SELECT 1 FROM m WHERE m.status <> 'failed')
+    RETURNING id
 ), accepted AS (
     INSERT INTO {_EVENT} (lead_id, kind, data, occurred_at) VALUES (%(lead_id)s, 'message.accepted', %(data)s::jsonb, %(now)s)
 ), """ + _FIRST_RESPONSE_CTES + "\nSELECT count(*) FROM wake"

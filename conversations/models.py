@@ -108,6 +108,7 @@ class Message(models.Model):
     error_code = models.CharField(max_length=32, blank=True, default="")
     error_title = models.CharField(max_length=300, blank=True, default="")
     created_at = models.DateTimeField(default=timezone.now)
+    sending_at = models.DateTimeField(null=True, blank=True, help_text="When the latest attempt was handed to the provider.")
     accepted_at = models.DateTimeField(null=True, blank=True)
     sent_at = models.DateTimeField(null=True, blank=True)
     delivered_at = models.DateTimeField(null=True, blank=True)
@@ -121,8 +122,8 @@ class Message(models.Model):
         ]
         indexes = [
             models.Index(fields=["conversation", "created_at"], name="message_conversation_idx"),
-            # The sweep for greetings that never got a `sent` status.
-            models.Index(fields=["created_at"], name="message_unsent_idx", condition=Q(status__in=["sending", "accepted"])),
+            # The sweep for greetings stuck without a provider answer or a status.
+            models.Index(fields=["created_at"], name="message_unsent_idx", condition=Q(status__in=["queued", "sending", "accepted"])),
         ]
 
     def __str__(self) -> str:

@@ -17,7 +17,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 
-from django.db import connection, transaction
+from django.db import InterfaceError, OperationalError, connection, transaction
 from django.utils import timezone
 
 from conversations import timeline
@@ -108,7 +108,10 @@ def apply_pending(*, batch_size: int = 500, max_batches: int = 20) -> int:
     for _ in range(max_batches):
         with transaction.atomic():
             rows = list(
-                StatusReceipt.objects.select_for_update(skip_locked=True).select_related("organization").order_by("id")[:batch_size]
+                # of=self: lock the inbox rows only, never the organization (that would
+                # stall the tenant's ingest and greetings behind this batch).
+                StatusReceipt.objects.select_for_update(skip_locked=True, of=("self",))
+                .select_related("organization").order_by("id")[:batch_size]
             )
             if not rows:
                 break
@@ -138,6 +141,8 @@ def _apply_alone(row: StatusReceipt) -> None:
     try:
         with transaction.atomic():
             apply_status(row.organization, _report(row))
+    except (OperationalError, InterfaceError):
+        raise  # the database, not the row: roll back and keep every row for the next run
     except Exception as exc:  # noqa: BLE001 - kept for a human, not retried forever
         logger.exception("status %s could not be applied", row.pk)
         WebhookDelivery.objects.create(

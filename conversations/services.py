@@ -35,7 +35,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from conversations import greeting_sql, timeline
-from conversations.models import Channel, Conversation, Greeting, Message
+from conversations.models import Channel, Conversation, Greeting, Message, StatusReceipt
 from conversations.providers import ProviderError, model, twilio, whatsapp
 from leads import selectors
 from leads.models import Contact, Lead, Organization
@@ -102,31 +102,56 @@ def resume(greeting: Greeting, lead: Lead) -> None:
 
 
 def expire_unsent_greetings(*, now: datetime | None = None, limit: int = 500) -> int:
-    """Fail WhatsApp greetings stuck without a `sent` status; returns how many.
+    """Fail greeting messages stuck without an answer or a status; returns how many.
 
-    SENDING (Meta never confirmed taking it) after WHATSAPP_SENT_TIMEOUT_SECONDS;
-    ACCEPTED (Meta has it, no status yet) only if WHATSAPP_ACCEPTED_TIMEOUT_SECONDS
-    is set. Durable: the state is in the database and the scheduler runs this
-    every few seconds; rows are claimed with SKIP LOCKED, so sweeps never
-    collide. Each failure raises `message.failed`, which sends it by SMS.
+    SENDING (handed to the provider, no answer since) for WHATSAPP_SENT_TIMEOUT_SECONDS
+    counted from that attempt: a WhatsApp greeting then goes by SMS; an SMS is
+    shown as failed (never resent: Twilio may have it). ACCEPTED WhatsApp
+    greetings with no status only if WHATSAPP_ACCEPTED_TIMEOUT_SECONDS is set.
+    Nothing is given up while delivery statuses are still waiting to be applied
+    (the conversations lane is behind or down): they may be the answer.
+    Durable: the state is in the database and the scheduler runs this every few
+    seconds; rows are claimed with SKIP LOCKED, so sweeps never collide.
     """
     now = now or timezone.now()
+    if StatusReceipt.objects.filter(at__lt=now - timedelta(seconds=RECEIPTS_LAG_TOLERANCE)).exists():
+        logger.warning("greeting sweep skipped: delivery statuses are waiting to be applied")
+        return 0
     stuck = Q(pk__in=[])
-    for status, seconds in ((Message.Status.SENDING, settings.WHATSAPP_SENT_TIMEOUT_SECONDS),
-                            (Message.Status.ACCEPTED, settings.WHATSAPP_ACCEPTED_TIMEOUT_SECONDS)):
-        if seconds:
-            stuck |= Q(status=status, created_at__lt=now - timedelta(seconds=seconds))
+    if settings.WHATSAPP_SENT_TIMEOUT_SECONDS:
+        stuck |= Q(status=Message.Status.SENDING, sending_at__lt=now - timedelta(seconds=settings.WHATSAPP_SENT_TIMEOUT_SECONDS))
+    if settings.WHATSAPP_ACCEPTED_TIMEOUT_SECONDS:
+        stuck |= Q(status=Message.Status.ACCEPTED, channel=Channel.WHATSAPP,
+                   accepted_at__lt=now - timedelta(seconds=settings.WHATSAPP_ACCEPTED_TIMEOUT_SECONDS))
     with transaction.atomic():
         overdue = list(
             Message.objects.select_for_update(skip_locked=True)
-            .filter(stuck, greeting__isnull=False, channel=Channel.WHATSAPP)
+            .filter(stuck, greeting__isnull=False, direction=Message.Direction.OUTBOUND)
             .order_by("created_at")[:limit]
         )
         for message in overdue:
-            waited = (now - message.created_at).total_seconds()
-            reason = f"no sent status after {waited:.0f}s ({'accepted' if message.provider_message_id else 'never confirmed'})"
+            waited = (now - (message.accepted_at or message.sending_at or message.created_at)).total_seconds()
+            reason = (f"no sent status {waited:.0f}s after WhatsApp accepted it" if message.status == Message.Status.ACCEPTED
+                      else f"no answer from {message.channel} {waited:.0f}s after sending; not resent, it may have arrived")
             _fail(message, ProviderError(message.channel, reason, code="timeout", permanent=True), now=now)
     return len(overdue)
+
+
+def stalled_greetings(*, now: datetime | None = None, limit: int = 500) -> list[int]:
+    """Greetings with a QUEUED message nobody is working on (its task was lost or gave
+    up, e.g. Celery's retry limit); the scheduler re-enqueues them."""
+    now = now or timezone.now()
+    cutoff = now - timedelta(seconds=settings.SEND_RETRY_BACKOFF_MAX_SECONDS * 2 + 60)
+    stalled = (
+        Message.objects.filter(status=Message.Status.QUEUED, greeting__isnull=False)
+        .filter(Q(sending_at__lt=cutoff) | Q(sending_at__isnull=True, created_at__lt=cutoff))
+        .values_list("greeting_id", flat=True)
+    )
+    return list(stalled[:limit])
+
+
+# Statuses this old still in the inbox mean the applier is behind.
+RECEIPTS_LAG_TOLERANCE = 10.0
 
 
 # --- Steps ------------------------------------------------------------------------------
@@ -323,9 +348,9 @@ def _take_for_sending(message: Message) -> bool:
     """
     with connection.cursor() as cursor:
         cursor.execute(
-            f"UPDATE {Message._meta.db_table} SET status = 'sending', attempts = attempts + 1 "
+            f"UPDATE {Message._meta.db_table} SET status = 'sending', attempts = attempts + 1, sending_at = %s "
             "WHERE id = %s AND status = 'queued' RETURNING attempts",
-            [message.pk],
+            [timezone.now(), message.pk],
         )
         row = cursor.fetchone()
     if row is None:

@@ -33,7 +33,7 @@ def first_touch(self, *, event_id: str, lead_id: int, published_at: str | None =
     try:
         services.first_touch(event_id=event_id, lead_id=lead_id, published_at=published_at)
     except services.RetryLater as exc:
-        raise self.retry(countdown=exc.countdown, max_retries=settings.SEND_MAX_ATTEMPTS + 2) from None
+        raise self.retry(countdown=exc.countdown, max_retries=None) from None  # capped by the message's attempts
 
 
 @shared_task(bind=True, ignore_result=True, **_DB_RETRY)
@@ -41,7 +41,7 @@ def greeting_fallback(self, *, greeting_id: int) -> None:
     try:
         services.greeting_fallback(greeting_id=greeting_id)
     except services.RetryLater as exc:
-        raise self.retry(countdown=exc.countdown, max_retries=settings.SEND_MAX_ATTEMPTS + 2) from None
+        raise self.retry(countdown=exc.countdown, max_retries=None) from None  # capped by the message's attempts
 
 
 @shared_task(ignore_result=True, **_DB_RETRY)
@@ -52,6 +52,8 @@ def apply_receipts() -> None:
 @shared_task(ignore_result=True)
 def greeting_sweep() -> None:
     services.expire_unsent_greetings()
+    for greeting_id in services.stalled_greetings():
+        greeting_fallback.apply_async(kwargs={"greeting_id": greeting_id})
 
 
 @shared_task(ignore_result=True)

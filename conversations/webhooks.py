@@ -114,7 +114,7 @@ def _whatsapp_verify(request: HttpRequest) -> HttpResponse:
     token = request.GET.get("hub.verify_token", "")
     challenge = request.GET.get("hub.challenge", "")
     known = bool(token) and (
-        hmac.compare_digest(token, settings.WHATSAPP_VERIFY_TOKEN or "\0")
+        hmac.compare_digest(token.encode(), (settings.WHATSAPP_VERIFY_TOKEN or "\0").encode())
         or Organization.objects.filter(whatsapp_verify_token=token).exists()
     )
     if mode != "subscribe" or not known or not challenge:
@@ -147,7 +147,8 @@ def _meta_signature_valid(raw: bytes, header: str, secrets: set[str]) -> bool:
     provided = header[len("sha256="):].strip()
     # Each tenant's secret must be set and match: one payload spans one Meta app.
     return bool(secrets) and all(
-        secret and hmac.compare_digest(hmac.new(secret.encode(), raw, hashlib.sha256).hexdigest(), provided) for secret in secrets
+        secret and hmac.compare_digest(hmac.new(secret.encode(), raw, hashlib.sha256).hexdigest().encode(), provided.encode())
+        for secret in secrets
     )
 
 
@@ -207,13 +208,13 @@ def _whatsapp_inbound(message: object, names: dict, received_at: datetime) -> re
 # --- Twilio ---------------------------------------------------------------------------
 
 
-def _twilio_org(request: HttpRequest, *, to: str = "") -> Organization | None:
+def _twilio_org(request: HttpRequest, *, number: str) -> Organization | None:
     sid = request.POST.get("AccountSid", "")
     if not sid:
         return None
     orgs = list(Organization.objects.filter(twilio_account_sid=sid))
     # One Twilio account can serve several organizations: the number tells them apart.
-    return next((org for org in orgs if to and org.twilio_from_number == to), orgs[0] if orgs else None)
+    return next((org for org in orgs if number and org.twilio_from_number == number), orgs[0] if orgs else None)
 
 
 def _twilio_verified(request: HttpRequest, org: Organization | None) -> bool:
@@ -229,7 +230,7 @@ def _twilio_verified(request: HttpRequest, org: Organization | None) -> bool:
 @require_POST
 def twilio_status(request: HttpRequest) -> HttpResponse:
     raw = request.body  # read before request.POST consumes the stream; kept for the audit row
-    org = _twilio_org(request)
+    org = _twilio_org(request, number=request.POST.get("From", ""))  # our number sent it
     if org is None or not _twilio_verified(request, org):
         return _forbidden("twilio", "unknown AccountSid or invalid X-Twilio-Signature", raw)
     status = TWILIO_STATUSES.get(request.POST.get("MessageStatus", ""))
@@ -251,7 +252,7 @@ def twilio_status(request: HttpRequest) -> HttpResponse:
 @require_POST
 def twilio_inbound(request: HttpRequest) -> HttpResponse:
     raw = request.body  # read before request.POST consumes the stream; kept for the audit row
-    org = _twilio_org(request, to=request.POST.get("To", ""))
+    org = _twilio_org(request, number=request.POST.get("To", ""))  # our number received it
     if org is None or not _twilio_verified(request, org):
         return _forbidden("twilio", "unknown AccountSid or invalid X-Twilio-Signature", raw)
     sid, sender = request.POST.get("MessageSid", ""), request.POST.get("From", "")

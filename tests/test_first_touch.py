@@ -313,3 +313,54 @@ def test_a_greeting_whatsapp_accepted_is_not_also_sent_by_sms_just_because_statu
     assert services.expire_unsent_greetings(now=much_later) == 1
     message = Message.objects.get()
     assert message.status == "failed" and "accepted" in message.error_title
+
+
+def test_a_connection_lost_after_sending_counts_as_maybe_delivered_and_is_not_resent(lead, provider):
+    from urllib3.exceptions import ProtocolError
+
+    provider.add(responses.POST, WA_URL, body=requests.ConnectionError(ProtocolError("Connection aborted.", ConnectionResetError())))
+    greet(lead)
+    greet(lead)
+    assert len(provider.calls) == 1
+    assert Message.objects.get().status == "sending"
+
+
+def test_the_sweep_times_a_send_from_its_latest_attempt_not_from_the_claim(lead, provider, settings):
+    provider.add(responses.POST, WA_URL, body=requests.ReadTimeout("read timed out"))
+    greet(lead)
+    long_claimed = timezone.now() - timedelta(seconds=settings.WHATSAPP_SENT_TIMEOUT_SECONDS * 3)
+    Message.objects.update(created_at=long_claimed)  # e.g. retried for minutes before this attempt
+    assert services.expire_unsent_greetings() == 0
+
+
+def test_the_sweep_waits_while_delivery_statuses_are_still_to_be_applied(lead, provider, settings):
+    from conversations.models import StatusReceipt
+
+    provider.add(responses.POST, WA_URL, body=requests.ReadTimeout("read timed out"))
+    greet(lead)
+    StatusReceipt.objects.create(organization=lead.organization, channel="whatsapp", provider_message_id="wamid.X", status="sent",
+                                 at=timezone.now() - timedelta(minutes=5))
+    later = timezone.now() + timedelta(seconds=settings.WHATSAPP_SENT_TIMEOUT_SECONDS + 1)
+    assert services.expire_unsent_greetings(now=later) == 0
+    assert Message.objects.get().status == "sending"
+
+
+def test_an_answer_arriving_after_the_message_failed_keeps_the_failure(lead, provider):
+    provider.add(responses.POST, WA_URL, body=requests.ReadTimeout("read timed out"))
+    greet(lead)  # in flight; meanwhile a `failed` status for it is applied
+    message = Message.objects.get()
+    Message.objects.filter(pk=message.pk).update(status="failed", error_code="131026", error_title="undeliverable")
+
+    services._accepted(message, lead, "wamid.LATE")  # then the provider's answer is stored
+    message.refresh_from_db()
+    assert (message.status, message.error_code, message.provider_message_id) == ("failed", "131026", "wamid.LATE")
+    assert Greeting.objects.get().state != "done"
+
+
+def test_a_greeting_left_queued_by_a_lost_task_is_found_for_re_enqueueing(lead, provider, monkeypatch, settings):
+    with monkeypatch.context() as patched:
+        patched.setattr(services, "_deliver", lambda *args, **kwargs: None)
+        greet(lead)
+    assert services.stalled_greetings() == []
+    much_later = timezone.now() + timedelta(seconds=settings.SEND_RETRY_BACKOFF_MAX_SECONDS * 2 + 61)
+    assert services.stalled_greetings(now=much_later) == [Greeting.objects.get().pk]

@@ -312,3 +312,17 @@ def test_an_inbound_stop_by_sms_opts_the_contact_out(greeting_message):
     assert response.status_code == 200 and b"<Response>" in response.content
     assert Contact.objects.get(phone="+14155550123").consent is False
     assert LeadEvent.objects.filter(lead_id=greeting_message.lead_id, kind="consent.revoked").exists()
+
+
+def test_a_non_ascii_signature_is_refused_not_a_server_error(greeting_message):
+    assert post_meta(meta_payload(statuses=[status("read")]), signature="sha256=é" * 3).status_code == 403
+
+
+def test_twilio_status_callbacks_for_a_shared_account_reach_the_organization_whose_number_sent_it(sms_message):
+    from tests.factories import org_with_providers
+
+    org_with_providers(twilio_from_number="+15559998888")  # another organization on the same Twilio account, created later
+    params = {"MessageSid": "SM" + "d" * 32, "MessageStatus": "delivered", "AccountSid": SID, "From": "+15550002222", "To": "+14155550123"}
+    post_twilio(f"/webhooks/twilio/status?m={sms_message.pk}", params)
+    sms_message.refresh_from_db()
+    assert sms_message.status == "delivered"

@@ -7,6 +7,7 @@ import urllib.request
 from dataclasses import dataclass
 
 import requests
+import urllib3
 from django.conf import settings
 
 USER_AGENT = "Swiftex/1.0 (+first-touch)"
@@ -70,20 +71,29 @@ def timeout() -> tuple[float, float]:
 
 
 def post(provider: str, url: str, **kwargs) -> requests.Response:
-    """POST with the mandatory timeout and no redirects; network failures become ProviderError."""
+    """POST with the mandatory timeout and no redirects; network failures become ProviderError.
+
+    Only a failure to connect proves the provider never saw the request (safe
+    to resend). Anything after the request went out (a reset, a read timeout,
+    a broken answer) may hide an accepted message: `maybe_delivered`.
+    """
     try:
         return session().post(url, timeout=timeout(), allow_redirects=False, **kwargs)
     except requests.ConnectTimeout as exc:
         raise ProviderError(provider, f"connect timeout: {exc}", permanent=False) from exc
     except requests.ConnectionError as exc:
-        # Refused, or reset before any answer. Almost always the request never got
-        # in, so it is treated as safe to resend; a reset after the provider took
-        # it is rare and requests cannot tell the two apart.
-        raise ProviderError(provider, f"connection failed: {type(exc).__name__}", permanent=False) from exc
+        if _never_connected(exc):
+            raise ProviderError(provider, f"could not connect: {type(exc).__name__}", permanent=False) from exc
+        raise ProviderError(provider, "connection lost after sending", permanent=False, maybe_delivered=True) from exc
     except requests.Timeout as exc:
         raise ProviderError(provider, "no answer within the read timeout", permanent=False, maybe_delivered=True) from exc
     except requests.RequestException as exc:
-        raise ProviderError(provider, f"request failed: {type(exc).__name__}", permanent=False) from exc
+        raise ProviderError(provider, f"broken answer: {type(exc).__name__}", permanent=False, maybe_delivered=True) from exc
+
+
+def _never_connected(exc: requests.ConnectionError) -> bool:
+    reason = getattr(exc.args[0], "reason", exc.args[0]) if exc.args else None
+    return isinstance(reason, (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError))
 
 
 def retry_after_seconds(response: requests.Response) -> float | None:

@@ -65,4 +65,4 @@ def signature(auth_token: str, url: str, params: dict[str, list[str]] | dict[str
 def signature_valid(auth_token: str, url: str, params, provided: str) -> bool:
     if not auth_token or not provided:
         return False
-    return hmac.compare_digest(signature(auth_token, url, params), provided)
+    return hmac.compare_digest(signature(auth_token, url, params).encode(), provided.encode())
