@@ -14,6 +14,7 @@ statement, atomic on its own: data-modifying CTEs either all apply or none do.
 """
 
 from conversations.models import Conversation, Greeting, Message
+from conversations.timeline import ms_between
 from leads.models import Contact, Lead, LeadEvent, Submission
 from swiftex.events import OUTBOX_CHANNEL
 from swiftex.events.idempotency import LEDGER
@@ -40,7 +41,7 @@ WITH ledger AS (
     INSERT INTO {_EVENT} (lead_id, kind, data, occurred_at)
     SELECT lead.id, entry.kind,
            entry.data || jsonb_build_object(
-               'since_capture_ms', round((EXTRACT(EPOCH FROM entry.at - lead.captured_at) * 1000)::numeric, 1)),
+               'since_capture_ms', {ms_between("lead.captured_at", "entry.at")}),
            entry.at
     FROM ledger, {_LEAD} AS lead,
          (VALUES ('first_touch.started', %(started_data)s::jsonb, %(now)s::timestamptz),
@@ -93,7 +94,7 @@ first_response AS (
     INSERT INTO {_OUTBOX} (event_id, event_type, organization_id, payload, created_at, attempts, last_error)
     SELECT gen_random_uuid(), 'lead.status_changed', organization_id,
            jsonb_build_object('lead_id', %(lead_id)s::bigint, 'status', status, 'first_response_at', %(now_iso)s::text,
-                              'first_response_ms', round((EXTRACT(EPOCH FROM %(now)s - captured_at) * 1000)::numeric, 1)),
+                              'first_response_ms', {ms_between("captured_at", "%(now)s")}),
            %(now)s, 0, ''
     FROM first_response
     RETURNING id

@@ -6,7 +6,7 @@ once. Its text is sent as one `Message` per channel, at most one per channel
 (unique greeting + channel): WhatsApp first, SMS only once WhatsApp has
 definitively failed.
 
-A message's status only moves forward (see `STATUS_RANK`): a duplicated or
+A message's status only moves forward (see `FORWARD_ORDER`): a duplicated or
 late status webhook never walks it back.
 """
 
@@ -45,9 +45,14 @@ class Conversation(models.Model):
     def __str__(self) -> str:
         return f"{self.get_channel_display()} with {self.contact_id}"
 
-    def window_open(self, now=None) -> bool:
-        now = now or timezone.now()
-        return self.last_inbound_at is not None and now - self.last_inbound_at < CUSTOMER_SERVICE_WINDOW
+    def window_open(self) -> bool:
+        return window_open(self.last_inbound_at)
+
+
+def window_open(last_inbound_at, now=None) -> bool:
+    """Free-form WhatsApp is allowed: the contact wrote to us within the last 24 hours."""
+    now = now or timezone.now()
+    return last_inbound_at is not None and now - last_inbound_at < CUSTOMER_SERVICE_WINDOW
 
 
 class Greeting(models.Model):
@@ -130,17 +135,14 @@ class Message(models.Model):
         return f"{self.direction} {self.channel} message {self.pk} ({self.status})"
 
 
-# Statuses move only forward along this order. FAILED is terminal and can
-# replace anything short of DELIVERED (WhatsApp may report `failed` after
-# `sent`); a message once delivered or read is never marked failed.
-STATUS_RANK = {
-    Message.Status.QUEUED: 0,
-    Message.Status.SENDING: 1,
-    Message.Status.ACCEPTED: 2,
-    Message.Status.SENT: 3,
-    Message.Status.DELIVERED: 4,
-    Message.Status.READ: 5,
-}
+# Statuses move only forward along this order (conversations/receipts.py
+# applies it in SQL). FAILED is terminal and can replace anything short of
+# DELIVERED (WhatsApp may report `failed` after `sent`); a message once
+# delivered or read is never marked failed.
+FORWARD_ORDER = (
+    Message.Status.QUEUED, Message.Status.SENDING, Message.Status.ACCEPTED,
+    Message.Status.SENT, Message.Status.DELIVERED, Message.Status.READ,
+)
 
 
 class StatusReceipt(models.Model):

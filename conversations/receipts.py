@@ -21,7 +21,7 @@ from django.db import InterfaceError, OperationalError, connection, transaction
 from django.utils import timezone
 
 from conversations import timeline
-from conversations.models import Channel, Conversation, Message, StatusReceipt, WebhookDelivery
+from conversations.models import FORWARD_ORDER, Conversation, Message, StatusReceipt, WebhookDelivery
 from conversations.services import CALLBACK_PREFIX, mark_first_response, message_failed
 from leads.models import Contact, Lead, LeadEvent, Organization
 from swiftex import redis as swx_redis
@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 # database, which is right anyway. An hour keeps ~1M keys at 15,000 statuses a minute.
 FINGERPRINT_TTL_SECONDS = 3600
 STOP_WORDS = {"stop", "stopall", "unsubscribe", "cancel", "end", "quit", "parar", "pare", "baja", "alto"}
-_RANKED = "ARRAY['queued', 'sending', 'accepted', 'sent', 'delivered', 'read']"
+_RANKED = "ARRAY[" + ", ".join(f"'{status}'" for status in FORWARD_ORDER) + "]"
 _MOMENT_COLUMN = {"sent": "sent_at", "delivered": "delivered_at", "read": "read_at", "failed": "failed_at", "accepted": "accepted_at"}
 
 
@@ -183,7 +183,7 @@ WITH m AS (
            %(data)s::jsonb
            || CASE WHEN %(new)s <> 'failed' AND m.status <> %(new)s THEN jsonb_build_object('status_now', m.status) ELSE '{{{{}}}}'::jsonb END
            || CASE WHEN %(new)s = 'failed' AND m.status <> 'failed' THEN jsonb_build_object('ignored', 'already ' || m.status) ELSE '{{{{}}}}'::jsonb END
-           || jsonb_build_object('since_capture_ms', round((EXTRACT(EPOCH FROM %(at)s - lead.captured_at) * 1000)::numeric, 1)),
+           || jsonb_build_object('since_capture_ms', {timeline.ms_between("lead.captured_at", "%(at)s")}),
            %(at)s
     FROM m JOIN {Lead._meta.db_table} AS lead ON lead.id = m.lead_id
 )
@@ -295,5 +295,3 @@ def receive(org: Organization, inbound: Inbound) -> Message | None:
 def is_stop_word(body: str) -> bool:
     return body.strip().strip(".!").lower() in STOP_WORDS
 
-
-__all__ = ["Applied", "Inbound", "StatusReport", "apply_status", "receive", "Channel"]

@@ -36,6 +36,7 @@ from django.utils.dateparse import parse_datetime
 
 from conversations import greeting_sql, timeline
 from conversations.models import Channel, Conversation, Greeting, Message, StatusReceipt
+from conversations.models import window_open as whatsapp_window_open
 from conversations.providers import ProviderError, model, twilio, whatsapp
 from leads import selectors
 from leads.models import Contact, Lead, Organization
@@ -180,8 +181,7 @@ def _load(event_id: str, lead_id: int, published_at: str | None, started: dateti
         return None
     contact = Contact(pk=contact_id, organization_id=org_id, name=name, phone=phone, consent=consent)
     lead = Lead(pk=lead_id, organization=org, contact=contact, status=status, source=source, campaign=campaign, captured_at=captured_at)
-    window_open = Conversation(channel=Channel.WHATSAPP, last_inbound_at=last_inbound).window_open()
-    return lead, greeting_id, first_message or "", window_open
+    return lead, greeting_id, first_message or "", whatsapp_window_open(last_inbound)
 
 
 def _first_channel(org: Organization, contact: Contact) -> tuple[str, str]:

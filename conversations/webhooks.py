@@ -226,13 +226,21 @@ def _twilio_verified(request: HttpRequest, org: Organization | None) -> bool:
     return any(twilio.signature_valid(token, url, params, provided) for url in urls)
 
 
+def _verified_twilio_org(request: HttpRequest, raw: bytes, *, number: str) -> Organization | HttpResponse:
+    """The organization owning `number` on the signing account, or the 403 to answer."""
+    org = _twilio_org(request, number=number)
+    if org is None or not _twilio_verified(request, org):
+        return _forbidden("twilio", "unknown AccountSid or invalid X-Twilio-Signature", raw)
+    return org
+
+
 @csrf_exempt
 @require_POST
 def twilio_status(request: HttpRequest) -> HttpResponse:
     raw = request.body  # read before request.POST consumes the stream; kept for the audit row
-    org = _twilio_org(request, number=request.POST.get("From", ""))  # our number sent it
-    if org is None or not _twilio_verified(request, org):
-        return _forbidden("twilio", "unknown AccountSid or invalid X-Twilio-Signature", raw)
+    org = _verified_twilio_org(request, raw, number=request.POST.get("From", ""))  # our number sent it
+    if isinstance(org, HttpResponse):
+        return org
     status = TWILIO_STATUSES.get(request.POST.get("MessageStatus", ""))
     sid = request.POST.get("MessageSid", "")
     if status and sid:
@@ -252,9 +260,9 @@ def twilio_status(request: HttpRequest) -> HttpResponse:
 @require_POST
 def twilio_inbound(request: HttpRequest) -> HttpResponse:
     raw = request.body  # read before request.POST consumes the stream; kept for the audit row
-    org = _twilio_org(request, number=request.POST.get("To", ""))  # our number received it
-    if org is None or not _twilio_verified(request, org):
-        return _forbidden("twilio", "unknown AccountSid or invalid X-Twilio-Signature", raw)
+    org = _verified_twilio_org(request, raw, number=request.POST.get("To", ""))  # our number received it
+    if isinstance(org, HttpResponse):
+        return org
     sid, sender = request.POST.get("MessageSid", ""), request.POST.get("From", "")
     if sid and sender.startswith("+"):
         with _processing("twilio", raw, org):

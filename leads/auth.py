@@ -7,14 +7,12 @@ key stops working within that time.
 
 from __future__ import annotations
 
-import threading
-import time
-
 from django.conf import settings
 from django.utils import timezone
 from rest_framework import authentication, exceptions, permissions
 
 from leads.models import ApiKey, Organization
+from swiftex.ttlcache import TTLCache
 
 
 class OrganizationPrincipal:
@@ -27,34 +25,27 @@ class OrganizationPrincipal:
         self.organization = org
 
 
-_cache: dict[str, tuple[float, Organization | None]] = {}
-_cache_lock = threading.Lock()
-_CACHE_MAX = 10_000
+# Unknown keys are cached too: a client retrying with a bad key costs no queries.
+_cache: TTLCache[Organization | None] = TTLCache(lambda: settings.API_KEY_CACHE_SECONDS, keep_none=True)
 
 
 def organization_for_key(raw_key: str) -> Organization | None:
     key_hash = ApiKey.hash(raw_key)
-    now = time.monotonic()
-    hit = _cache.get(key_hash)
-    if hit and hit[0] > now:
-        return hit[1]
+    return _cache.get(key_hash, lambda: _load_organization(key_hash))
+
+
+def _load_organization(key_hash: str) -> Organization | None:
     api_key = (
         ApiKey.objects.select_related("organization")
         .filter(key_hash=key_hash)
         .exclude(revoked_at__lte=timezone.now())
         .first()
     )
-    org = api_key.organization if api_key else None
-    with _cache_lock:
-        if len(_cache) >= _CACHE_MAX:
-            _cache.clear()
-        _cache[key_hash] = (now + settings.API_KEY_CACHE_SECONDS, org)
-    return org
+    return api_key.organization if api_key else None
 
 
 def clear_cache() -> None:
-    with _cache_lock:
-        _cache.clear()
+    _cache.clear()
 
 
 class ApiKeyAuthentication(authentication.BaseAuthentication):

@@ -17,22 +17,23 @@ _registry: list[TTLCache] = []
 
 
 class TTLCache(Generic[V]):
-    def __init__(self, ttl_seconds: Callable[[], float], max_entries: int = 10_000) -> None:
+    def __init__(self, ttl_seconds: Callable[[], float], max_entries: int = 10_000, *, keep_none: bool = False) -> None:
         self._ttl = ttl_seconds  # read at each fill, so tests and settings overrides apply
         self._max = max_entries
+        self._keep_none = keep_none
         self._data: dict[Hashable, tuple[float, V]] = {}
         self._lock = threading.Lock()
         _registry.append(self)
 
     def get(self, key: Hashable, load: Callable[[], V]) -> V:
-        """The cached value, or `load()`'s. A None is not kept: a row created a moment
-        ago (a newly configured tenant) must not stay invisible for the TTL."""
+        """The cached value, or `load()`'s. A None is not kept unless `keep_none`: a row
+        created a moment ago (a newly configured tenant) must not stay invisible for the TTL."""
         now = time.monotonic()
         hit = self._data.get(key)
         if hit is not None and hit[0] > now:
             return hit[1]
         value = load()
-        if value is None:
+        if value is None and not self._keep_none:
             return value
         with self._lock:
             if len(self._data) >= self._max:
