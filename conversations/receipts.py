@@ -25,6 +25,7 @@ from conversations.models import FORWARD_ORDER, Conversation, Message, StatusRec
 from conversations.services import CALLBACK_PREFIX, mark_first_response, message_failed
 from leads.models import Contact, Lead, LeadEvent, Organization
 from swiftex import redis as swx_redis
+from swiftex.db import prepared_cursor
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ def enqueue(org: Organization, reports: list[StatusReport]) -> None:
         for r in reports
         for value in (org.pk, r.channel, r.provider_message_id, r.status, r.at, r.callback[:64], r.error_code[:32], r.error_title[:300])
     ]
-    with connection.cursor() as cursor:
+    with prepared_cursor() as cursor:
         cursor.execute(
             f"INSERT INTO {StatusReceipt._meta.db_table} "
             f"(organization_id, channel, provider_message_id, status, at, callback, error_code, error_title) VALUES {rows}",
@@ -168,27 +169,27 @@ WITH m AS (
         {{column}} = COALESCE({{column}}, %(at)s),
         status = CASE
             WHEN status = 'failed' THEN status
-            WHEN %(new)s = 'failed' THEN CASE WHEN status IN ('delivered', 'read') THEN status ELSE 'failed' END
-            WHEN array_position({_RANKED}, %(new)s) > array_position({_RANKED}, status) THEN %(new)s
+            WHEN %(new)s::text = 'failed' THEN CASE WHEN status IN ('delivered', 'read') THEN status ELSE 'failed' END
+            WHEN array_position({_RANKED}, %(new)s::text) > array_position({_RANKED}, status) THEN %(new)s::text
             ELSE status END,
-        error_code = CASE WHEN %(new)s = 'failed' AND status NOT IN ('delivered', 'read', 'failed') THEN %(code)s ELSE error_code END,
-        error_title = CASE WHEN %(new)s = 'failed' AND status NOT IN ('delivered', 'read', 'failed') THEN %(title)s ELSE error_title END
+        error_code = CASE WHEN %(new)s::text = 'failed' AND status NOT IN ('delivered', 'read', 'failed') THEN %(code)s ELSE error_code END,
+        error_title = CASE WHEN %(new)s::text = 'failed' AND status NOT IN ('delivered', 'read', 'failed') THEN %(title)s ELSE error_title END
     WHERE organization_id = %(org)s AND channel = %(channel)s AND direction = 'outbound'
       AND (provider_message_id = %(pid)s OR (provider_message_id IS NULL AND id = %(callback_id)s))
       AND {{column}} IS NULL
     RETURNING id, lead_id, greeting_id, channel, status
 ), entry AS (
     INSERT INTO {LeadEvent._meta.db_table} (lead_id, kind, data, occurred_at)
-    SELECT m.lead_id, %(kind)s,
+    SELECT m.lead_id, %(kind)s::text,
            %(data)s::jsonb
-           || CASE WHEN %(new)s <> 'failed' AND m.status <> %(new)s THEN jsonb_build_object('status_now', m.status) ELSE '{{{{}}}}'::jsonb END
-           || CASE WHEN %(new)s = 'failed' AND m.status <> 'failed' THEN jsonb_build_object('ignored', 'already ' || m.status) ELSE '{{{{}}}}'::jsonb END
+           || CASE WHEN %(new)s::text <> 'failed' AND m.status <> %(new)s::text THEN jsonb_build_object('status_now', m.status) ELSE '{{{{}}}}'::jsonb END
+           || CASE WHEN %(new)s::text = 'failed' AND m.status <> 'failed' THEN jsonb_build_object('ignored', 'already ' || m.status) ELSE '{{{{}}}}'::jsonb END
            || jsonb_build_object('since_capture_ms', {timeline.ms_between("lead.captured_at", "%(at)s")}),
            %(at)s
     FROM m JOIN {Lead._meta.db_table} AS lead ON lead.id = m.lead_id
 )
 SELECT m.id, m.lead_id, m.greeting_id, m.channel, m.status,
-       m.greeting_id IS NOT NULL AND %(new)s <> 'failed'
+       m.greeting_id IS NOT NULL AND %(new)s::text <> 'failed'
            AND (SELECT first_response_at IS NULL FROM {Lead._meta.db_table} WHERE id = m.lead_id)
 FROM m
 """
@@ -198,7 +199,7 @@ def _apply(org: Organization, report: StatusReport) -> tuple[Applied | None, boo
     data = {"channel": report.channel, "provider_message_id": report.provider_message_id}
     if report.status == "failed":
         data |= {"error_code": report.error_code, "error": report.error_title}
-    with connection.cursor() as cursor:
+    with prepared_cursor() as cursor:
         cursor.execute(
             _APPLY.format(column=_MOMENT_COLUMN[report.status]),
             {

@@ -40,6 +40,7 @@ from conversations.models import window_open as whatsapp_window_open
 from conversations.providers import ProviderError, model, twilio, whatsapp
 from leads import selectors
 from leads.models import Contact, Lead, Organization
+from swiftex.db import prepared_cursor
 from swiftex.events import emit
 
 logger = logging.getLogger(__name__)
@@ -170,7 +171,7 @@ def _load(event_id: str, lead_id: int, published_at: str | None, started: dateti
         "consumer": FIRST_TOUCH_CONSUMER, "event_id": event_id, "lead_id": lead_id, "now": started,
         "started_data": event, "published_data": event, "published": parse_datetime(published_at) if published_at else None,
     }
-    with connection.cursor() as cursor:
+    with prepared_cursor() as cursor:
         cursor.execute(greeting_sql.LOAD, params)
         row = cursor.fetchone()
     if row is None:
@@ -287,7 +288,7 @@ def _claim(lead, channel, window_open, text, source, model_ms, model_error, comp
     composed = {"source": source, "model_ms": model_ms, "since_capture_ms": _since_capture(lead, composed_at)}
     if model_error:
         composed["model_error"] = model_error
-    with connection.cursor() as cursor:
+    with prepared_cursor() as cursor:
         cursor.execute(greeting_sql.CLAIM, {
             "org": lead.organization_id, "lead_id": lead.pk, "contact_id": lead.contact_id, "channel": channel,
             "text": text, "source": source, "model_ms": model_ms, "model_error": model_error[:300], "now": composed_at,
@@ -346,7 +347,7 @@ def _take_for_sending(message: Message) -> bool:
     Only a QUEUED message is ever sent, and this UPDATE lets exactly one worker
     move it: a message that crashed in SENDING is never sent again blindly.
     """
-    with connection.cursor() as cursor:
+    with prepared_cursor() as cursor:
         cursor.execute(
             f"UPDATE {Message._meta.db_table} SET status = 'sending', attempts = attempts + 1, sending_at = %s "
             "WHERE id = %s AND status = 'queued' RETURNING attempts",
@@ -432,7 +433,7 @@ def backoff(attempt: int, retry_after: float | None = None) -> float:
 def _accepted(message: Message, lead: Lead, provider_message_id: str) -> None:
     now = timezone.now()
     data = {"channel": message.channel, "provider_message_id": provider_message_id, "since_capture_ms": _since_capture(lead, now)}
-    with connection.cursor() as cursor:
+    with prepared_cursor() as cursor:
         cursor.execute(greeting_sql.ACCEPTED, {
             "provider_message_id": provider_message_id, "message_id": message.pk, "greeting_id": message.greeting_id,
             "lead_id": lead.pk, "data": json.dumps(data), "now": now, "now_iso": now.isoformat(),
@@ -441,7 +442,7 @@ def _accepted(message: Message, lead: Lead, provider_message_id: str) -> None:
 
 def mark_first_response(lead_id: int, at: datetime) -> None:
     """Set the lead's first response (once), move it from new to contacted, raise lead.status_changed."""
-    with connection.cursor() as cursor:
+    with prepared_cursor() as cursor:
         cursor.execute(greeting_sql.FIRST_RESPONSE, {"lead_id": lead_id, "now": at, "now_iso": at.isoformat()})
 
 

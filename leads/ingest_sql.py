@@ -33,16 +33,16 @@ TAIL = f"""
     RETURNING id, lead_id, contact_id, opened_lead
 ), timeline AS (
     INSERT INTO {_EVENT} (lead_id, kind, data, occurred_at)
-    SELECT s.lead_id, 'lead.created', jsonb_build_object('source', %(source)s), %(now)s FROM s WHERE s.opened_lead
+    SELECT s.lead_id, 'lead.created', jsonb_build_object('source', %(source)s::text), %(now)s FROM s WHERE s.opened_lead
     UNION ALL
     SELECT s.lead_id, 'submission.received',
-           jsonb_build_object('submission_id', s.id, 'source', %(source)s, 'campaign', %(campaign)s), %(now)s
+           jsonb_build_object('submission_id', s.id, 'source', %(source)s::text, 'campaign', %(campaign)s::text), %(now)s
     FROM s
 ), outbox AS (
     INSERT INTO {_OUTBOX} (event_id, event_type, organization_id, payload, created_at, attempts, last_error)
     SELECT gen_random_uuid(), 'lead.created', %(org)s,
            jsonb_build_object('lead_id', s.lead_id, 'contact_id', s.contact_id, 'submission_id', s.id,
-                              'source', %(source)s, 'campaign', %(campaign)s, 'captured_at', %(now_iso)s),
+                              'source', %(source)s::text, 'campaign', %(campaign)s::text, 'captured_at', %(now_iso)s::text),
            %(now)s, 0, ''
     FROM s WHERE s.opened_lead
     RETURNING id

@@ -24,6 +24,7 @@ from django.utils import timezone
 
 from leads import ingest_sql
 from leads.models import ApiKey, Contact, Lead, Organization, Submission
+from swiftex.db import prepared_cursor
 
 logger = logging.getLogger(__name__)
 
@@ -137,7 +138,7 @@ def _ingest_new_contact(params: dict) -> IngestResult | None:
     # Inside a caller's transaction (Idempotency-Key) a failed statement would
     # poison it, so guard with a savepoint there; alone, the statement is atomic.
     scope = transaction.atomic() if connection.in_atomic_block else nullcontext()
-    with scope, connection.cursor() as cursor:
+    with scope, prepared_cursor() as cursor:
         cursor.execute(ingest_sql.NEW_CONTACT, params)
         row = cursor.fetchone()
     if row is None:
@@ -147,7 +148,7 @@ def _ingest_new_contact(params: dict) -> IngestResult | None:
 
 
 def _ingest_known_contact(org: Organization, data: LeadInput, params: dict) -> IngestResult:
-    with transaction.atomic(), connection.cursor() as cursor:
+    with transaction.atomic(), prepared_cursor() as cursor:
         contact_id = _find_and_enrich_contact(cursor, org, data, params["now"])
         lead_id, status, captured_at, created = _open_or_reuse_lead(cursor, contact_id, params)
         cursor.execute(ingest_sql.KNOWN_LEAD, {**params, "lead_id": lead_id, "contact_id": contact_id, "created": created})

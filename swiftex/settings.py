@@ -72,10 +72,17 @@ TEMPLATES = [
 
 # --- PostgreSQL -------------------------------------------------------------
 DATABASES = {"default": database_from_url("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/swiftex")}
+DATABASES["default"]["OPTIONS"] = {
+    # The hot path's SQL (swiftex.db.prepared_cursor) is prepared on a connection
+    # after this many runs, so PostgreSQL plans it once instead of at every call.
+    # 0 turns prepared statements off: needed behind a transaction-mode pooler
+    # that does not track them (PgBouncer before 1.21).
+    "prepare_threshold": env_int("DATABASE_PREPARE_THRESHOLD", 5, minimum=0) or None,
+}
 if env_bool("DATABASE_POOL", True):
     # Django's psycopg 3 pool: a warm set of connections per process instead of a
     # TCP + auth handshake per request. CONN_MAX_AGE must stay 0 with a pool.
-    DATABASES["default"]["OPTIONS"] = {
+    DATABASES["default"]["OPTIONS"] |= {
         "pool": {
             "min_size": env_int("DATABASE_POOL_MIN", 1, minimum=0),
             "max_size": env_int("DATABASE_POOL_MAX", 8, minimum=1),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from django.db import connection
+from swiftex.db import prepared_cursor
 
 from swiftex.models import ProcessedEvent
 
@@ -17,7 +17,7 @@ def record_processed(consumer: str, event_ids: list[str]) -> set[str]:
     """
     if not event_ids:
         return set()
-    with connection.cursor() as cursor:
+    with prepared_cursor() as cursor:
         cursor.execute(
             f"INSERT INTO {LEDGER} (consumer, event_id, processed_at) "
             "SELECT %s, id, now() FROM unnest(%s::uuid[]) AS id "
