@@ -58,6 +58,23 @@ def test_a_commit_wakes_the_relay_which_publishes_to_every_subscriber_queue(clie
     wait_until(lambda: not OutboxEvent.objects.filter(published_at__isnull=True).exists(), what="outbox row marked published")
 
 
+def test_a_batch_is_published_with_one_wait_for_confirms_and_every_row_arrives_once():
+    from swiftex.events import emit
+
+    for n in range(40):
+        emit("lead.created", organization_id=None, data={"lead_id": n})
+    publisher = BrokerPublisher()
+    try:
+        assert publish_pending(publisher) == 40
+        assert publish_pending(publisher) == 0  # all marked published: nothing left to send
+        emit("lead.created", organization_id=None, data={"lead_id": 40})
+        assert publish_pending(publisher) == 1  # the same channel goes on numbering its confirms
+    finally:
+        publisher.close()
+    assert depths() == dict.fromkeys(SUBSCRIBER_QUEUES, 41)
+    assert not OutboxEvent.objects.filter(published_at__isnull=True).exists()
+
+
 def test_subscribers_are_independent_a_stopped_one_holds_back_nobody(client_for, worker, relay):
     relay()
     worker("first_touch")  # conversations subscriber only; analytics and crmsync are "down"

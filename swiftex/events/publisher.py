@@ -2,65 +2,155 @@
 
 `publish_pending()` claims unpublished rows with `SELECT … FOR UPDATE SKIP
 LOCKED` (so any number of relays can run at once without publishing a row
-concurrently), publishes each, and marks a row published only after RabbitMQ
+concurrently), publishes them, and marks a row published only after RabbitMQ
 confirmed it. The relay (`manage.py outbox_relay`) calls it whenever a commit
 wakes it, and on a short sweep interval in case a wake-up was missed.
+
+A batch is published as a pipeline: every row goes out, then one wait for
+RabbitMQ's confirms (which may cover several messages at once), instead of a
+round trip per row. Profiled at ~2.9 ms of relay CPU per lead with a
+synchronous confirm per row and the claim built by the ORM.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime
 
+from amqp import Message
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F
 from django.utils import timezone
-from kombu import Connection, Producer
+from kombu import Connection
 
+from swiftex.db import prepared_cursor
 from swiftex.events.topology import declare_all, events_exchange
 from swiftex.models import OutboxEvent
 
 logger = logging.getLogger(__name__)
 
 PUBLISH_CONFIRM_TIMEOUT = 5.0
+_OUTBOX = OutboxEvent._meta.db_table
+
+
+class PublishNotConfirmed(Exception):
+    """RabbitMQ refused (nack) or did not confirm a message in time."""
+
+
+@dataclass(frozen=True)
+class PendingEvent:
+    """An outbox row as the relay reads it."""
+
+    pk: int
+    event_id: str
+    event_type: str
+    organization_id: int | None
+    payload: str  # the jsonb column's text, as Django's psycopg adapters return it
+    created_at: datetime
+
+    def body(self, published_at: str) -> bytes:
+        """The JSON subscribers receive (see OutboxEvent.message); `published_at` is when it
+        left the outbox, shown on the lead's timeline."""
+        return json.dumps({
+            "id": self.event_id, "type": self.event_type, "organization_id": self.organization_id,
+            "occurred_at": self.created_at.isoformat(), "data": json.loads(self.payload), "published_at": published_at,
+        }).encode()
 
 
 class BrokerPublisher:
-    """One confirmed-publish connection, opened lazily and dropped on any error."""
+    """One confirm-mode channel, opened lazily and dropped on any error."""
 
     def __init__(self, url: str | None = None) -> None:
         self._url = url or settings.CELERY_BROKER_URL
         self._connection: Connection | None = None
-        self._producer: Producer | None = None
+        self._channel = None
+        self._exchange = events_exchange().name
+        self._next_tag = 1  # RabbitMQ numbers a confirm channel's publishes from 1
+        self._acked_up_to = 0
+        self._acked: set[int] = set()
+        self._nacked: set[int] = set()
 
-    def _get_producer(self) -> Producer:
-        if self._producer is None:
-            conn = Connection(
-                self._url,
-                connect_timeout=settings.CELERY_BROKER_CONNECTION_TIMEOUT,
-                transport_options={"confirm_publish": True},
-            )
+    def _open(self):
+        if self._channel is None:
+            conn = Connection(self._url, connect_timeout=settings.CELERY_BROKER_CONNECTION_TIMEOUT)
             conn.ensure_connection(max_retries=1)
             channel = conn.channel()
             declare_all(channel)
-            self._connection = conn
-            self._producer = Producer(channel, exchange=events_exchange(), serializer="json")
-        return self._producer
+            channel.confirm_select()
+            channel.events["basic_ack"].add(self._on_ack)
+            channel.events["basic_nack"].add(self._on_nack)
+            self._connection, self._channel = conn, channel
+            self._next_tag, self._acked_up_to = 1, 0
+            self._acked, self._nacked = set(), set()
+        return self._channel
 
-    def publish(self, event: OutboxEvent) -> None:
+    def _on_ack(self, tag: int, multiple: bool) -> None:
+        if multiple:
+            self._acked_up_to = max(self._acked_up_to, tag)
+        else:
+            self._acked.add(tag)
+
+    def _on_nack(self, tag: int, multiple: bool) -> None:
+        if multiple:
+            self._nacked.update(range(self._acked_up_to + 1, tag + 1))
+            self._acked_up_to = max(self._acked_up_to, tag)
+        else:
+            self._nacked.add(tag)
+
+    def _confirmed(self, tag: int) -> bool | None:
+        """True (acked), False (nacked) or None (no answer yet)."""
+        if tag in self._nacked:
+            return False
+        if tag <= self._acked_up_to or tag in self._acked:
+            return True
+        return None
+
+    def publish_batch(self, events: list[PendingEvent], *, timeout: float = PUBLISH_CONFIRM_TIMEOUT) -> list[PendingEvent]:
+        """Publish all, wait for the confirms; return the events RabbitMQ confirmed, in order.
+
+        Stops at the first event not confirmed (nacked, or no answer within
+        `timeout`) and raises, after handing back what came before it through
+        `PublishNotConfirmed.confirmed`; the caller marks those published.
+        """
         try:
-            self._get_producer().publish(
-                # When it left the outbox: subscribers show it on the lead's timeline.
-                {**event.message(), "published_at": timezone.now().isoformat()},
-                routing_key=event.event_type,
-                delivery_mode=2,  # persistent: survives a broker restart
-                message_id=str(event.event_id),
-                retry=False,
-                timeout=PUBLISH_CONFIRM_TIMEOUT,
-            )
+            channel = self._open()
+            published_at = timezone.now().isoformat()
+            tags = []
+            for event in events:
+                message = Message(
+                    event.body(published_at), content_type="application/json", content_encoding="utf-8",
+                    delivery_mode=2,  # persistent: survives a broker restart
+                    message_id=event.event_id, application_headers={},
+                )
+                channel.basic_publish(message, exchange=self._exchange, routing_key=event.event_type)
+                tags.append(self._next_tag)
+                self._next_tag += 1
+            deadline = time.monotonic() + timeout
+            while any(self._confirmed(tag) is None for tag in tags):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                try:
+                    self._connection.drain_events(timeout=left)
+                except TimeoutError:
+                    break
         except Exception:
             self.close()
             raise
+        confirmed = []
+        for event, tag in zip(events, tags):
+            if self._confirmed(tag) is not True:
+                error = PublishNotConfirmed(f"RabbitMQ {'refused' if tag in self._nacked else 'did not confirm'} event {event.event_id}")
+                error.confirmed = confirmed
+                if tag not in self._nacked:
+                    self.close()  # a late confirm must not be taken for a later publish's
+                raise error
+            confirmed.append(event)
+        self._acked.difference_update(tags)
+        return confirmed
 
     def close(self) -> None:
         if self._connection is not None:
@@ -69,7 +159,15 @@ class BrokerPublisher:
             except Exception:  # noqa: BLE001 - the connection is already broken
                 pass
         self._connection = None
-        self._producer = None
+        self._channel = None
+
+
+_CLAIM = f"""
+SELECT id, event_id, event_type, organization_id, payload, created_at FROM {_OUTBOX}
+WHERE published_at IS NULL ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED
+"""
+_MARK_PUBLISHED = f"UPDATE {_OUTBOX} SET published_at = %s, attempts = attempts + 1 WHERE id = ANY(%s)"
+_MARK_FAILED = f"UPDATE {_OUTBOX} SET attempts = attempts + 1, last_error = %s WHERE id = %s"
 
 
 def publish_pending(publisher: BrokerPublisher, *, limit: int | None = None) -> int:
@@ -79,23 +177,21 @@ def publish_pending(publisher: BrokerPublisher, *, limit: int | None = None) -> 
     that drops mid-batch causes no re-publish of what it already has.
     """
     limit = limit or settings.OUTBOX_BATCH_SIZE
-    confirmed: list[int] = []
     error: Exception | None = None
-    with transaction.atomic():
-        rows = OutboxEvent.objects.select_for_update(skip_locked=True).filter(published_at__isnull=True)
-        rows = list(rows.order_by("pk")[:limit])
-        for row in rows:
-            try:
-                publisher.publish(row)
-            except Exception as exc:  # noqa: BLE001 - recorded on the row, then re-raised
-                error = exc
-                OutboxEvent.objects.filter(pk=row.pk).update(
-                    attempts=F("attempts") + 1, last_error=f"{type(exc).__name__}: {exc}"[:500]
-                )
-                break
-            confirmed.append(row.pk)
+    with transaction.atomic(), prepared_cursor() as cursor:
+        cursor.execute(_CLAIM, [limit])
+        events = [PendingEvent(pk, str(event_id), *rest) for pk, event_id, *rest in cursor.fetchall()]
+        if not events:
+            return 0
+        try:
+            confirmed = publisher.publish_batch(events)
+        except Exception as exc:  # noqa: BLE001 - recorded on the row, then re-raised
+            error = exc
+            confirmed = getattr(exc, "confirmed", [])
+            failed = events[len(confirmed)]
+            cursor.execute(_MARK_FAILED, [f"{type(exc).__name__}: {exc}"[:500], failed.pk])
         if confirmed:
-            OutboxEvent.objects.filter(pk__in=confirmed).update(published_at=timezone.now(), attempts=F("attempts") + 1)
+            cursor.execute(_MARK_PUBLISHED, [timezone.now(), [event.pk for event in confirmed]])
     if error is not None:
         raise error
     return len(confirmed)
