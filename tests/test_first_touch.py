@@ -364,3 +364,17 @@ def test_a_greeting_left_queued_by_a_lost_task_is_found_for_re_enqueueing(lead, 
     assert services.stalled_greetings() == []
     much_later = timezone.now() + timedelta(seconds=settings.SEND_RETRY_BACKOFF_MAX_SECONDS * 2 + 61)
     assert services.stalled_greetings(now=much_later) == [Greeting.objects.get().pk]
+
+
+def test_a_model_answer_without_a_message_is_reported_and_falls_back(monkeypatch, settings):
+    from conversations.providers import model as model_client
+
+    class AnswersWithoutChoices:
+        def post(self, path, *, body, cast_to):
+            assert path == "/chat/completions" and body["messages"][1]["content"] == "Name: Ana"
+            return {"choices": []}
+
+    settings.OPENAI_API_KEY = "test-openai-key"
+    monkeypatch.setattr(model_client, "_client", lambda budget: AnswersWithoutChoices())
+    with pytest.raises(model_client.ModelUnavailable, match="without a message"):
+        model_client.write_greeting(model="gpt-4o-mini", system_prompt="Greet.", lead_facts="Name: Ana")
