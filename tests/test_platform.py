@@ -62,6 +62,18 @@ def test_process_refuses_to_start_with_a_bad_database_url():
     assert "DATABASE_URL must be a URL starting with postgres://" in result.stderr
 
 
+@pytest.mark.django_db
+def test_the_ingest_statement_is_prepared_after_a_few_leads(client_for):
+    """PostgreSQL plans the hot path's SQL once per connection, not at every request."""
+    from django.db import connection
+
+    for n in range(6):
+        assert post_json(client_for, "/api/v1/leads", {"name": "Ana", "phone": f"+1415555{n:04d}", "consent": True}).status_code == 201
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_prepared_statements WHERE statement LIKE %s", ["%INSERT INTO leads_contact%"])
+        assert cursor.fetchone()[0] == 1
+
+
 # --- health and metrics ---------------------------------------------------------
 
 
