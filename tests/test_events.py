@@ -75,6 +75,24 @@ def test_a_batch_is_published_with_one_wait_for_confirms_and_every_row_arrives_o
     assert not OutboxEvent.objects.filter(published_at__isnull=True).exists()
 
 
+def test_rows_confirmed_before_a_failure_are_marked_and_the_first_unconfirmed_one_records_it():
+    from swiftex.events import emit
+    from swiftex.events.publisher import PublishNotConfirmed
+
+    first, second, third = (emit("lead.created", organization_id=None, data={"lead_id": n}) for n in range(3))
+
+    class ConfirmsOnlyTheFirst:
+        def publish_batch(self, events):
+            raise PublishNotConfirmed("2 of 3 events not confirmed by RabbitMQ (no confirm within 5s)", events[:1])
+
+    with pytest.raises(PublishNotConfirmed):
+        publish_pending(ConfirmsOnlyTheFirst())
+    rows = {row.pk: row for row in OutboxEvent.objects.all()}
+    assert rows[first.pk].published_at is not None
+    assert rows[second.pk].published_at is None and rows[second.pk].attempts == 1 and "not confirmed" in rows[second.pk].last_error
+    assert rows[third.pk].published_at is None and rows[third.pk].attempts == 0  # published again next time
+
+
 def test_subscribers_are_independent_a_stopped_one_holds_back_nobody(client_for, worker, relay):
     relay()
     worker("first_touch")  # conversations subscriber only; analytics and crmsync are "down"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from swiftex.db import prepared_cursor
-
 from swiftex.models import ProcessedEvent
 
 LEDGER = ProcessedEvent._meta.db_table

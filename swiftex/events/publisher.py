@@ -37,7 +37,11 @@ _OUTBOX = OutboxEvent._meta.db_table
 
 
 class PublishNotConfirmed(Exception):
-    """RabbitMQ refused (nack) or did not confirm a message in time."""
+    """Some events of a batch were not confirmed; `confirmed` are those, in order, that were."""
+
+    def __init__(self, message: str, confirmed: list[PendingEvent]) -> None:
+        super().__init__(message)
+        self.confirmed = confirmed
 
 
 @dataclass(frozen=True)
@@ -109,16 +113,17 @@ class BrokerPublisher:
         return None
 
     def publish_batch(self, events: list[PendingEvent], *, timeout: float = PUBLISH_CONFIRM_TIMEOUT) -> list[PendingEvent]:
-        """Publish all, wait for the confirms; return the events RabbitMQ confirmed, in order.
+        """Publish all, wait once for the confirms; return the events (all of them) RabbitMQ confirmed.
 
-        Stops at the first event not confirmed (nacked, or no answer within
-        `timeout`) and raises, after handing back what came before it through
-        `PublishNotConfirmed.confirmed`; the caller marks those published.
+        If any is not confirmed (nacked, no answer within `timeout`, the
+        connection broke) it raises PublishNotConfirmed, whose `confirmed` is
+        the leading run of events that were: the caller marks those published.
         """
+        tags: list[int] = []
+        error: Exception | None = None
         try:
             channel = self._open()
             published_at = timezone.now().isoformat()
-            tags = []
             for event in events:
                 message = Message(
                     event.body(published_at), content_type="application/json", content_encoding="utf-8",
@@ -129,28 +134,26 @@ class BrokerPublisher:
                 tags.append(self._next_tag)
                 self._next_tag += 1
             deadline = time.monotonic() + timeout
-            while any(self._confirmed(tag) is None for tag in tags):
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
+            while any(self._confirmed(tag) is None for tag in tags) and time.monotonic() < deadline:
                 try:
-                    self._connection.drain_events(timeout=left)
+                    self._connection.drain_events(timeout=max(0.001, deadline - time.monotonic()))
                 except TimeoutError:
                     break
-        except Exception:
-            self.close()
-            raise
+        except Exception as exc:  # noqa: BLE001 - reported below with what was confirmed before it
+            error = exc
         confirmed = []
         for event, tag in zip(events, tags):
             if self._confirmed(tag) is not True:
-                error = PublishNotConfirmed(f"RabbitMQ {'refused' if tag in self._nacked else 'did not confirm'} event {event.event_id}")
-                error.confirmed = confirmed
-                if tag not in self._nacked:
-                    self.close()  # a late confirm must not be taken for a later publish's
-                raise error
+                break
             confirmed.append(event)
-        self._acked.difference_update(tags)
-        return confirmed
+        if len(confirmed) == len(events):
+            self._acked.difference_update(tags)
+            return confirmed
+        nacked = any(self._confirmed(tag) is False for tag in tags)
+        self.close()  # a fresh channel next time: a late confirm must never count for a later publish
+        reason = f"{type(error).__name__}: {error}" if error else ("nacked" if nacked else f"no confirm within {timeout:g}s")
+        raise PublishNotConfirmed(f"{len(events) - len(confirmed)} of {len(events)} events not confirmed by RabbitMQ ({reason})",
+                                  confirmed) from error
 
     def close(self) -> None:
         if self._connection is not None:
@@ -185,9 +188,9 @@ def publish_pending(publisher: BrokerPublisher, *, limit: int | None = None) -> 
             return 0
         try:
             confirmed = publisher.publish_batch(events)
-        except Exception as exc:  # noqa: BLE001 - recorded on the row, then re-raised
+        except PublishNotConfirmed as exc:  # recorded on the first row not confirmed, then re-raised
             error = exc
-            confirmed = getattr(exc, "confirmed", [])
+            confirmed = exc.confirmed
             failed = events[len(confirmed)]
             cursor.execute(_MARK_FAILED, [f"{type(exc).__name__}: {exc}"[:500], failed.pk])
         if confirmed:
