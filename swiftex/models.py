@@ -35,16 +35,6 @@ class OutboxEvent(models.Model):
     def __str__(self) -> str:
         return f"{self.event_type} {self.event_id}"
 
-    def message(self) -> dict:
-        """The JSON body subscribers receive."""
-        return {
-            "id": str(self.event_id),
-            "type": self.event_type,
-            "organization_id": self.organization_id,
-            "occurred_at": self.created_at.isoformat(),
-            "data": self.payload,
-        }
-
 
 class ProcessedEvent(models.Model):
     """One row per (consumer, event) handled: the source of truth for idempotency.

@@ -18,6 +18,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
+from itertools import takewhile
 from datetime import datetime
 
 from amqp import Message
@@ -56,8 +57,8 @@ class PendingEvent:
     created_at: datetime
 
     def body(self, published_at: str) -> bytes:
-        """The JSON subscribers receive (see OutboxEvent.message); `published_at` is when it
-        left the outbox, shown on the lead's timeline."""
+        """The JSON subscribers receive; `published_at` is when it left the outbox, shown on
+        the lead's timeline."""
         return json.dumps({
             "id": self.event_id, "type": self.event_type, "organization_id": self.organization_id,
             "occurred_at": self.created_at.isoformat(), "data": json.loads(self.payload), "published_at": published_at,
@@ -73,9 +74,8 @@ class BrokerPublisher:
         self._channel = None
         self._exchange = events_exchange().name
         self._next_tag = 1  # RabbitMQ numbers a confirm channel's publishes from 1
-        self._acked_up_to = 0
-        self._acked: set[int] = set()
-        self._nacked: set[int] = set()
+        # This batch's delivery tags: True acked, False nacked, None no answer yet.
+        self._confirms: dict[int, bool | None] = {}
 
     def _open(self):
         if self._channel is None:
@@ -84,33 +84,16 @@ class BrokerPublisher:
             channel = conn.channel()
             declare_all(channel)
             channel.confirm_select()
-            channel.events["basic_ack"].add(self._on_ack)
-            channel.events["basic_nack"].add(self._on_nack)
-            self._connection, self._channel = conn, channel
-            self._next_tag, self._acked_up_to = 1, 0
-            self._acked, self._nacked = set(), set()
+            channel.events["basic_ack"].add(lambda tag, multiple: self._answer(tag, multiple, True))
+            channel.events["basic_nack"].add(lambda tag, multiple: self._answer(tag, multiple, False))
+            self._connection, self._channel, self._next_tag = conn, channel, 1
         return self._channel
 
-    def _on_ack(self, tag: int, multiple: bool) -> None:
-        if multiple:
-            self._acked_up_to = max(self._acked_up_to, tag)
-        else:
-            self._acked.add(tag)
-
-    def _on_nack(self, tag: int, multiple: bool) -> None:
-        if multiple:
-            self._nacked.update(range(self._acked_up_to + 1, tag + 1))
-            self._acked_up_to = max(self._acked_up_to, tag)
-        else:
-            self._nacked.add(tag)
-
-    def _confirmed(self, tag: int) -> bool | None:
-        """True (acked), False (nacked) or None (no answer yet)."""
-        if tag in self._nacked:
-            return False
-        if tag <= self._acked_up_to or tag in self._acked:
-            return True
-        return None
+    def _answer(self, tag: int, multiple: bool, ok: bool) -> None:
+        """An ack or nack: for `tag` alone, or with `multiple` for every earlier tag too."""
+        for pending, answer in self._confirms.items():
+            if answer is None and (pending == tag or (multiple and pending < tag)):
+                self._confirms[pending] = ok
 
     def publish_batch(self, events: list[PendingEvent], *, timeout: float = PUBLISH_CONFIRM_TIMEOUT) -> list[PendingEvent]:
         """Publish all, wait once for the confirms; return the events (all of them) RabbitMQ confirmed.
@@ -119,7 +102,7 @@ class BrokerPublisher:
         connection broke) it raises PublishNotConfirmed, whose `confirmed` is
         the leading run of events that were: the caller marks those published.
         """
-        tags: list[int] = []
+        self._confirms = {}
         error: Exception | None = None
         try:
             channel = self._open()
@@ -131,27 +114,22 @@ class BrokerPublisher:
                     message_id=event.event_id, application_headers={},
                 )
                 channel.basic_publish(message, exchange=self._exchange, routing_key=event.event_type)
-                tags.append(self._next_tag)
+                self._confirms[self._next_tag] = None
                 self._next_tag += 1
             deadline = time.monotonic() + timeout
-            while any(self._confirmed(tag) is None for tag in tags) and time.monotonic() < deadline:
+            while None in self._confirms.values() and time.monotonic() < deadline:
                 try:
                     self._connection.drain_events(timeout=max(0.001, deadline - time.monotonic()))
                 except TimeoutError:
                     break
         except Exception as exc:  # noqa: BLE001 - reported below with what was confirmed before it
             error = exc
-        confirmed = []
-        for event, tag in zip(events, tags):
-            if self._confirmed(tag) is not True:
-                break
-            confirmed.append(event)
+        answers = list(self._confirms.values())  # in publish order, one per event published
+        confirmed = [event for event, _ in takewhile(lambda pair: pair[1] is True, zip(events, answers))]
         if len(confirmed) == len(events):
-            self._acked.difference_update(tags)
             return confirmed
-        nacked = any(self._confirmed(tag) is False for tag in tags)
         self.close()  # a fresh channel next time: a late confirm must never count for a later publish
-        reason = f"{type(error).__name__}: {error}" if error else ("nacked" if nacked else f"no confirm within {timeout:g}s")
+        reason = f"{type(error).__name__}: {error}" if error else ("nacked" if False in answers else f"no confirm within {timeout:g}s")
         raise PublishNotConfirmed(f"{len(events) - len(confirmed)} of {len(events)} events not confirmed by RabbitMQ ({reason})",
                                   confirmed) from error
 
