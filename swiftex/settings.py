@@ -207,16 +207,18 @@ CELERY_BEAT_SCHEDULE = {
 
 # Event subscribers: each gets its own durable queue `<name>.events` bound to the
 # topic exchange for the routing keys listed, and a handler that receives events
-# in batches and records them or turns them into tasks on its lane. The lane
-# whose worker consumes the queue is set in SWIFTEX_LANES. Registered here, in
-# one place.
+# in batches and records them or turns them into tasks on its lane, or, with
+# `in_pool`, one event at a time run in the lane's worker pool. The lane whose
+# worker consumes the queue is set in SWIFTEX_LANES. Registered here, in one
+# place.
 SWIFTEX_EVENTS_EXCHANGE = "swiftex.events"
 SWIFTEX_SUBSCRIBERS = {
     "conversations": {
         "routing_keys": ["lead.created", "message.failed"],
-        "handler": "conversations.subscriber.handle_events",
-        # Every millisecond here is a millisecond of first response; others batch for 50 ms.
-        "flush_seconds": 0.005,
+        "handler": "conversations.subscriber.handle_event",
+        # Every millisecond here is a millisecond of first response: the greeting
+        # starts in the first-touch pool the moment its event arrives.
+        "in_pool": True,
     },
     "analytics": {"routing_keys": ["lead.#", "message.#"], "handler": "analytics.subscriber.handle_events"},
     "crmsync": {"routing_keys": ["lead.created", "lead.status_changed"], "handler": "crmsync.subscriber.handle_events"},

@@ -151,8 +151,7 @@ def test_worker_killed_mid_task_the_event_is_redelivered_and_handled_once(client
     # The killed worker's statement may still finish server-side once the lock
     # is released; either way the redelivered task must not write a second time.
     second = worker("first_touch")
-    wait_until(lambda: "conversations.tasks.first_touch" in second.log(), what="the task to be redelivered to the new worker")
-    wait_until(lambda: "succeeded" in second.log(), what="the redelivered task to finish")
+    wait_until(lambda: f"lead.created {event_id} handled" in second.log(), what="the redelivered event to be handled by the new worker")
     assert LeadEvent.objects.filter(lead_id=lead_id, kind="first_touch.started").count() == 1
     assert ProcessedEvent.objects.filter(consumer="conversations.first_touch").count() == 1
 
@@ -182,3 +181,50 @@ def test_malformed_event_is_dead_lettered_not_retried_forever(worker):
         )
     wait_until(lambda: queue_depth("swiftex.dead")[0] >= 1, what="message in the dead-letter queue")
     assert queue_depth("conversations.events")[0] == 0
+
+
+def test_an_in_pool_subscriber_acks_each_event_after_its_handler_and_requeues_one_that_failed(monkeypatch):
+    """The first touch's way of consuming: handlers run on pool threads, acks happen on
+    the consumer's thread, and an event whose handler raised comes back from RabbitMQ."""
+    import socket
+    import time
+
+    from celery.concurrency.thread import TaskPool
+    from django.conf import settings as dj_settings
+    from kombu import Connection, Consumer, Producer, Queue
+
+    from swiftex.events import consumer
+
+    monkeypatch.setattr(consumer, "REQUEUE_DELAY", 0.01)
+    calls: list[str] = []
+
+    def handler(event: dict) -> None:
+        calls.append(event["id"])
+        if event["id"] == "b" and calls.count("b") == 1:
+            raise ConnectionError("could not hand over to the task")
+
+    pool = TaskPool(limit=4)
+    pool.start()
+    queue = Queue("test.in_pool", durable=False)
+    try:
+        with Connection(dj_settings.CELERY_BROKER_URL) as conn:
+            channel = conn.channel()
+            queue(channel).declare()
+            queue(channel).purge()
+            for event_id in "abc":
+                Producer(channel).publish({"id": event_id, "type": "t", "data": {}}, routing_key=queue.name, serializer="json")
+            runner = consumer.PoolRunner("test", handler, pool)
+            with Consumer(channel, queues=[queue], callbacks=[runner.add], accept=["json"], prefetch_count=10):
+                deadline = time.monotonic() + 10
+                while (sorted(calls) != ["a", "b", "b", "c"] or runner.in_flight or runner.outcomes) and time.monotonic() < deadline:
+                    try:
+                        conn.drain_events(timeout=0.05)
+                    except socket.timeout:
+                        pass
+                    runner.flush_if_due()
+            channel.close()  # anything left unacked would now go back to the queue
+            assert sorted(calls) == ["a", "b", "b", "c"]
+            assert queue_depth(queue.name)[0] == 0
+            queue(conn.default_channel).delete()
+    finally:
+        pool.stop()

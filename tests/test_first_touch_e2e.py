@@ -119,6 +119,23 @@ def test_a_number_not_on_whatsapp_gets_exactly_one_sms(e2e):
     assert Greeting.objects.get(lead_id=lead_id).state == "done"
 
 
+def test_a_rate_limited_greeting_is_retried_by_the_lanes_task_and_sent_once(e2e):
+    stack, key = e2e
+    phone = "+14155550108"
+    stack.fakes.configure(whatsapp_errors={phone[1:]: {"http": 400, "code": 130429, "title": "Rate limit hit"}})
+    lead_id = submit(stack, key, phone)
+    refused = lambda: [r for r in stack.fakes.requests("whatsapp") if r["body"].get("to", "").lstrip("+") == phone[1:]]  # noqa: E731
+    wait_until(refused, timeout=TIMEOUT, what="WhatsApp to refuse the first attempt")
+    stack.fakes.configure(whatsapp_errors={})
+
+    wait_until(lambda: Lead.objects.get(pk=lead_id).first_response_at, timeout=TIMEOUT, what="the retried greeting")
+    assert len(whatsapp_sends(stack.fakes, phone)) == 1
+    assert "message.retrying" in timeline(lead_id)
+    assert "conversations.tasks.first_touch" in stack.lane.log()  # the event's handler handed the retry to the task
+    [message] = Message.objects.filter(lead_id=lead_id)
+    assert message.attempts == 2 and message.provider_message_id
+
+
 def test_a_slow_model_still_yields_a_template_greeting_within_two_seconds(e2e):
     stack, key = e2e
     stack.fakes.configure(model_latency_ms=3000)
@@ -182,16 +199,35 @@ def test_a_worker_killed_while_greeting_ends_with_exactly_one_greeting(e2e, mome
     assert not sms_sends(stack.fakes, phone)
 
 
+def test_a_deploy_while_greeting_lets_the_greeting_finish_and_nobody_redoes_it(e2e):
+    stack, key = e2e
+    phone = "+14155550109"
+    stack.fakes.configure(model_latency_ms=900)
+    lead_id = submit(stack, key, phone)
+    wait_until(lambda: LeadEvent.objects.filter(lead_id=lead_id, kind="first_touch.started").exists(), timeout=TIMEOUT,
+               interval=0.02, what="the greeting to be under way")
+    event_id = OutboxEvent.objects.get(event_type="lead.created", payload__lead_id=lead_id).event_id
+    old = stack.lane
+
+    stack.restart_lane(kill=False)  # SIGTERM: a warm shutdown, as in a rolling deploy
+
+    assert Lead.objects.get(pk=lead_id).first_response_at  # sent before the old worker exited
+    assert f"lead.created {event_id} handled" in old.log()
+    time.sleep(1)
+    assert f"lead.created {event_id}" not in stack.lane.log()  # acked: not redelivered to the new worker
+    assert len(whatsapp_sends(stack.fakes, phone)) == 1
+
+
 def test_a_duplicated_lead_created_event_greets_once(e2e):
     stack, key = e2e
     lead_id = submit(stack, key, "+14155550107")
     wait_until(lambda: Lead.objects.get(pk=lead_id).first_response_at, timeout=TIMEOUT, what="the greeting")
 
-    handled = lambda: stack.lane.log().count("conversations.tasks.first_touch[")  # noqa: E731 - "received" + "succeeded" lines
-    wait_until(lambda: handled() % 2 == 0, timeout=TIMEOUT, what="the first delivery to finish")
-    before = handled()
+    event_id = OutboxEvent.objects.get(event_type="lead.created", payload__lead_id=lead_id).event_id
+    handled = lambda: stack.lane.log().count(f"lead.created {event_id} handled")  # noqa: E731
+    wait_until(lambda: handled() == 1, timeout=TIMEOUT, what="the first delivery to be handled")
     # As if the relay died after RabbitMQ confirmed but before marking the row: published again.
-    OutboxEvent.objects.filter(event_type="lead.created", payload__lead_id=lead_id).update(published_at=None)
-    wait_until(lambda: handled() >= before + 2, timeout=TIMEOUT, what="the duplicate to be received and handled")
+    OutboxEvent.objects.filter(event_id=event_id).update(published_at=None)
+    wait_until(lambda: handled() == 2, timeout=TIMEOUT, what="the duplicate to be received and handled")
     assert len(whatsapp_sends(stack.fakes, "+14155550107")) == 1
     assert timeline(lead_id).count("first_touch.started") == 1  # same event id: the ledger saw it

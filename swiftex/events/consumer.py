@@ -1,32 +1,44 @@
-"""Consuming subscriber queues inside a lane's Celery worker, in batches.
+"""Consuming subscriber queues inside a lane's Celery worker.
 
 A worker started with `--subscribers analytics,crmsync` also consumes
-`analytics.events` and `crmsync.events`. Messages are gathered per subscriber
-and handed over as one list (at most BATCH_SIZE, at least every
-FLUSH_INTERVAL), so a burst of 5,000 events costs a few dozen database
-statements, not 5,000. Handlers run in the worker's consumer loop and must be
-quick: record, or enqueue a task on the right lane, and return.
+`analytics.events` and `crmsync.events`. A subscriber's events reach its
+handler in one of two ways:
 
-Messages are acked only after their batch's handler returned: a worker killed
-in between gets them redelivered, and handlers are idempotent (the
-processed-event ledger). A malformed event is dead-lettered alone; a failing
-batch is retried with backoff without spinning the loop.
+- in batches (the default): messages are gathered and handed over as one
+  list (at most BATCH_SIZE, at least every `flush_seconds`), so a burst of
+  5,000 events costs a few dozen database statements, not 5,000. The handler
+  runs in the worker's consumer loop and must be quick: record, or enqueue a
+  task, and return;
+- one by one in the lane's worker pool (`in_pool`), for work that must start
+  the moment its event arrives: the first touch. No batch window, and no
+  second trip through RabbitMQ as a task message.
+
+Either way a message is acked only after its handler returned: a worker
+killed in between gets it redelivered, and handlers are idempotent (the
+processed-event ledger, the greeting's claim). A malformed event is
+dead-lettered alone; a failing batch is retried with backoff without
+spinning the loop.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections import deque
 from typing import Callable
 
 from celery import bootsteps
 from kombu import Consumer, Message
+from kombu.common import ignore_errors
 
 logger = logging.getLogger(__name__)
 
 BATCH_SIZE = 100
 FLUSH_INTERVAL = 0.05
 MAX_BACKOFF = 10.0
+REQUEUE_DELAY = 1.0  # a pool handler that failed waits this long before its event goes back
+DRAIN_SECONDS = 15.0  # how long a stopping worker lets pool handlers finish (gunicorn's graceful_timeout is 20)
 
 
 class MalformedEvent(ValueError):
@@ -106,14 +118,92 @@ class Batcher:
         self.pending = []
 
     def _dead_letter(self, message: Message, exc: Exception) -> None:
-        logger.error("%s: dead-lettering message %s: %s", self.name, message.properties.get("message_id"), exc)
-        message.reject(requeue=False)
+        dead_letter(self.name, message, exc)
+
+
+def dead_letter(name: str, message: Message, exc: Exception) -> None:
+    logger.error("%s: dead-lettering message %s: %s", name, message.properties.get("message_id"), exc)
+    message.reject(requeue=False)
+
+
+class PoolRunner:
+    """Runs each of one subscriber's events in the lane's worker pool as it arrives.
+
+    The pool thread only reports the outcome; acks and rejects happen on the
+    consumer's own thread (`flush_if_due`, on the loop's tick), because an AMQP
+    channel is not shared between threads. A handler that raises something
+    other than MalformedEvent has its event requeued after REQUEUE_DELAY, so a
+    broken dependency costs a retry a second, not a hot loop.
+    """
+
+    flush_seconds = FLUSH_INTERVAL  # how often outcomes are acked; not on the greeting's path
+
+    def __init__(self, name: str, handler: Callable[[dict], None], pool) -> None:
+        self.name = name
+        self.handler = handler
+        self.pool = pool
+        self.outcomes: deque[tuple[Message, Exception | None]] = deque()
+        self.in_flight = 0
+        self._lock = threading.Lock()
+
+    def add(self, body: object, message: Message) -> None:
+        try:
+            event = validate_event(body)
+        except MalformedEvent as exc:
+            dead_letter(self.name, message, exc)
+            return
+        with self._lock:
+            self.in_flight += 1
+        self.pool.apply_async(self._run, (event, message))
+
+    def _run(self, event: dict, message: Message) -> None:
+        from django.db import close_old_connections
+
+        outcome: Exception | None = None
+        close_old_connections()
+        try:
+            self.handler(event)
+            logger.info("%s: %s %s handled", self.name, event["type"], event["id"])
+        except MalformedEvent as exc:
+            outcome = exc
+        except Exception as exc:
+            logger.exception("%s: %s %s failed; requeued in %.0fs", self.name, event["type"], event["id"], REQUEUE_DELAY)
+            time.sleep(REQUEUE_DELAY)
+            outcome = exc
+        finally:
+            close_old_connections()
+            self.outcomes.append((message, outcome))
+            with self._lock:
+                self.in_flight -= 1
+
+    def flush_if_due(self) -> None:
+        while self.outcomes:
+            message, outcome = self.outcomes.popleft()
+            if outcome is None:
+                message.ack()
+            elif isinstance(outcome, MalformedEvent):
+                dead_letter(self.name, message, outcome)
+            else:
+                message.reject(requeue=True)
+
+    def drain(self, timeout: float) -> None:
+        """Let running handlers finish (a deploy), acking them, for at most `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while self.in_flight and time.monotonic() < deadline:
+            time.sleep(0.05)
+            self.flush_if_due()
+        self.flush_if_due()
+
+    def drop(self) -> None:
+        """The channel is gone: whatever was not acked is redelivered by the broker."""
+        self.outcomes.clear()
 
 
 class EventConsumerStep(bootsteps.ConsumerStep):
     def __init__(self, parent, subscribers: str = "", **kwargs) -> None:
         self.subscriber_names = [name.strip() for name in (subscribers or "").split(",") if name.strip()]
-        self.batchers: list[Batcher] = []
+        self.batchers: list[Batcher | PoolRunner] = []
+        self.pool = None
         self._ticking = False
         super().__init__(parent, **kwargs)
 
@@ -127,7 +217,10 @@ class EventConsumerStep(bootsteps.ConsumerStep):
         consumers = []
         for name in self.subscriber_names:
             subscriber = get_subscriber(name)
-            batcher = Batcher(name, subscriber.handler, subscriber.flush_seconds)
+            if subscriber.in_pool:
+                batcher = PoolRunner(name, subscriber.handler, self.pool)
+            else:
+                batcher = Batcher(name, subscriber.handler, subscriber.flush_seconds)
             self.batchers.append(batcher)
             consumers.append(
                 Consumer(channel, queues=[subscriber.queue], callbacks=[batcher.add], accept=["json"], prefetch_count=BATCH_SIZE * 2)
@@ -136,6 +229,7 @@ class EventConsumerStep(bootsteps.ConsumerStep):
         return consumers
 
     def start(self, c) -> None:
+        self.pool = c.pool
         super().start(c)
         if self.subscriber_names and not self._ticking and c.hub is not None:
             # Runs in the consumer's own loop, so acks stay on the consumer thread.
@@ -148,7 +242,12 @@ class EventConsumerStep(bootsteps.ConsumerStep):
             batcher.flush_if_due()
 
     def stop(self, c) -> None:
-        # Nothing buffered has been handled yet; the broker redelivers it.
+        # Stop taking new events, let greetings under way finish and be acked;
+        # anything else (buffered, unfinished) the broker redelivers.
+        for consumer in self.consumers or []:
+            ignore_errors(c.connection, consumer.cancel)
         for batcher in self.batchers:
+            if isinstance(batcher, PoolRunner):
+                ignore_errors(c.connection, batcher.drain, DRAIN_SECONDS)
             batcher.drop()
         super().stop(c)

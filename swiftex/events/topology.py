@@ -26,13 +26,14 @@ class Subscriber:
     routing_keys: tuple[str, ...]
     handler_path: str
     flush_seconds: float = 0.05  # how long a batch may wait for more events
+    in_pool: bool = False  # one event at a time in the lane's worker pool instead of batches
 
     @property
     def queue(self) -> Queue:
         return subscriber_queue(self.name)
 
     @property
-    def handler(self) -> Callable[[dict], None]:
+    def handler(self) -> Callable:
         return import_string(self.handler_path)
 
 
@@ -45,7 +46,7 @@ def subscribers() -> dict[str, Subscriber]:
     return {
         name: Subscriber(
             name=name, routing_keys=tuple(spec["routing_keys"]), handler_path=spec["handler"],
-            flush_seconds=spec.get("flush_seconds", Subscriber.flush_seconds),
+            flush_seconds=spec.get("flush_seconds", Subscriber.flush_seconds), in_pool=spec.get("in_pool", False),
         )
         for name, spec in settings.SWIFTEX_SUBSCRIBERS.items()
     }
