@@ -123,6 +123,18 @@ def test_broker_down_the_request_still_succeeds_and_the_event_arrives_after_rest
     assert depths() == dict.fromkeys(SUBSCRIBER_QUEUES, 1)
 
 
+def test_the_first_touch_lane_reconnects_after_a_broker_restart_and_takes_new_leads(client_for, worker, relay):
+    relay()
+    lane = worker("first_touch")
+    rabbitmq("stop_app")
+    rabbitmq("start_app")
+    wait_until(lambda: queue_depth("conversations.events")[1] == 1, timeout=60, what="the lane to consume its events again")
+
+    lead_id = post_json(client_for, "/api/v1/leads", ANA).json()["id"]
+    wait_until(lambda: LeadEvent.objects.filter(lead_id=lead_id, kind="first_touch.started").exists(), timeout=30, what="first touch")
+    assert "Traceback" not in lane.log()
+
+
 def test_worker_killed_mid_task_the_event_is_redelivered_and_handled_once(client_for, worker):
     lead_id = post_json(client_for, "/api/v1/leads", ANA).json()["id"]
 

@@ -242,12 +242,16 @@ class EventConsumerStep(bootsteps.ConsumerStep):
             batcher.flush_if_due()
 
     def stop(self, c) -> None:
-        # Stop taking new events, let greetings under way finish and be acked;
-        # anything else (buffered, unfinished) the broker redelivers.
-        for consumer in self.consumers or []:
-            ignore_errors(c.connection, consumer.cancel)
+        # A warm shutdown (the connection is still there): stop taking events and
+        # let the pool's handlers under way finish and be acked. After a lost
+        # connection Celery has already dropped it. Anything not acked (buffered,
+        # unfinished) the broker redelivers.
+        if c.connection is not None:
+            for consumer in self.consumers or []:
+                ignore_errors(c.connection, consumer.cancel)
+            for batcher in self.batchers:
+                if isinstance(batcher, PoolRunner):
+                    ignore_errors(c.connection, batcher.drain, DRAIN_SECONDS)
         for batcher in self.batchers:
-            if isinstance(batcher, PoolRunner):
-                ignore_errors(c.connection, batcher.drain, DRAIN_SECONDS)
             batcher.drop()
         super().stop(c)
