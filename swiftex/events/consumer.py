@@ -29,6 +29,7 @@ from collections import deque
 from typing import Callable
 
 from celery import bootsteps
+from celery.concurrency.thread import TaskPool as ThreadPool
 from kombu import Consumer, Message
 from kombu.common import ignore_errors
 
@@ -160,9 +161,10 @@ class PoolRunner:
         from django.db import close_old_connections
 
         outcome: Exception | None = None
-        close_old_connections()
         try:
+            close_old_connections()  # as Django does around a request, Celery around a task
             self.handler(event)
+            close_old_connections()
             logger.info("%s: %s %s handled", self.name, event["type"], event["id"])
         except MalformedEvent as exc:
             outcome = exc
@@ -171,7 +173,6 @@ class PoolRunner:
             time.sleep(REQUEUE_DELAY)
             outcome = exc
         finally:
-            close_old_connections()
             self.outcomes.append((message, outcome))
             with self._lock:
                 self.in_flight -= 1
@@ -218,6 +219,8 @@ class EventConsumerStep(bootsteps.ConsumerStep):
         for name in self.subscriber_names:
             subscriber = get_subscriber(name)
             if subscriber.in_pool:
+                if not isinstance(self.pool, ThreadPool):
+                    raise ValueError(f"event subscriber {name!r} runs in the lane's pool, which must be --pool threads")
                 batcher = PoolRunner(name, subscriber.handler, self.pool)
             else:
                 batcher = Batcher(name, subscriber.handler, subscriber.flush_seconds)
