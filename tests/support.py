@@ -47,6 +47,16 @@ def queue_depth(name: str) -> tuple[int, int]:
         return messages, consumers
 
 
+def unacked(name: str) -> int:
+    """Messages of a queue delivered to a consumer and not yet acked (rabbitmqctl: AMQP cannot tell)."""
+    from urllib.parse import unquote, urlsplit
+
+    vhost = unquote(urlsplit(settings.CELERY_BROKER_URL).path[1:]) or "/"
+    out = subprocess.run(["rabbitmqctl", "-q", "list_queues", "-p", vhost, "name", "messages_unacknowledged", "--no-table-headers"],
+                         check=True, capture_output=True, text=True, timeout=60).stdout
+    return next((int(count) for queue, count in (line.split() for line in out.splitlines() if line.strip()) if queue == name), 0)
+
+
 def child_env() -> dict:
     """Environment for a child process that must use the test database."""
     db = connection.settings_dict
@@ -118,6 +128,34 @@ class ManagedProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+
+class Stack:
+    """Web, relay, the first-touch and conversations lanes and (unless `scheduler=False`)
+    the scheduler, sharing one environment pointed at the fakes: one deployment."""
+
+    def __init__(self, fakes, log_dir, *, scheduler: bool = True) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.fakes = fakes
+        self.log_dir = log_dir
+        # Every test's organization has the same WhatsApp number: no cache may carry
+        # the previous test's tenant into the next one.
+        self.env = {**fakes.env(), "PUBLIC_BASE_URL": self.url, "ORGANIZATION_CACHE_SECONDS": "0"}
+        self.web = ManagedProcess.web(self.port, log_dir, self.env).start()
+        self.relay = ManagedProcess.relay(log_dir, self.env).start()
+        self.lane = ManagedProcess.lane("first_touch", log_dir, self.env).start()
+        self.others = [ManagedProcess.lane("conversations", log_dir, self.env).start()]
+        if scheduler:  # delivery statuses are applied by the conversations lane, on the scheduler's beat
+            self.others.append(ManagedProcess.scheduler(log_dir, self.env).start())
+
+    def restart_lane(self, *, kill: bool) -> None:
+        self.lane.kill() if kill else self.lane.stop()
+        self.lane = ManagedProcess.lane("first_touch", self.log_dir, self.env).start()
+
+    def stop(self) -> None:
+        for process in (self.lane, *self.others, self.relay, self.web):
+            process.stop()
 
 
 def rabbitmq(command: str) -> None:

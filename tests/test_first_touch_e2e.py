@@ -14,40 +14,11 @@ from conversations.models import Greeting, Message
 from leads.models import Lead, LeadEvent
 from swiftex.models import OutboxEvent
 from tests.factories import org_with_providers
-from tests.support import ManagedProcess, free_port, wait_until
+from tests.support import Stack, wait_until
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
 TIMEOUT = 30
-
-
-class Stack:
-    """Web, relay, the first-touch and conversations lanes and the scheduler, sharing one
-    environment pointed at the fakes."""
-
-    def __init__(self, fakes, log_dir) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.fakes = fakes
-        self.log_dir = log_dir
-        # Every test's organization has the same WhatsApp number: no cache may carry
-        # the previous test's tenant into the next one.
-        self.env = {**fakes.env(), "PUBLIC_BASE_URL": self.url, "ORGANIZATION_CACHE_SECONDS": "0"}
-        self.web = ManagedProcess.web(self.port, log_dir, self.env).start()
-        self.relay = ManagedProcess.relay(log_dir, self.env).start()
-        self.lane = ManagedProcess.lane("first_touch", log_dir, self.env).start()
-        self.others = [  # delivery statuses are applied by the conversations lane, on the scheduler's beat
-            ManagedProcess.lane("conversations", log_dir, self.env).start(),
-            ManagedProcess.scheduler(log_dir, self.env).start(),
-        ]
-
-    def restart_lane(self, *, kill: bool) -> None:
-        self.lane.kill() if kill else self.lane.stop()
-        self.lane = ManagedProcess.lane("first_touch", self.log_dir, self.env).start()
-
-    def stop(self) -> None:
-        for process in (self.lane, *self.others, self.relay, self.web):
-            process.stop()
 
 
 @pytest.fixture(scope="module")

@@ -205,7 +205,7 @@ class EventConsumerStep(bootsteps.ConsumerStep):
         self.subscriber_names = [name.strip() for name in (subscribers or "").split(",") if name.strip()]
         self.batchers: list[Batcher | PoolRunner] = []
         self.pool = None
-        self._ticking = False
+        self._tick = None
         super().__init__(parent, **kwargs)
 
     def get_consumers(self, channel):
@@ -234,11 +234,17 @@ class EventConsumerStep(bootsteps.ConsumerStep):
     def start(self, c) -> None:
         self.pool = c.pool
         super().start(c)
-        if self.subscriber_names and not self._ticking and c.hub is not None:
-            # Runs in the consumer's own loop, so acks stay on the consumer thread.
-            tick = min(b.flush_seconds for b in self.batchers) if self.batchers else FLUSH_INTERVAL
-            c.hub.call_repeatedly(tick, self._flush_all)
-            self._ticking = True
+        if self.batchers and c.hub is not None:
+            # Runs in the consumer's own loop, so acks stay on the consumer thread. Registered
+            # at every start: when the connection is lost, Celery cancels the timer entries
+            # added since it connected, this one included, and starts the steps again.
+            self._cancel_tick()
+            self._tick = c.hub.call_repeatedly(min(b.flush_seconds for b in self.batchers), self._flush_all)
+
+    def _cancel_tick(self) -> None:
+        if self._tick is not None:
+            self._tick.cancel()
+            self._tick = None
 
     def _flush_all(self) -> None:
         for batcher in self.batchers:
@@ -255,6 +261,7 @@ class EventConsumerStep(bootsteps.ConsumerStep):
             for batcher in self.batchers:
                 if isinstance(batcher, PoolRunner):
                     ignore_errors(c.connection, batcher.drain, DRAIN_SECONDS)
+        self._cancel_tick()
         for batcher in self.batchers:
             batcher.drop()
         super().stop(c)
