@@ -22,7 +22,7 @@ from django.utils import timezone
 
 from conversations import timeline
 from conversations.models import FORWARD_ORDER, Conversation, Message, StatusReceipt, WebhookDelivery
-from conversations.services import CALLBACK_PREFIX, mark_first_response, message_failed
+from conversations.services import CALLBACK_PREFIX, greeting_went_out, mark_first_response, message_failed
 from leads.models import Contact, Lead, LeadEvent, Organization
 from swiftex import redis as swx_redis
 from swiftex.db import prepared_cursor
@@ -72,6 +72,8 @@ def apply_status(org: Organization, report: StatusReport) -> Applied | None:
         # A worker may have died before storing the provider's answer: this
         # status proves the greeting went out.
         mark_first_response(applied.lead_id, report.at)
+        if applied.greeting_id is not None:
+            greeting_went_out(applied.greeting_id)
     return applied
 
 
@@ -118,6 +120,11 @@ def apply_pending(*, batch_size: int = 500, max_batches: int = 20) -> int:
                 break
             fingerprints = [_fingerprint(row) for row in rows]
             fresh = [row for row, seen in zip(rows, _already_applied(fingerprints)) if not seen]
+            # Messages locked in one order by every applier: two batches holding statuses of
+            # the same messages in arrival order could each wait on the other (deadlock, seen
+            # in the chaos run). Each status only moves forward, so the order does not change
+            # the outcome; the sort is stable, so one message's statuses keep theirs.
+            fresh.sort(key=lambda row: (row.channel, row.provider_message_id))
             try:
                 with transaction.atomic():
                     for row in fresh:
