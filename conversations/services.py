@@ -440,6 +440,12 @@ def _accepted(message: Message, lead: Lead, provider_message_id: str) -> None:
         })
 
 
+def greeting_went_out(greeting_id: int) -> None:
+    """A status proved a greeting's message went out though its worker never stored the
+    provider's answer (killed mid-call): the greeting is done, not left "sending"."""
+    Greeting.objects.filter(pk=greeting_id, state=Greeting.State.SENDING).update(state=Greeting.State.DONE)
+
+
 def mark_first_response(lead_id: int, at: datetime) -> None:
     """Set the lead's first response (once), move it from new to contacted, raise lead.status_changed."""
     with prepared_cursor() as cursor:

@@ -167,6 +167,7 @@ def test_a_worker_killed_while_greeting_ends_with_exactly_one_greeting(e2e, mome
     [sent] = whatsapp_sends(stack.fakes, phone)
     [message] = Message.objects.filter(lead_id=lead_id)
     assert message.provider_message_id == sent["message_id"]  # learned from the answer, or from the webhook's callback data
+    assert Greeting.objects.get(lead_id=lead_id).state == "done"
     assert not sms_sends(stack.fakes, phone)
 
 
