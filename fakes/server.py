@@ -104,6 +104,13 @@ def _non_negative(kind: Callable[[str], float]) -> Callable[[str], float]:
     return parse
 
 
+def _ms_list(flag: str, text: str) -> list[float]:
+    try:
+        return [float(ms) for ms in text.split(",") if ms.strip()]
+    except ValueError:
+        raise ValueError(f"{flag}: {text!r} must be comma-separated milliseconds, e.g. 200,500,1000") from None
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m fakes", description="Fake OpenAI, WhatsApp and Twilio servers.")
     # argparse runs `type` on string defaults too, so a bad FAKE_* value fails the same way a bad flag does.
@@ -126,6 +133,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="env FAKE_SMS_LATENCY_MS")
     parser.add_argument("--status-delay-ms", type=ms, default=_env("FAKE_STATUS_DELAY_MS", "50"),
                         help="gap before each status webhook (env FAKE_STATUS_DELAY_MS)")
+    parser.add_argument("--webhook-retry-delays-ms", default=_env("FAKE_WEBHOOK_RETRY_DELAYS_MS", "200,500,1000"),
+                        help="waits before each retry of an unanswered webhook, comma-separated (env FAKE_WEBHOOK_RETRY_DELAYS_MS)")
     parser.add_argument("--max-records", type=int, default=_env("FAKE_MAX_RECORDS", "200000"),
                         help="requests and webhooks kept for /_fake/* (env FAKE_MAX_RECORDS)")
     args = parser.parse_args(argv)
@@ -140,6 +149,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             "whatsapp_latency_ms": args.whatsapp_latency_ms,
             "sms_latency_ms": args.sms_latency_ms,
             "status_delay_ms": args.status_delay_ms,
+            "webhook_retry_delays_ms": _ms_list("--webhook-retry-delays-ms", args.webhook_retry_delays_ms),
         })
     except (ValueError, ConfigError) as exc:
         parser.error(str(exc))

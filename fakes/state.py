@@ -45,6 +45,10 @@ class Config:
     twilio_auth_token: str = "fake-auth-token"
     whatsapp_app_secret: str = "fake-app-secret"
     webhook_url: str = "http://127.0.0.1:8000"
+    # Waits before each retry of a webhook not answered 2xx within 5 s. Short by default so
+    # tests need not wait; the benchmarks set a provider-like schedule (retries spread out,
+    # with decreasing frequency) so a slow web is not hit by an immediate retry storm.
+    webhook_retry_delays_ms: tuple[float, ...] = (200.0, 500.0, 1000.0)
 
     def as_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -98,6 +102,12 @@ def _wa_numbers(key: str, value: Any) -> tuple[str, ...]:
 
 def _sms_numbers(key: str, value: Any) -> tuple[str, ...]:
     return tuple("+" + _digits(v) for v in _str_list(key, value))
+
+
+def _delays(key: str, value: Any) -> tuple[float, ...]:
+    if not isinstance(value, list) or len(value) > 10:
+        raise ConfigError(f"{key}: must be a list of at most 10 delays in ms")
+    return tuple(_ms(f"{key}[{i}]", v) for i, v in enumerate(value))
 
 
 def _statuses(allowed: frozenset[str]) -> Callable[[str, Any], tuple[str, ...]]:
@@ -177,6 +187,7 @@ _VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "twilio_auth_token": _secret,
     "whatsapp_app_secret": _secret,
     "webhook_url": _url,
+    "webhook_retry_delays_ms": _delays,
 }
 assert _VALIDATORS.keys() == {f.name for f in dataclasses.fields(Config)}
 

@@ -11,8 +11,6 @@ import aiohttp
 from fakes.state import State
 
 TIMEOUT = aiohttp.ClientTimeout(total=5)
-# Short on purpose: a test waiting for a webhook should not wait long for a retry either.
-RETRY_DELAYS = (0.2, 0.5, 1.0)
 
 
 async def deliver(
@@ -24,7 +22,9 @@ async def deliver(
     payload_status: str,
     message_id: str,
 ) -> bool:
-    """POST once, retry up to 3 times on a connection error or a non-2xx answer; record every outcome."""
+    """POST once, retry on a connection error or a non-2xx answer after each of the configured
+    `webhook_retry_delays_ms` (taken when the first attempt starts); record every outcome."""
+    delays = [ms / 1000 for ms in state.config.webhook_retry_delays_ms]
     record: dict[str, Any] = {
         "provider": provider,
         "url": url,
@@ -38,9 +38,9 @@ async def deliver(
     }
     state.webhooks.append(record)
     assert state.session is not None, "the client session is opened on start-up"
-    for attempt in range(1 + len(RETRY_DELAYS)):
+    for attempt in range(1 + len(delays)):
         if attempt:
-            await asyncio.sleep(RETRY_DELAYS[attempt - 1])
+            await asyncio.sleep(delays[attempt - 1])
         record["attempts"] += 1
         state.webhook_stats["attempts"] += 1
         try:

@@ -282,6 +282,15 @@ def test_whatsapp_status_order_flags_and_retry(fake: str, receiver: Receiver) ->
     assert answer["webhooks"][0]["attempts"] == 2 and answer["webhooks"][0]["status"] == 200
     assert answer["stats"] == {"attempts": 2, "delivered": 1, "gave_up": 0}
 
+    # The retry schedule is configurable (the benchmarks space retries out like a provider does).
+    requests.post(f"{fake}/_fake/reset", timeout=5)
+    receiver.clear()
+    receiver.fail_next = 3  # every attempt: the first and both retries
+    configure(fake, whatsapp_statuses=["sent"], webhook_retry_delays_ms=[10, 10])
+    whatsapp_send(fake, "+15551112222")
+    answer = wait_for(lambda: (a := requests.get(f"{fake}/_fake/webhooks", timeout=5).json())["stats"]["gave_up"] and a, 3, "giving up")
+    assert answer["stats"] == {"attempts": 3, "delivered": 0, "gave_up": 1}
+
 
 def test_twilio_create_and_signed_status_callbacks(fake: str, receiver: Receiver) -> None:
     callback = f"{receiver.url}/webhooks/twilio/status?org=7"
@@ -328,6 +337,8 @@ def test_config_api(fake: str) -> None:
     assert unknown.status_code == 400 and "no_such_key" in unknown.json()["error"]
     wrong_type = requests.post(url, json={"send_webhooks": "yes"}, timeout=5)
     assert wrong_type.status_code == 400 and "send_webhooks" in wrong_type.json()["error"]
+    bad_delay = requests.post(url, json={"webhook_retry_delays_ms": [100, -1]}, timeout=5)
+    assert bad_delay.status_code == 400 and "webhook_retry_delays_ms[1]" in bad_delay.json()["error"]
     assert requests.get(url, timeout=5).json()["model_latency_ms"] == 10  # the rejected update changed nothing
 
     merged = configure(fake, sms_error_rate=0.25)
