@@ -38,6 +38,7 @@ async def run(url: str, key: str, rate_per_min: float, seconds: float, run_id: i
     latencies: list[float] = []
     statuses: dict[str, int] = {}
     errors: dict[str, int] = {}
+    outcomes: list[tuple[int, str]] = []  # (request index, HTTP status or exception name), for chaos windows
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
     connector = aiohttp.TCPConnector(limit=256)
     timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)
@@ -49,8 +50,10 @@ async def run(url: str, key: str, rate_per_min: float, seconds: float, run_id: i
                 async with session.post(f"{url}/api/v1/leads", data=body) as response:
                     await response.read()
                     statuses[str(response.status)] = statuses.get(str(response.status), 0) + 1
+                    outcomes.append((i, str(response.status)))
             except Exception as exc:  # noqa: BLE001 - counted and reported
                 errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+                outcomes.append((i, type(exc).__name__))
                 return
             latencies.append(time.perf_counter() - scheduled)
 
@@ -84,6 +87,7 @@ async def run(url: str, key: str, rate_per_min: float, seconds: float, run_id: i
         "statuses": statuses,
         "errors": errors,
         "latencies_s": latencies,
+        "outcomes": sorted(outcomes),
     }
 
 

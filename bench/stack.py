@@ -52,7 +52,19 @@ FAKES = [
     PY, "-m", "fakes", "--port", str(FAKE_PORT), "--webhook-url", f"http://127.0.0.1:{PORT}",
     "--whatsapp-app-secret", WHATSAPP_APP_SECRET, "--twilio-auth-token", TWILIO_AUTH_TOKEN,
     "--model-latency-ms", f"{MODEL_MS:g}", "--whatsapp-latency-ms", f"{WHATSAPP_MS:g}", "--sms-latency-ms", f"{SMS_MS:g}",
+    # A provider spaces out its retries of a webhook the receiver did not answer in time; the
+    # fake's short default schedule (for tests) would hit a busy web with a retry storm.
+    "--webhook-retry-delays-ms", "2000,10000,30000,60000",
 ]
+
+
+def configure_fake(update: dict) -> None:
+    import json
+    import urllib.request
+
+    request = urllib.request.Request(f"{FAKE_URL}/_fake/config", data=json.dumps(update).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    urllib.request.urlopen(request, timeout=10).read()
 
 
 def stack_env() -> dict:
@@ -183,11 +195,26 @@ class Stack:
             self._spawn(name, argv)
         self._wait_ready()
 
-    def _spawn(self, name: str, argv: list[str]) -> None:
-        log = (self.log_dir / f"{name}.log").open("wb")
+    def _spawn(self, name: str, argv: list[str], mode: str = "wb") -> None:
+        log = (self.log_dir / f"{name}.log").open(mode)
         self.popens[name] = subprocess.Popen(
             argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
+
+    def kill(self, name: str) -> None:
+        """SIGKILL a process type (and its pool or workers), as a crash would."""
+        popen = self.popens[name]
+        os.killpg(popen.pid, signal.SIGKILL)
+        popen.wait(timeout=30)
+
+    def respawn(self, name: str) -> subprocess.Popen:
+        """Start another process of a type (a restart, or the new half of a deploy); returns the old one."""
+        old = self.popens[name]
+        self._spawn(name, PROCESSES[name], mode="ab")
+        return old
+
+    def lane_consumers(self, lane: str) -> int:
+        return queue_depths(self.env, [lane]).get(lane, (0, 0))[1]
 
     def _wait_for_line(self, name: str, line: bytes, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout
@@ -220,7 +247,7 @@ class Stack:
         raise RuntimeError("stack did not become ready")
 
     def _lane_consuming(self, lane: str) -> bool:
-        return queue_depths(self.env, [lane]).get(lane, (0, 0))[1] > 0
+        return self.lane_consumers(lane) > 0
 
     def begin_sampling(self, extra: dict[str, object] | None = None) -> None:
         """Start measuring our processes, the services, and `extra` groups (name -> pid finder)."""
@@ -294,9 +321,10 @@ def db_query(sql: str, params: list | None = None):
         return conn.execute(sql, params or []).fetchall()
 
 
-def analyze() -> None:
-    """Refresh the planner's statistics. This machine's PostgreSQL runs with autovacuum off (a CI
-    setting), so without this every query plans against the empty tables of the fresh database;
-    in production autoanalyze keeps them current."""
+def autovacuum() -> None:
+    """What autovacuum does in production: `VACUUM (ANALYZE)`. This machine's PostgreSQL runs
+    with autovacuum off (a CI setting), so without it every query plans against the empty tables
+    of the fresh database, and the rows each lead rewrites (a message's five statuses, the status
+    inbox, the outbox) leave dead tuples that every later scan steps over."""
     with psycopg.connect(dbname=BENCH_DB, host="127.0.0.1", user="postgres", autocommit=True) as conn:
-        conn.execute("ANALYZE")
+        conn.execute("VACUUM (ANALYZE)")
