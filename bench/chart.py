@@ -1,7 +1,9 @@
-"""Draw latency percentiles against load as an SVG (no plotting dependency).
+"""Draw latency percentiles against load: SVGs for the README (no plotting dependency)
+and one PNG with both charts (matplotlib).
 
     python bench/chart.py bench/results/ingest.json bench/results/ingest-latency.svg
     python bench/chart.py --first-touch bench/results/ingest.json bench/results/first-touch-latency.svg
+    python bench/chart.py --png bench/results/ingest.json bench/results/latency.png
 """
 
 from __future__ import annotations
@@ -81,9 +83,50 @@ def _render(report: dict, figures, title: str, target_ms: float, *, floor_ms: fl
     return "\n".join(out) + "\n"
 
 
+def render_png(report: dict, path: Path) -> None:
+    """Ingest latency and submit → accepted, p50/p95/p99 against load, side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    steps = report["steps"]
+    ft_steps = [s for s in steps if "first_touch" in s]
+    panels = [
+        ("POST /api/v1/leads (client side)", steps, lambda s: s["ingest_latency_ms"], 50.0, None),
+        ("submit → WhatsApp accepted", ft_steps, lambda s: s["first_touch"]["submit_to_accepted_ms"], 2000.0,
+         ft_steps[0]["first_touch"]["fake_delay_ms"] if ft_steps else None),
+    ]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), dpi=100)
+    for ax, (title, rows, figures, target, floor) in zip(axes, panels):
+        rates = [s["target_leads_per_min"] for s in rows]
+        for name, color in SERIES:
+            ax.plot(rates, [figures(s)[name] for s in rows], marker="o", color=color, label=name)
+        ax.axhline(target, color="#555", linestyle="--", linewidth=1, label=f"p99 target {target:g} ms")
+        if floor:
+            ax.axhline(floor, color="#1971c2", linestyle=":", linewidth=1, label=f"fakes' own delay {floor:g} ms")
+        ax.set_yscale("log")
+        plain = matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}")
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(plain)
+        ax.set_title(title)
+        ax.set_xlabel("leads per minute (open loop)")
+        ax.set_ylabel("ms")
+        ax.grid(True, which="both", color="#eee")
+        ax.legend(fontsize=8)
+    fig.suptitle(f"Latency against load: whole stack, services, fakes and load generator on {report['machine']['cpus']} cores")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 if __name__ == "__main__":
     args = sys.argv[1:]
-    draw = render_first_touch if args and args[0] == "--first-touch" else render
     source, target = Path(args[-2]), Path(args[-1])
-    target.write_text(draw(json.loads(source.read_text())))
+    if args[0] == "--png":
+        render_png(json.loads(source.read_text()), target)
+    else:
+        draw = render_first_touch if args[0] == "--first-touch" else render
+        target.write_text(draw(json.loads(source.read_text())))
     print(f"chart written to {target}")
