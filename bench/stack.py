@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
@@ -160,9 +160,17 @@ class Group:
     peak_rss: int = 0
     cpu_ticks_start: int = 0
     cpu_ticks_last: int = 0
+    # CPU ticks of every process seen in the group, kept after it exits (a PostgreSQL backend
+    # that closed, a worker killed or replaced), so its work still counts.
+    seen: dict[int, int] = field(default_factory=dict)
 
     def rss_and_ticks(self) -> tuple[int, int]:
-        return _usage(self.find_pids())
+        rss = 0
+        for pid in self.find_pids():
+            pid_rss, ticks = _usage([pid])
+            rss += pid_rss
+            self.seen[pid] = max(self.seen.get(pid, 0), ticks)
+        return rss, sum(self.seen.values())
 
 
 def _process_tree(pid: int) -> list[int]:
@@ -251,7 +259,8 @@ class Stack:
 
     def begin_sampling(self, extra: dict[str, object] | None = None) -> None:
         """Start measuring our processes, the services, and `extra` groups (name -> pid finder)."""
-        self.groups = {name: Group(name, lambda pid=popen.pid: _process_tree(pid)) for name, popen in self.popens.items()}
+        # The process running now under each name: a killed or redeployed one is replaced in `popens`.
+        self.groups = {name: Group(name, lambda name=name: _process_tree(self.popens[name].pid)) for name in self.popens}
         for name in SERVICE_COMMS.values():
             # Re-scanned at every sample: PostgreSQL backends come and go.
             self.groups[name] = Group(name, lambda name=name: _service_pids().get(name, []))
