@@ -72,7 +72,7 @@ def apply_status(org: Organization, report: StatusReport) -> Applied | None:
         # A worker may have died before storing the provider's answer: this
         # status proves the greeting went out.
         mark_first_response(applied.lead_id, report.at)
-        if applied.greeting_id is not None:
+        if applied.greeting_id is not None and applied.status != "failed":
             greeting_went_out(applied.greeting_id)
     return applied
 

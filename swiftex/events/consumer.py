@@ -127,6 +127,13 @@ def dead_letter(name: str, message: Message, exc: Exception) -> None:
     message.reject(requeue=False)
 
 
+_NOT_FINISHED = RuntimeError("the handler did not finish")
+
+
+def _ignore(result: object) -> None:
+    """Celery's pool calls a callback with the handler's return value; there is none to use."""
+
+
 class PoolRunner:
     """Runs each of one subscriber's events in the lane's worker pool as it arrives.
 
@@ -155,16 +162,24 @@ class PoolRunner:
             return
         with self._lock:
             self.in_flight += 1
-        self.pool.apply_async(self._run, (event, message))
+        try:
+            self.pool.apply_async(self._run, (event, message), callback=_ignore)
+        except BaseException:
+            with self._lock:
+                self.in_flight -= 1
+            raise
 
     def _run(self, event: dict, message: Message) -> None:
         from django.db import close_old_connections
 
-        outcome: Exception | None = None
+        # Requeue unless the handler is seen to finish: whatever ends it otherwise (a
+        # BaseException, a shutdown) must not ack an event whose work was not done.
+        outcome: Exception | None = _NOT_FINISHED
         try:
             close_old_connections()  # as Django does around a request, Celery around a task
             self.handler(event)
             close_old_connections()
+            outcome = None
             logger.info("%s: %s %s handled", self.name, event["type"], event["id"])
         except MalformedEvent as exc:
             outcome = exc
@@ -222,12 +237,14 @@ class EventConsumerStep(bootsteps.ConsumerStep):
                 if not isinstance(self.pool, ThreadPool):
                     raise ValueError(f"event subscriber {name!r} runs in the lane's pool, which must be --pool threads")
                 batcher = PoolRunner(name, subscriber.handler, self.pool)
+                # No more events taken than the pool can run: the rest stay in RabbitMQ for
+                # another worker instead of waiting unseen in this one's queue.
+                prefetch = self.pool.limit
             else:
                 batcher = Batcher(name, subscriber.handler, subscriber.flush_seconds)
+                prefetch = BATCH_SIZE * 2
             self.batchers.append(batcher)
-            consumers.append(
-                Consumer(channel, queues=[subscriber.queue], callbacks=[batcher.add], accept=["json"], prefetch_count=BATCH_SIZE * 2)
-            )
+            consumers.append(Consumer(channel, queues=[subscriber.queue], callbacks=[batcher.add], accept=["json"], prefetch_count=prefetch))
         logger.info("consuming event queues for: %s", ", ".join(self.subscriber_names))
         return consumers
 
