@@ -64,7 +64,7 @@ from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from first_touch import FINAL_STATES, fake, summarize  # noqa: E402
+from first_touch import accepted_per_recipient, fake, summarize, unsettled  # noqa: E402
 from loadgen import phone_for  # noqa: E402
 from stack import PORT, PY, ROOT, Stack, _process_tree, autovacuum, configure_fake, db_query, prepare, queue_depths, stack_env  # noqa: E402
 
@@ -209,17 +209,10 @@ def start_redis() -> None:
 
 def wait_settled(since: datetime) -> dict:
     started = time.monotonic()
-
-    def unsettled() -> int:
-        return db_query(
-            "SELECT count(*) FROM leads_lead l LEFT JOIN conversations_greeting g ON g.lead_id = l.id "
-            "WHERE l.captured_at >= %s AND (g.id IS NULL OR NOT g.state = ANY(%s))", [since, list(FINAL_STATES)],
-        )[0][0]
-
-    left = unsettled()
+    left = unsettled(since)
     while left and time.monotonic() - started < SETTLE_TIMEOUT:
         time.sleep(2.0)
-        left = unsettled()
+        left = unsettled(since)
     return {"waited_s": round(time.monotonic() - started, 1), "unsettled_leads": left}
 
 
@@ -232,8 +225,8 @@ def measure(load: dict, slots: list[Slot]) -> dict:
     states = dict(db_query(
         "SELECT c.phone, coalesce(g.state, 'none') FROM leads_lead l JOIN leads_contact c ON c.id = l.contact_id "
         "LEFT JOIN conversations_greeting g ON g.lead_id = l.id"))
-    accepted = Counter("+" + r["body"]["to"].lstrip("+") for r in fake("/_fake/requests?provider=whatsapp")["requests"] if r["status"] == 200)
-    accepted.update(r["body"].get("To", "") for r in fake("/_fake/requests?provider=twilio")["requests"] if r["status"] == 201)
+    wa_accepted, sms_accepted = accepted_per_recipient()
+    accepted = wa_accepted + sms_accepted
 
     windows = [("warmup", start, slots[0].started, None, None)] + [
         (slot.name, slot.started, slots[i + 1].started if i + 1 < len(slots) else float("inf"), slot.fault_from, slot.fault_to)

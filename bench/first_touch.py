@@ -166,12 +166,10 @@ def measure(since: datetime, loadgen: dict, phone_for, run_id: int) -> dict:
         [since],
     )
 
-    # What the fake provider took (accepted sends only), per recipient, in E.164.
     wa_records = fake("/_fake/requests?provider=whatsapp")["requests"]
     sms_records = fake("/_fake/requests?provider=twilio")["requests"]
     model_calls = len(fake("/_fake/requests?provider=openai")["requests"])
-    wa_accepted = Counter("+" + r["body"]["to"].lstrip("+") for r in wa_records if r["status"] == 200)
-    sms_accepted = Counter(r["body"].get("To", "") for r in sms_records if r["status"] == 201)
+    wa_accepted, sms_accepted = accepted_per_recipient(wa_records, sms_records)
     per_lead = Counter({phone: wa_accepted[phone] + sms_accepted[phone] for phone, _, _ in leads})
     step_phones = {phone for phone, _, _ in leads}
 
@@ -203,6 +201,14 @@ def measure(since: datetime, loadgen: dict, phone_for, run_id: int) -> dict:
         "lost": sum(1 for phone in step_phones if per_lead[phone] == 0),
         "duplicated": sum(1 for phone in step_phones if per_lead[phone] > 1),
     }
+
+
+def accepted_per_recipient(wa_records: list[dict] | None = None, sms_records: list[dict] | None = None) -> tuple[Counter, Counter]:
+    """What the fake provider took (accepted sends only), per recipient in E.164: (WhatsApp, SMS)."""
+    wa_records = fake("/_fake/requests?provider=whatsapp")["requests"] if wa_records is None else wa_records
+    sms_records = fake("/_fake/requests?provider=twilio")["requests"] if sms_records is None else sms_records
+    return (Counter("+" + r["body"]["to"].lstrip("+") for r in wa_records if r["status"] == 200),
+            Counter(r["body"].get("To", "") for r in sms_records if r["status"] == 201))
 
 
 def whole_run_tally() -> dict:

@@ -10,11 +10,13 @@ sampled too, but it is load-generator-side cost, not Swiftex's.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,9 +61,6 @@ FAKES = [
 
 
 def configure_fake(update: dict) -> None:
-    import json
-    import urllib.request
-
     request = urllib.request.Request(f"{FAKE_URL}/_fake/config", data=json.dumps(update).encode(), method="POST",
                                      headers={"Content-Type": "application/json"})
     urllib.request.urlopen(request, timeout=10).read()
@@ -234,8 +233,6 @@ class Stack:
             time.sleep(0.1)
 
     def _wait_ready(self, timeout: float = 90) -> None:
-        import urllib.request
-
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:

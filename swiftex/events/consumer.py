@@ -77,7 +77,7 @@ class Batcher:
         try:
             event = validate_event(body)
         except MalformedEvent as exc:
-            self._dead_letter(message, exc)
+            dead_letter(self.name, message, exc)
             return
         if not self.pending:
             self.oldest_at = time.monotonic()
@@ -99,7 +99,7 @@ class Batcher:
             except MalformedEvent as exc:
                 bad = [item for item in batch if item[0]["id"] == exc.event_id] or batch[:1]
                 for _, message in bad:
-                    self._dead_letter(message, exc)
+                    dead_letter(self.name, message, exc)
                 batch = [item for item in batch if item not in bad]
                 continue
             except Exception:
@@ -117,9 +117,6 @@ class Batcher:
     def drop(self) -> None:
         """The channel is gone: unacked messages will be redelivered by the broker."""
         self.pending = []
-
-    def _dead_letter(self, message: Message, exc: Exception) -> None:
-        dead_letter(self.name, message, exc)
 
 
 def dead_letter(name: str, message: Message, exc: Exception) -> None:
