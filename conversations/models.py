@@ -101,6 +101,13 @@ class Message(models.Model):
     conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="messages")
     lead = models.ForeignKey(Lead, on_delete=models.SET_NULL, null=True, blank=True, related_name="messages")
     greeting = models.ForeignKey(Greeting, on_delete=models.CASCADE, null=True, blank=True, related_name="messages")
+    # An outbound reply (one message per Reply), or the follow-up a scheduled job sent (one per job).
+    reply = models.OneToOneField("Reply", on_delete=models.CASCADE, null=True, blank=True, related_name="message")
+    scheduled_job = models.OneToOneField("ScheduledJob", on_delete=models.CASCADE, null=True, blank=True, related_name="message")
+    # An inbound message: the reply that answered it (set when a debounced burst is taken).
+    answered_by = models.ForeignKey(
+        "Reply", on_delete=models.SET_NULL, null=True, blank=True, related_name="answered_messages"
+    )
     direction = models.CharField(max_length=16, choices=Direction.choices)
     channel = models.CharField(max_length=16, choices=Channel.choices)
     body = models.TextField(blank=True, default="")
@@ -129,6 +136,8 @@ class Message(models.Model):
             models.Index(fields=["conversation", "created_at"], name="message_conversation_idx"),
             # The sweep for greetings stuck without a provider answer or a status.
             models.Index(fields=["created_at"], name="message_unsent_idx", condition=Q(status__in=["queued", "sending", "accepted"])),
+            # The sweep for inbound messages no reply has taken (their debounce state was lost).
+            models.Index(fields=["created_at"], name="message_unanswered_idx", condition=Q(direction="inbound", answered_by__isnull=True)),
         ]
 
     def __str__(self) -> str:
@@ -193,3 +202,136 @@ class WebhookDelivery(models.Model):
 
     def __str__(self) -> str:
         return f"{self.provider} webhook {self.pk} ({self.outcome})"
+
+
+class Reply(models.Model):
+    """One answer to a burst of the contact's messages (debounced), or the one opt-out confirmation.
+
+    Created when the burst is taken, before the model writes the text, so the
+    inbound messages are claimed (`answered_by`) exactly once whoever flushes.
+    """
+
+    class Kind(models.TextChoices):
+        REPLY = "reply", "Reply"
+        OPT_OUT = "opt_out", "Opt-out confirmation"
+
+    class State(models.TextChoices):
+        COMPOSING = "composing", "Composing"
+        SENDING = "sending", "Sending"
+        DONE = "done", "Accepted by a provider"
+        SKIPPED = "skipped", "Skipped"
+        FAILED = "failed", "Failed"
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="replies")
+    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="replies")
+    lead = models.ForeignKey(Lead, on_delete=models.SET_NULL, null=True, blank=True, related_name="replies")
+    kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.REPLY)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.COMPOSING)
+    reason = models.CharField(max_length=300, blank=True, default="", help_text="Why it was skipped or failed.")
+    text = models.TextField(blank=True, default="")
+    text_source = models.CharField(max_length=16, choices=Greeting.TextSource.choices, blank=True, default="")
+    model_ms = models.PositiveIntegerField(null=True, blank=True)
+    model_error = models.CharField(max_length=300, blank=True, default="")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        verbose_name_plural = "replies"
+        indexes = [models.Index(fields=["created_at"], name="reply_unfinished_idx", condition=Q(state__in=["composing", "sending"]))]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} {self.pk} ({self.state})"
+
+
+class FollowUpSequence(models.Model):
+    """Messages sent after the greeting while the lead stays silent; any reply from them ends it."""
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="followup_sequences")
+    name = models.CharField(max_length=100)
+    active = models.BooleanField(default=True, help_text="Started for every newly greeted lead while active.")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class FollowUpStep(models.Model):
+    sequence = models.ForeignKey(FollowUpSequence, on_delete=models.CASCADE, related_name="steps")
+    position = models.PositiveSmallIntegerField(default=1)
+    delay_minutes = models.PositiveIntegerField(
+        help_text="After the greeting went out: 1440 = one day. Moved into business hours if quiet hours are on."
+    )
+    channel = models.CharField(max_length=16, choices=Channel.choices, default=Channel.WHATSAPP)
+    text = models.TextField(
+        help_text="The message. Free-form inside WhatsApp's 24-hour window and by SMS; outside the window, the "
+        "template's parameter. Placeholders: {first_name}, {name}, {organization}, {campaign}, {source}."
+    )
+    use_ai = models.BooleanField(
+        default=True, help_text="Inside the 24-hour window, let the model write it from the conversation (text is the fallback)."
+    )
+    template_name = models.CharField(
+        max_length=200, blank=True, default="",
+        help_text="Approved WhatsApp template for when the window is closed. Empty: the organization's greeting template.",
+    )
+    template_language = models.CharField(max_length=16, blank=True, default="", help_text="Empty: the organization's.")
+
+    class Meta:
+        ordering = ["sequence", "position"]
+        constraints = [models.UniqueConstraint(fields=["sequence", "position"], name="followup_step_position")]
+
+    def __str__(self) -> str:
+        return f"{self.sequence} step {self.position}"
+
+
+class ScheduledJob(models.Model):
+    """Work due at a moment, possibly days ahead: durable here, enqueued only when due.
+
+    The scheduler claims due rows (SKIP LOCKED), marks them ENQUEUED and puts a
+    task on the follow-up lane; the task re-checks everything before acting.
+    A follow-up is unique per lead and step, and its message unique per job, so
+    however often it is enqueued it is sent once. Timeouts are one live row per
+    lead and kind, moved forward by activity.
+    """
+
+    class Kind(models.TextChoices):
+        FOLLOWUP = "followup", "Follow-up"
+        INACTIVITY = "inactivity", "Inactivity timeout"
+        SESSION_EXPIRY = "session_expiry", "Session expiry (24-hour window closes)"
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        ENQUEUED = "enqueued", "Enqueued"
+        RUNNING = "running", "Running"
+        DONE = "done", "Done"
+        CANCELLED = "cancelled", "Cancelled"
+        FAILED = "failed", "Failed"
+
+    LIVE = (Status.PENDING, Status.ENQUEUED, Status.RUNNING)
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="scheduled_jobs")
+    lead = models.ForeignKey(Lead, on_delete=models.CASCADE, related_name="scheduled_jobs")
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    step = models.ForeignKey(FollowUpStep, on_delete=models.SET_NULL, null=True, blank=True, related_name="jobs")
+    due_at = models.DateTimeField()
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    reason = models.CharField(max_length=300, blank=True, default="", help_text="Why it was cancelled, deferred or failed.")
+    created_at = models.DateTimeField(default=timezone.now)
+    enqueued_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["lead", "step"], condition=Q(step__isnull=False), name="one_job_per_lead_step"),
+            models.UniqueConstraint(
+                fields=["lead", "kind"], condition=Q(kind__in=["inactivity", "session_expiry"], status__in=["pending", "enqueued", "running"]),
+                name="one_live_timeout_per_lead_kind",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["due_at"], name="job_due_idx", condition=Q(status="pending")),
+            models.Index(fields=["enqueued_at"], name="job_enqueued_idx", condition=Q(status__in=["enqueued", "running"])),
+            models.Index(fields=["lead", "status"], name="job_lead_status_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} for lead {self.lead_id} ({self.status})"

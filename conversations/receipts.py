@@ -20,19 +20,19 @@ from datetime import datetime
 from django.db import InterfaceError, OperationalError, connection, transaction
 from django.utils import timezone
 
-from conversations import timeline
+from conversations import followups, timeline
 from conversations.models import FORWARD_ORDER, Conversation, Message, StatusReceipt, WebhookDelivery
 from conversations.services import CALLBACK_PREFIX, greeting_went_out, mark_first_response, message_failed
 from leads.models import Contact, Lead, LeadEvent, Organization
 from swiftex import redis as swx_redis
 from swiftex.db import prepared_cursor
+from swiftex.events import emit
 
 logger = logging.getLogger(__name__)
 
 # Repeats come within minutes; later ones (Meta retries for days) fall through to the
 # database, which is right anyway. An hour keeps ~1M keys at 15,000 statuses a minute.
 FINGERPRINT_TTL_SECONDS = 3600
-STOP_WORDS = {"stop", "stopall", "unsubscribe", "cancel", "end", "quit", "parar", "pare", "baja", "alto"}
 _RANKED = "ARRAY[" + ", ".join(f"'{status}'" for status in FORWARD_ORDER) + "]"
 _MOMENT_COLUMN = {"sent": "sent_at", "delivered": "delivered_at", "read": "read_at", "failed": "failed_at", "accepted": "accepted_at"}
 
@@ -266,10 +266,13 @@ class Inbound:
 
 
 def receive(org: Organization, inbound: Inbound) -> Message | None:
-    """Store an inbound message once, open the 24-hour window, and honour STOP words.
+    """Store an inbound message once and act on it, in one transaction; None for a redelivery.
 
-    Returns None for a redelivered message. Replying is the conversation
-    engine's job (it reads what is stored here).
+    It opens the 24-hour window and raises `message.received`, which the replies
+    subscriber answers (debounced). One of the organization's opt-out keywords
+    revokes consent and cancels everything scheduled for the contact (the
+    confirmation is the one message still sent); any other message cancels the
+    lead's pending follow-ups: they replied.
     """
     with transaction.atomic():
         contact, _ = Contact.objects.get_or_create(
@@ -289,17 +292,23 @@ def receive(org: Organization, inbound: Inbound) -> Message | None:
         if row is None:
             return None
         Conversation.objects.filter(pk=conversation.pk).exclude(last_inbound_at__gte=inbound.at).update(last_inbound_at=inbound.at)
-        opted_out = is_stop_word(inbound.body) and contact.consent
+        opted_out = is_stop_word(inbound.body, org) and contact.consent
         if opted_out:
             Contact.objects.filter(pk=contact.pk).update(consent=False, updated_at=timezone.now())
+            followups.cancel(lead_ids=list(contact.leads.values_list("pk", flat=True)), reason="the contact opted out")
+        elif lead is not None:
+            followups.contact_wrote(org, lead.pk, inbound.channel, inbound.at)
         if lead is not None:
             entries = [("message.received", {"channel": inbound.channel, "body": inbound.body[:500]}, inbound.at)]
             if opted_out:
                 entries.append(("consent.revoked", {"channel": inbound.channel, "keyword": inbound.body.strip()[:40]}, inbound.at))
             timeline.record(lead.pk, *entries)
+        emit("message.received", organization_id=org.pk, data={
+            "message_id": row[0], "conversation_id": conversation.pk, "lead_id": lead.pk if lead else None,
+            "channel": inbound.channel, "opt_out": opted_out,
+        })
     return Message.objects.get(pk=row[0])
 
 
-def is_stop_word(body: str) -> bool:
-    return body.strip().strip(".!").lower() in STOP_WORDS
-
+def is_stop_word(body: str, org: Organization) -> bool:
+    return body.strip().strip(".!").lower() in org.opt_out_words()

@@ -35,7 +35,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from conversations import greeting_sql, timeline
-from conversations.models import Channel, Conversation, Greeting, Message, StatusReceipt
+from conversations.models import Channel, Conversation, Greeting, Message, Reply, ScheduledJob, StatusReceipt
 from conversations.models import window_open as whatsapp_window_open
 from conversations.providers import ProviderError, model, twilio, whatsapp
 from leads import selectors
@@ -104,11 +104,11 @@ def resume(greeting: Greeting, lead: Lead) -> None:
 
 
 def expire_unsent_greetings(*, now: datetime | None = None, limit: int = 500) -> int:
-    """Fail greeting messages stuck without an answer or a status; returns how many.
+    """Fail outbound messages stuck without an answer or a status; returns how many.
 
     SENDING (handed to the provider, no answer since) for WHATSAPP_SENT_TIMEOUT_SECONDS
-    counted from that attempt: a WhatsApp greeting then goes by SMS; an SMS is
-    shown as failed (never resent: Twilio may have it). ACCEPTED WhatsApp
+    counted from that attempt: a WhatsApp greeting then goes by SMS; an SMS, a
+    reply or a follow-up is shown as failed (never resent: the provider may have it). ACCEPTED WhatsApp
     greetings with no status only if WHATSAPP_ACCEPTED_TIMEOUT_SECONDS is set.
     Nothing is given up while delivery statuses are still waiting to be applied
     (the conversations lane is behind or down): they may be the answer.
@@ -128,14 +128,14 @@ def expire_unsent_greetings(*, now: datetime | None = None, limit: int = 500) ->
     with transaction.atomic():
         overdue = list(
             Message.objects.select_for_update(skip_locked=True)
-            .filter(stuck, greeting__isnull=False, direction=Message.Direction.OUTBOUND)
+            .filter(stuck, direction=Message.Direction.OUTBOUND)
             .order_by("created_at")[:limit]
         )
         for message in overdue:
             waited = (now - (message.accepted_at or message.sending_at or message.created_at)).total_seconds()
             reason = (f"no sent status {waited:.0f}s after WhatsApp accepted it" if message.status == Message.Status.ACCEPTED
                       else f"no answer from {message.channel} {waited:.0f}s after sending; not resent, it may have arrived")
-            _fail(message, ProviderError(message.channel, reason, code="timeout", permanent=True), now=now)
+            fail_message(message, ProviderError(message.channel, reason, code="timeout", permanent=True), now=now)
     return len(overdue)
 
 
@@ -245,18 +245,23 @@ def _lead_facts(org: Organization, lead: Lead, contact: Contact, message: str) -
 
 
 def render_fallback(org: Organization, lead: Lead, contact: Contact) -> str:
+    return render_text(org.greeting_fallback, org, contact, lead)
+
+
+def render_text(template: str, org: Organization, contact: Contact, lead: Lead | None = None) -> str:
+    """An admin-written text with its placeholders filled (see leads.models.GREETING_PLACEHOLDERS)."""
     name = (contact.name or "").strip()
     values = {
         "first_name": name.split()[0] if name else "there",
         "name": name or "there",
         "organization": org.name,
-        "campaign": lead.campaign,
-        "source": lead.source,
+        "campaign": lead.campaign if lead else "",
+        "source": lead.source if lead else "",
     }
     try:
-        return org.greeting_fallback.format(**values)
+        return template.format(**values)
     except (KeyError, IndexError, ValueError):
-        # Admin validation prevents this; never let a bad template cost a greeting.
+        # Admin validation prevents this; never let a bad template cost a message.
         return f"Hi {values['first_name']}, thanks for contacting {org.name}!"
 
 
@@ -341,7 +346,7 @@ def _what_to_send(org: Organization, channel: str, window_open: bool, text: str)
     return org.whatsapp_template_name, text if org.whatsapp_template_has_parameter else ""
 
 
-def _take_for_sending(message: Message) -> bool:
+def take_for_sending(message: Message) -> bool:
     """QUEUED -> SENDING for one attempt; False if another delivery took it first.
 
     Only a QUEUED message is ever sent, and this UPDATE lets exactly one worker
@@ -361,11 +366,11 @@ def _take_for_sending(message: Message) -> bool:
 
 
 def _deliver(message: Message, greeting: Greeting, lead: Lead, *, window_open: bool | None = None) -> None:
-    if not _take_for_sending(message):
+    if not take_for_sending(message):
         return
     org, contact = lead.organization, lead.contact
     if not contact.consent:
-        _fail(message, ProviderError(message.channel, "contact withdrew consent before sending", code="no_consent", permanent=True))
+        fail_message(message, ProviderError(message.channel, "contact withdrew consent before sending", code="no_consent", permanent=True))
         return
     try:
         sent = _send(message, greeting, org, contact, window_open)  # releases the connection while it waits
@@ -411,7 +416,7 @@ def _handle_send_error(message: Message, greeting: Greeting, lead: Lead, exc: Pr
     if exc.permanent or message.attempts >= settings.SEND_MAX_ATTEMPTS:
         if not exc.permanent:
             exc = ProviderError(exc.provider, f"gave up after {message.attempts} attempts: {exc.title}", code=exc.code, permanent=True)
-        if _fail(message, exc) and message.channel == Channel.WHATSAPP:
+        if fail_message(message, exc) and message.channel == Channel.WHATSAPP:
             _fall_back_to_sms(greeting, lead, message)
         return
     Message.objects.filter(pk=message.pk, status=Message.Status.SENDING).update(
@@ -452,7 +457,7 @@ def mark_first_response(lead_id: int, at: datetime) -> None:
         cursor.execute(greeting_sql.FIRST_RESPONSE, {"lead_id": lead_id, "now": at, "now_iso": at.isoformat()})
 
 
-def _fail(message: Message, exc: ProviderError, *, now: datetime | None = None) -> bool:
+def fail_message(message: Message, exc: ProviderError, *, now: datetime | None = None) -> bool:
     """Mark the message failed (unless already delivered/read/failed); True if this call did."""
     now = now or timezone.now()
     with transaction.atomic():
@@ -471,7 +476,7 @@ def _fail(message: Message, exc: ProviderError, *, now: datetime | None = None) 
 def message_failed(message: Message) -> None:
     """Inside the transaction that failed an outbound message: tell subscribers (the
     conversations subscriber sends a failed WhatsApp greeting by SMS), and mark the
-    greeting failed when no channel is left."""
+    greeting failed when no channel is left, or the reply or follow-up it carried."""
     emit(
         "message.failed",
         organization_id=message.organization_id,
@@ -480,6 +485,15 @@ def message_failed(message: Message) -> None:
             "channel": message.channel, "error_code": message.error_code, "error": message.error_title,
         },
     )
+    if message.reply_id is not None:
+        Reply.objects.filter(pk=message.reply_id).exclude(state=Reply.State.FAILED).update(
+            state=Reply.State.FAILED, reason=f"{message.channel} {message.error_code} {message.error_title}".strip()[:300]
+        )
+    if message.scheduled_job_id is not None:
+        ScheduledJob.objects.filter(pk=message.scheduled_job_id).exclude(status=ScheduledJob.Status.FAILED).update(
+            status=ScheduledJob.Status.FAILED, finished_at=timezone.now(),
+            reason=f"{message.channel} {message.error_code} {message.error_title}".strip()[:300],
+        )
     if message.greeting_id is None:
         return
     if message.channel == Channel.SMS or not _sms_possible(message):

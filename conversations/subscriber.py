@@ -1,4 +1,14 @@
-"""Conversations' event subscriber: `lead.created` → greet; `message.failed` → SMS fallback.
+"""Conversations' event subscribers.
+
+- `conversations` (in the first-touch lane's pool): `lead.created` → greet;
+  `message.failed` → SMS fallback (below);
+- `replies` (batches, conversations lane): `message.received` → the message
+  joins its conversation's debounced burst, and a flush is scheduled for the
+  burst's deadline; a STOP gets its one confirmation;
+- `followups` (batches, follow-up lane): `lead.status_changed` with a first
+  response → the organization's follow-up sequences start for that lead.
+
+The first touch:
 
 Runs one event at a time in the first-touch lane's worker pool (`in_pool` in
 SWIFTEX_SUBSCRIBERS): the greeting starts the moment its event arrives, with
@@ -14,9 +24,12 @@ from __future__ import annotations
 
 import logging
 
-from conversations import services
+from django.utils.dateparse import parse_datetime
+
+from conversations import followups, replies, services
 from conversations.models import Channel
-from conversations.tasks import first_touch, greeting_fallback
+from conversations.tasks import confirm_opt_out, first_touch, flush_replies, greeting_fallback
+from leads import selectors
 from swiftex.events.consumer import MalformedEvent
 
 logger = logging.getLogger(__name__)
@@ -44,3 +57,34 @@ def _run_now(service, task, kwargs: dict) -> None:
     except Exception:
         logger.exception("%s(%s) failed; handed to the task to retry", task.name, kwargs)
         task.apply_async(kwargs=kwargs, countdown=HANDOVER_DELAY)
+
+
+def handle_inbound(events: list[dict]) -> None:
+    """`message.received`: debounce into bursts; each burst is flushed (answered) once."""
+    flushes: dict[int, float] = {}
+    for event in events:
+        data = event["data"]
+        if not isinstance(data.get("message_id"), int) or not isinstance(data.get("conversation_id"), int):
+            raise MalformedEvent(event["id"], "message.received without integer message_id and conversation_id")
+        if data.get("opt_out"):
+            confirm_opt_out.apply_async(kwargs={"message_id": data["message_id"]})
+            continue
+        org = selectors.organization(event.get("organization_id"))
+        if org is None:
+            continue
+        wait = replies.schedule(data["conversation_id"], data["message_id"], org)
+        flushes[data["conversation_id"]] = max(wait, flushes.get(data["conversation_id"], 0.0))
+    for conversation_id, wait in flushes.items():  # one flush per conversation per batch
+        flush_replies.apply_async(kwargs={"conversation_id": conversation_id}, countdown=wait)
+
+
+def handle_lead_changes(events: list[dict]) -> None:
+    """`lead.status_changed` carrying the first response: start the follow-up sequences."""
+    greeted = []
+    for event in events:
+        data = event["data"]
+        started = parse_datetime(data.get("first_response_at") or "") if isinstance(data.get("first_response_at"), str) else None
+        if isinstance(data.get("lead_id"), int) and started is not None and isinstance(event.get("organization_id"), int):
+            greeted.append((data["lead_id"], event["organization_id"], started))
+    if greeted:
+        followups.start_sequences(greeted)

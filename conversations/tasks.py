@@ -21,7 +21,7 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError
 from django.utils import timezone
 
-from conversations import receipts, services
+from conversations import followups, receipts, replies, services
 from conversations.models import WebhookDelivery
 
 TRANSIENT_DB_ERRORS = (OperationalError, InterfaceError)
@@ -60,3 +60,61 @@ def greeting_sweep() -> None:
 def prune_webhook_deliveries() -> None:
     cutoff = timezone.now() - timedelta(hours=settings.WEBHOOK_RETENTION_HOURS)
     WebhookDelivery.objects.filter(received_at__lt=cutoff).delete()
+
+
+# --- Replies (conversations lane) ---------------------------------------------------------
+
+
+@shared_task(bind=True, ignore_result=True, **_DB_RETRY)
+def flush_replies(self, *, conversation_id: int, from_database: bool = False) -> None:
+    """Answer a conversation's debounced burst when due (or, `from_database`, every unanswered message)."""
+    try:
+        wait = replies.answer_all(conversation_id) if from_database else replies.flush(conversation_id)
+    except replies.ReplyRetryLater as exc:
+        send_reply.apply_async(kwargs={"reply_id": exc.reply_id}, countdown=exc.countdown)
+        return
+    if wait:  # the burst grew after this flush was scheduled: come back at its new deadline
+        flush_replies.apply_async(kwargs={"conversation_id": conversation_id}, countdown=wait)
+
+
+@shared_task(bind=True, ignore_result=True, **_DB_RETRY)
+def send_reply(self, *, reply_id: int) -> None:
+    try:
+        replies.resume(reply_id)
+    except services.RetryLater as exc:
+        raise self.retry(countdown=exc.countdown, max_retries=None) from None  # capped by the message's attempts
+
+
+@shared_task(bind=True, ignore_result=True, **_DB_RETRY)
+def confirm_opt_out(self, *, message_id: int) -> None:
+    try:
+        replies.confirm_opt_out(message_id)
+    except replies.ReplyRetryLater as exc:
+        send_reply.apply_async(kwargs={"reply_id": exc.reply_id}, countdown=exc.countdown)
+
+
+@shared_task(ignore_result=True)
+def reply_sweep() -> None:
+    """Answer messages whose debounce state was lost, and resume replies whose worker died."""
+    for conversation_id in replies.orphaned_conversations():
+        flush_replies.apply_async(kwargs={"conversation_id": conversation_id, "from_database": True})
+    for reply_id in replies.unfinished_replies():
+        send_reply.apply_async(kwargs={"reply_id": reply_id})
+
+
+# --- Scheduled jobs (follow-up lane) -----------------------------------------------------------
+
+
+@shared_task(ignore_result=True, **_DB_RETRY)
+def dispatch_scheduled_jobs() -> None:
+    """The scheduler's tick: enqueue what is due, oldest first, within the in-flight cap."""
+    for job_id in followups.dispatch_due():
+        run_scheduled_job.apply_async(kwargs={"job_id": job_id})
+
+
+@shared_task(bind=True, ignore_result=True, **_DB_RETRY)
+def run_scheduled_job(self, *, job_id: int) -> None:
+    try:
+        followups.run(job_id)
+    except services.RetryLater as exc:
+        raise self.retry(countdown=exc.countdown, max_retries=None) from None  # capped by the message's attempts

@@ -8,17 +8,34 @@ a Contact has at most one open Lead (partial unique index), and a Submission's
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import secrets
 import string
 import zoneinfo
 
 from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
 from django.db.models.functions import Lower
 
 API_KEY_PREFIX = "swx_"
+
+
+def parse_keywords(value: str) -> frozenset[str]:
+    return frozenset(word.strip().lower() for word in value.split(",") if word.strip())
+
+
+def _validate_keywords(value: str) -> None:
+    if not parse_keywords(value):
+        raise ValidationError("List at least one keyword, e.g. stop, unsubscribe.")
+
+
+def _validate_business_days(value: str) -> None:
+    days = [day.strip() for day in value.split(",") if day.strip()]
+    if not days or any(day not in {"1", "2", "3", "4", "5", "6", "7"} for day in days):
+        raise ValidationError("Comma-separated ISO weekdays from 1 (Monday) to 7 (Sunday), e.g. 1,2,3,4,5.")
 
 
 def _validate_timezone(value: str) -> None:
@@ -34,9 +51,17 @@ DEFAULT_AI_PROMPT = (
     "No links, no emojis, no promises about prices."
 )
 DEFAULT_GREETING_FALLBACK = "Hi {first_name}, thanks for contacting {organization}! A specialist will be in touch with you shortly."
+DEFAULT_REPLY_PROMPT = (
+    "You are a friendly sales assistant for {organization} chatting with a lead on WhatsApp or SMS. "
+    "Answer their latest messages in one to three short sentences, in their language. "
+    "Ask at most one question. Never invent prices, dates or promises; say a specialist will confirm details."
+)
+DEFAULT_REPLY_FALLBACK = "Thanks, {first_name}! A specialist from {organization} will get back to you shortly."
+DEFAULT_OPT_OUT_KEYWORDS = "stop, stopall, unsubscribe, cancel, end, quit, parar, pare, baja, alto"
+DEFAULT_OPT_OUT_CONFIRMATION = "You will not receive any more messages from {organization}."
 
 
-def _validate_greeting_fallback(value: str) -> None:
+def _validate_text_template(value: str) -> None:
     try:
         names = {field for _, field, _, _ in string.Formatter().parse(value) if field is not None}
     except ValueError as exc:
@@ -80,7 +105,7 @@ class Organization(models.Model):
     )
     greeting_fallback = models.TextField(
         default=DEFAULT_GREETING_FALLBACK,
-        validators=[_validate_greeting_fallback],
+        validators=[_validate_text_template],
         help_text="Used when the model is slow, fails or no API key is set. Placeholders: "
         + ", ".join("{%s}" % name for name in GREETING_PLACEHOLDERS) + ".",
     )
@@ -93,10 +118,63 @@ class Organization(models.Model):
     whatsapp_template_has_parameter = models.BooleanField(
         default=True, help_text="The template's body has one {{1}} parameter, filled with the greeting text."
     )
+    # Conversations after the greeting (conversations/replies.py, followups.py).
+    reply_prompt = models.TextField(
+        default=DEFAULT_REPLY_PROMPT,
+        help_text="System prompt for replies to the lead's messages; the conversation so far follows it. "
+        "{organization} is replaced with the organization's name.",
+    )
+    reply_fallback = models.TextField(
+        default=DEFAULT_REPLY_FALLBACK, validators=[_validate_text_template],
+        help_text="Reply used when the model is slow, fails or no API key is set. Same placeholders as the greeting fallback.",
+    )
+    reply_debounce_seconds = models.FloatField(
+        default=3.0, validators=[MinValueValidator(0.5), MaxValueValidator(60)],
+        help_text="Quiet time after the lead's last message before one reply answers them all.",
+    )
+    reply_debounce_max_seconds = models.FloatField(
+        default=15.0, validators=[MinValueValidator(1), MaxValueValidator(300)],
+        help_text="A lead who keeps typing is answered at the latest this long after their first unanswered message.",
+    )
+    opt_out_keywords = models.TextField(
+        default=DEFAULT_OPT_OUT_KEYWORDS, validators=[_validate_keywords],
+        help_text="Comma-separated. A message that is exactly one of these (any case) opts the contact out of every channel.",
+    )
+    opt_out_confirmation = models.TextField(
+        default=DEFAULT_OPT_OUT_CONFIRMATION, validators=[_validate_text_template],
+        help_text="Sent once when a contact opts out; nothing is sent to them after it.",
+    )
+    quiet_hours_enabled = models.BooleanField(
+        default=True, help_text="Follow-ups wait for business hours. Greetings and replies to the lead always go at once.",
+    )
+    business_hours_start = models.TimeField(default=datetime.time(9, 0), help_text="In the organization's time zone.")
+    business_hours_end = models.TimeField(default=datetime.time(18, 0))
+    business_days = models.CharField(
+        max_length=20, default="1,2,3,4,5", validators=[_validate_business_days],
+        help_text="ISO weekdays follow-ups may go out on: 1 = Monday … 7 = Sunday, comma-separated.",
+    )
+    inactivity_timeout_hours = models.PositiveIntegerField(
+        default=168,
+        help_text="An open lead with no message either way for this long is closed as lost (pending follow-ups cancelled). 0 turns it off.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     def __str__(self) -> str:
         return self.name
+
+    def clean(self) -> None:
+        super().clean()
+        if self.business_hours_start is not None and self.business_hours_end is not None and self.business_hours_start >= self.business_hours_end:
+            raise ValidationError({"business_hours_end": "Business hours must end after they start (same day)."})
+        if self.reply_debounce_max_seconds is not None and self.reply_debounce_seconds is not None \
+                and self.reply_debounce_max_seconds < self.reply_debounce_seconds:
+            raise ValidationError({"reply_debounce_max_seconds": "The maximum wait cannot be shorter than the quiet window."})
+
+    def opt_out_words(self) -> frozenset[str]:
+        return parse_keywords(self.opt_out_keywords)
+
+    def business_weekdays(self) -> frozenset[int]:
+        return frozenset(int(day) for day in self.business_days.split(",") if day.strip())
 
 
 class ApiKey(models.Model):

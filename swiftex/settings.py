@@ -156,7 +156,17 @@ SWIFTEX_LANES = {
         "queue": "conversations",
         "pool": "threads",
         "concurrency": env_int("LANE_CONVERSATIONS_CONCURRENCY", 16, minimum=1),
-        "subscribers": [],
+        "subscribers": ["replies"],
+    },
+    # Follow-ups, inactivity timeouts and session expiry: scheduled work, due when
+    # the scheduler says so. Few threads and a lower CPU priority (nice), so
+    # thousands of due follow-ups go out steadily without slowing new greetings.
+    "followups": {
+        "queue": "followups",
+        "pool": "threads",
+        "concurrency": env_int("LANE_FOLLOWUPS_CONCURRENCY", 8, minimum=1),
+        "subscribers": ["followups"],
+        "nice": env_int("LANE_FOLLOWUPS_NICE", 10, minimum=0, maximum=19),
     },
     "bulk": {
         "queue": "bulk",
@@ -179,6 +189,8 @@ CELERY_TASK_ROUTES = {
     "conversations.tasks.greeting_fallback": {"queue": "first_touch"},
     "conversations.tasks.greeting_sweep": {"queue": "first_touch"},
     "conversations.tasks.prune_webhook_deliveries": {"queue": "bulk"},
+    "conversations.tasks.dispatch_scheduled_jobs": {"queue": "followups"},
+    "conversations.tasks.run_scheduled_job": {"queue": "followups"},
     "conversations.tasks.*": {"queue": "conversations"},
     "analytics.tasks.*": {"queue": "bulk"},
     "crmsync.tasks.*": {"queue": "bulk"},
@@ -189,6 +201,12 @@ CELERY_TASK_ROUTES = {
 GREETING_SWEEP_SECONDS = env_float("GREETING_SWEEP_SECONDS", 5.0, minimum=0.5)
 # How often stored delivery statuses are applied (conversations lane, in batches).
 RECEIPTS_APPLY_SECONDS = env_float("RECEIPTS_APPLY_SECONDS", 0.5, minimum=0.1)
+# How often the scheduler enqueues due follow-ups and timeouts, and how many may be
+# enqueued or running at once (the rest wait, durable, in PostgreSQL).
+SCHEDULED_JOBS_TICK_SECONDS = env_float("SCHEDULED_JOBS_TICK_SECONDS", 1.0, minimum=0.1)
+FOLLOWUP_MAX_IN_FLIGHT = env_int("FOLLOWUP_MAX_IN_FLIGHT", 64, minimum=1)
+# How often replies lost with Redis, or stuck with a dead worker, are looked for.
+REPLY_SWEEP_SECONDS = env_float("REPLY_SWEEP_SECONDS", 15.0, minimum=1)
 CELERY_BEAT_SCHEDULE = {
     "prune-outbox": {"task": "swiftex.tasks.prune_outbox", "schedule": 600.0},
     "expire-idempotency-keys": {"task": "leads.tasks.expire_idempotency_keys", "schedule": 600.0},
@@ -197,6 +215,16 @@ CELERY_BEAT_SCHEDULE = {
         "task": "conversations.tasks.apply_receipts",
         "schedule": RECEIPTS_APPLY_SECONDS,
         "options": {"expires": max(5.0, RECEIPTS_APPLY_SECONDS * 4)},
+    },
+    "dispatch-scheduled-jobs": {
+        "task": "conversations.tasks.dispatch_scheduled_jobs",
+        "schedule": SCHEDULED_JOBS_TICK_SECONDS,
+        "options": {"expires": max(5.0, SCHEDULED_JOBS_TICK_SECONDS * 4)},
+    },
+    "reply-sweep": {
+        "task": "conversations.tasks.reply_sweep",
+        "schedule": REPLY_SWEEP_SECONDS,
+        "options": {"expires": REPLY_SWEEP_SECONDS * 2},
     },
     "greeting-sweep": {
         "task": "conversations.tasks.greeting_sweep",
@@ -220,6 +248,8 @@ SWIFTEX_SUBSCRIBERS = {
         # starts in the first-touch pool the moment its event arrives.
         "in_pool": True,
     },
+    "replies": {"routing_keys": ["message.received"], "handler": "conversations.subscriber.handle_inbound"},
+    "followups": {"routing_keys": ["lead.status_changed"], "handler": "conversations.subscriber.handle_lead_changes"},
     "analytics": {"routing_keys": ["lead.#", "message.#"], "handler": "analytics.subscriber.handle_events"},
     "crmsync": {"routing_keys": ["lead.created", "lead.status_changed"], "handler": "crmsync.subscriber.handle_events"},
 }

@@ -1,4 +1,4 @@
-"""The greeting writer: an OpenAI-compatible chat model inside a hard time budget.
+"""The text writer for greetings and replies: an OpenAI-compatible chat model inside a hard time budget.
 
 The official client's default timeout is 600 s and it retries on its own;
 here it gets the budget as its timeout and no retries, and the call also runs
@@ -49,11 +49,22 @@ def _client(budget: float) -> openai.OpenAI:
 
 def write_greeting(*, model: str, system_prompt: str, lead_facts: str, budget: float | None = None) -> str:
     """The model's greeting, or ModelUnavailable within `budget` seconds."""
+    return _write(model, [{"role": "system", "content": system_prompt}, {"role": "user", "content": lead_facts}], budget)
+
+
+def write_reply(*, model: str, system_prompt: str, history: list[tuple[str, str]], budget: float | None = None) -> str:
+    """The model's answer to a conversation (oldest first; roles `user` = the contact,
+    `assistant` = us), or ModelUnavailable within `budget` seconds."""
+    messages = [{"role": "system", "content": system_prompt}] + [{"role": role, "content": text} for role, text in history]
+    return _write(model, messages, budget)
+
+
+def _write(model: str, messages: list[dict], budget: float | None) -> str:
     if not settings.OPENAI_API_KEY:
         raise ModelUnavailable("no OPENAI_API_KEY set")
     budget = budget if budget is not None else settings.GREETING_MODEL_BUDGET_SECONDS
     deadline = time.monotonic() + budget
-    future = _executor.submit(_complete, _client(budget), model, system_prompt, lead_facts)
+    future = _executor.submit(_complete, _client(budget), model, messages)
     try:
         text = future.result(timeout=max(0.0, deadline - time.monotonic()))
     except FutureTimeout:
@@ -71,19 +82,14 @@ def write_greeting(*, model: str, system_prompt: str, lead_facts: str, budget: f
     return text
 
 
-def _complete(client: openai.OpenAI, model: str, system_prompt: str, lead_facts: str) -> str:
+def _complete(client: openai.OpenAI, model: str, messages: list[dict]) -> str:
     # The client's own POST (auth, timeout, error types) with a plain dict in and
     # out: `chat.completions.create` spends ~1.2 ms of CPU per call validating the
     # typed parameters and building pydantic models (profiled), a third of a
     # greeting's CPU for two strings we already know are well-formed.
     completion = client.post(
         "/chat/completions",
-        body={
-            "model": model,
-            "messages": [{"role": "system", "content": system_prompt}, {"role": "user", "content": lead_facts}],
-            "max_tokens": 160,
-            "temperature": 0.7,
-        },
+        body={"model": model, "messages": messages, "max_tokens": 160, "temperature": 0.7},
         cast_to=object,
     )
     try:

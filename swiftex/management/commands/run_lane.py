@@ -31,11 +31,14 @@ def lane_worker_argv(lane: str, *, loglevel: str = "INFO") -> list[str]:
 
 
 class Command(BaseCommand):
-    help = "Run the Celery worker for one lane (first_touch, conversations, bulk)."
+    help = "Run the Celery worker for one lane (first_touch, conversations, followups, bulk)."
 
     def add_arguments(self, parser):
         parser.add_argument("lane", choices=sorted(settings.SWIFTEX_LANES))
         parser.add_argument("--loglevel", default=settings.LOG_LEVEL)
 
     def handle(self, *args, lane: str, loglevel: str, **options):
+        if settings.SWIFTEX_LANES[lane].get("nice"):
+            # Background lanes yield the CPU to the web and the first touch when both want it.
+            os.nice(settings.SWIFTEX_LANES[lane]["nice"])
         app.worker_main(lane_worker_argv(lane, loglevel=loglevel))
