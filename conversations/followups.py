@@ -25,7 +25,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from conversations import debounce, outbound, quiet_hours, timeline
-from conversations.models import CUSTOMER_SERVICE_WINDOW, Channel, Conversation, FollowUpStep, Message, ScheduledJob
+from conversations.models import CUSTOMER_SERVICE_WINDOW, Channel, Conversation, FollowUpStep, Message, ScheduledJob, window_open
 from conversations.providers import model, twilio, whatsapp
 from conversations.replies import conversation_history
 from conversations.services import release_db_connection, render_text
@@ -55,12 +55,15 @@ def start_sequences(greeted: list[tuple[int, int, datetime]]) -> int:
         for step in _active_steps(org_id):
             due = quiet_hours.next_allowed(org, started + timedelta(minutes=step.delay_minutes))
             jobs.append(Job(organization_id=org_id, lead_id=lead_id, kind=Job.Kind.FOLLOWUP, step=step, due_at=due, created_at=started))
-    created = Job.objects.bulk_create(jobs, ignore_conflicts=True)  # unique per lead and step: a redelivered event adds nothing
+    lead_ids = [lead_id for lead_id, _, _ in greeted]
+    before = Job.objects.filter(lead_id__in=lead_ids, kind=Job.Kind.FOLLOWUP).count()
+    Job.objects.bulk_create(jobs, ignore_conflicts=True)  # unique per lead and step: a redelivered event adds nothing
+    created = Job.objects.filter(lead_id__in=lead_ids, kind=Job.Kind.FOLLOWUP).count() - before
     for lead_id, org_id, started in greeted:
         org = selectors.organization(org_id)
         if org is not None:
             touch_inactivity(org, lead_id, started)
-    return len(created)
+    return created
 
 
 def _active_steps(org_id: int) -> list[FollowUpStep]:
@@ -303,7 +306,7 @@ def _close_inactive(job: Job, org: Organization, now: datetime) -> None:
 
 def _window_closed(job: Job, now: datetime) -> None:
     conversation = Conversation.objects.filter(contact_id=job.lead.contact_id, channel=Channel.WHATSAPP).first()
-    if conversation is None or conversation.window_open(now):
+    if conversation is None or window_open(conversation.last_inbound_at, now):
         return
     debounce.forget(conversation.pk)
     timeline.record(job.lead_id, (

@@ -110,6 +110,7 @@ def send(reply: Reply) -> None:
     message = outbound.queue(conversation=conversation, lead_id=reply.lead_id, body=reply.text, reply=reply)
     if outbound.deliver(message, org, phone=conversation.contact.phone, needs_consent=reply.kind == Reply.Kind.REPLY):
         Reply.objects.filter(pk=reply.pk, state=Reply.State.SENDING).update(state=Reply.State.DONE)
+        reply.state = Reply.State.DONE
 
 
 def confirm_opt_out(message_id: int) -> Reply | None:
