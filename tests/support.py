@@ -131,8 +131,9 @@ class ManagedProcess:
 
 
 class Stack:
-    """Web, relay, the first-touch and conversations lanes and (unless `scheduler=False`)
-    the scheduler, sharing one environment pointed at the fakes: one deployment."""
+    """Web, relay, the first-touch, conversations and follow-up lanes and (unless
+    `scheduler=False`) the scheduler, sharing one environment pointed at the fakes:
+    one deployment."""
 
     def __init__(self, fakes, log_dir, *, scheduler: bool = True) -> None:
         self.port = free_port()
@@ -145,16 +146,37 @@ class Stack:
         self.web = ManagedProcess.web(self.port, log_dir, self.env).start()
         self.relay = ManagedProcess.relay(log_dir, self.env).start()
         self.lane = ManagedProcess.lane("first_touch", log_dir, self.env).start()
-        self.others = [ManagedProcess.lane("conversations", log_dir, self.env).start()]
+        self.others = [ManagedProcess.lane(lane, log_dir, self.env).start() for lane in ("conversations", "followups")]
         if scheduler:  # delivery statuses are applied by the conversations lane, on the scheduler's beat
             self.others.append(ManagedProcess.scheduler(log_dir, self.env).start())
+        self.extra_webs: list[ManagedProcess] = []
+
+    def add_web(self) -> str:
+        """Another web process (its own port) of this deployment; returns its URL."""
+        port = free_port()
+        self.extra_webs.append(ManagedProcess.web(port, self.log_dir, {**self.env, "PORT": str(port)}).start())
+        return f"http://127.0.0.1:{port}"
+
+    def stop_workers(self) -> None:
+        """Every lane and the scheduler (web and relay stay up)."""
+        for process in (self.lane, *self.others):
+            process.stop()
+
+    def start_workers(self) -> None:
+        """Start what `stop_workers` stopped, as new processes with their own logs."""
+        self.lane = ManagedProcess.lane("first_touch", self.log_dir, self.env).start()
+        self.others = [
+            ManagedProcess.scheduler(self.log_dir, self.env).start() if p.name == "scheduler"
+            else ManagedProcess.lane(p.name, self.log_dir, self.env).start()
+            for p in self.others
+        ]
 
     def restart_lane(self, *, kill: bool) -> None:
         self.lane.kill() if kill else self.lane.stop()
         self.lane = ManagedProcess.lane("first_touch", self.log_dir, self.env).start()
 
     def stop(self) -> None:
-        for process in (self.lane, *self.others, self.relay, self.web):
+        for process in (self.lane, *self.others, self.relay, *self.extra_webs, self.web):
             process.stop()
 
 
