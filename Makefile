@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PORT ?= 8000
 
-.PHONY: up test install services db bench chaos clean-venv
+.PHONY: up test install services db bench bench-followups chaos clean-venv
 
 # `make up FAKE_PROVIDERS=1`: also run the fake provider server (fakes/) on
 # 127.0.0.1:8900 and point OpenAI, WhatsApp and Twilio at it, with matching
@@ -47,6 +47,10 @@ test: install services
 ## bench: the ingest benchmark (writes bench/results/)
 bench: db
 	$(PY) bench/ingest.py
+
+## bench-followups: thousands of due follow-ups beside new leads; the greeting's p99 must stay within 10% (writes bench/results/followups.json)
+bench-followups: db
+	$(PY) bench/followups.py
 
 ## chaos: faults during a steady 5,000 leads/min run; 0 lost, 0 duplicated (writes bench/results/chaos.json)
 chaos: db

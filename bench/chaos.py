@@ -80,8 +80,8 @@ IN_FLIGHT = 2.0  # leads sent this long before a fault are still being greeted w
 AUTOVACUUM_EVERY = 15.0
 TARGET_MS = 2000.0
 RUN_ID = 71
-LANES = ("first_touch", "conversations", "bulk")
-CONSUMED = (*LANES, "conversations.events", "analytics.events", "crmsync.events")
+LANES = ("first_touch", "conversations", "followups", "bulk")
+CONSUMED = (*LANES, "conversations.events", "replies.events", "followups.events", "analytics.events", "crmsync.events")
 
 
 @dataclass

@@ -45,6 +45,7 @@ PROCESSES = {
     "relay": [PY, "manage.py", "outbox_relay"],
     "first_touch": [PY, "manage.py", "run_lane", "first_touch", "--loglevel", "WARNING"],
     "conversations": [PY, "manage.py", "run_lane", "conversations", "--loglevel", "WARNING"],
+    "followups": [PY, "manage.py", "run_lane", "followups", "--loglevel", "WARNING"],
     "bulk": [PY, "manage.py", "run_lane", "bulk", "--loglevel", "WARNING"],
     # Runs the greeting sweep (WhatsApp messages with no `sent` status fall back to SMS).
     "scheduler": ["celery", "-A", "swiftex", "beat", "--loglevel", "WARNING"],
@@ -239,7 +240,7 @@ class Stack:
                 if urllib.request.urlopen(f"http://127.0.0.1:{PORT}/readyz", timeout=2).status == 200:
                     lanes_ready = all(
                         b" ready." in (self.log_dir / f"{lane}.log").read_bytes() or self._lane_consuming(lane)
-                        for lane in ("first_touch", "conversations", "bulk")
+                        for lane in ("first_touch", "conversations", "followups", "bulk")
                     )
                     if lanes_ready:
                         return
@@ -325,6 +326,12 @@ def queue_depths(env: dict, names: list[str]) -> dict[str, tuple[int, int]]:
 def db_query(sql: str, params: list | None = None):
     with psycopg.connect(dbname=BENCH_DB, host="127.0.0.1", user="postgres", autocommit=True) as conn:
         return conn.execute(sql, params or []).fetchall()
+
+
+def db_execute(sql: str, params: list | dict | None = None) -> int:
+    """A statement with no result rows; returns the rows it touched."""
+    with psycopg.connect(dbname=BENCH_DB, host="127.0.0.1", user="postgres", autocommit=True) as conn:
+        return conn.execute(sql, params or []).rowcount
 
 
 def autovacuum() -> None:
