@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Callable
 
 from django.conf import settings
 from django.db import connection
 from django.test import Client
+import requests
 from kombu import Connection
+
+from tests.factories import PROVIDER_CREDENTIALS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -178,6 +184,22 @@ class Stack:
     def stop(self) -> None:
         for process in (self.lane, *self.others, self.relay, *self.extra_webs, self.web):
             process.stop()
+
+
+def contact_writes(web_url: str, phone: str, text: str) -> None:
+    """A contact's text message, as Meta posts it: a signed webhook to `web_url`."""
+    metadata = {"display_phone_number": "15550001111", "phone_number_id": PROVIDER_CREDENTIALS["whatsapp_phone_number_id"]}
+    payload = {"object": "whatsapp_business_account", "entry": [{"id": "WABA", "changes": [{"field": "messages", "value": {
+        "messaging_product": "whatsapp", "metadata": metadata,
+        "contacts": [{"wa_id": phone.lstrip("+"), "profile": {"name": "Ana"}}],
+        "messages": [{"from": phone.lstrip("+"), "id": f"wamid.in.{uuid.uuid4().hex}", "timestamp": str(int(time.time())),
+                      "type": "text", "text": {"body": text}}],
+    }}]}]}
+    raw = json.dumps(payload).encode()
+    signature = "sha256=" + hmac.new(FakeProviders.APP_SECRET.encode(), raw, hashlib.sha256).hexdigest()
+    response = requests.post(f"{web_url}/webhooks/whatsapp", data=raw, timeout=10,
+                             headers={"Content-Type": "application/json", "X-Hub-Signature-256": signature})
+    assert response.status_code == 200, response.text
 
 
 def rabbitmq(command: str) -> None:

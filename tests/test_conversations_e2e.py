@@ -7,8 +7,6 @@ exactly as Meta sends them.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import time
 import uuid
@@ -21,13 +19,12 @@ from django.utils import timezone
 
 from conversations.models import FollowUpSequence, FollowUpStep, Message, Reply, ScheduledJob
 from leads.models import Contact, Lead, LeadEvent
-from tests.factories import PROVIDER_CREDENTIALS, org_with_providers
-from tests.support import FakeProviders, Stack, rabbitmq, wait_until
+from tests.factories import org_with_providers
+from tests.support import Stack, contact_writes, rabbitmq, wait_until
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
 TIMEOUT = 30
-PNID = PROVIDER_CREDENTIALS["whatsapp_phone_number_id"]
 
 
 @pytest.fixture(scope="module")
@@ -52,21 +49,6 @@ def greeted_lead(stack: Stack, key: str, phone: str) -> Lead:
     lead_id = response.json()["id"]
     wait_until(lambda: Lead.objects.filter(pk=lead_id, first_response_at__isnull=False).exists(), timeout=TIMEOUT, what="the greeting")
     return Lead.objects.select_related("contact").get(pk=lead_id)
-
-
-def contact_writes(web_url: str, phone: str, text: str) -> None:
-    """A signed Meta webhook carrying one inbound text message."""
-    payload = {"object": "whatsapp_business_account", "entry": [{"id": "WABA", "changes": [{"field": "messages", "value": {
-        "messaging_product": "whatsapp", "metadata": {"display_phone_number": "15550001111", "phone_number_id": PNID},
-        "contacts": [{"wa_id": phone.lstrip("+"), "profile": {"name": "Ana"}}],
-        "messages": [{"from": phone.lstrip("+"), "id": f"wamid.in.{uuid.uuid4().hex}", "timestamp": str(int(time.time())),
-                      "type": "text", "text": {"body": text}}],
-    }}]}]}
-    raw = json.dumps(payload).encode()
-    signature = "sha256=" + hmac.new(FakeProviders.APP_SECRET.encode(), raw, hashlib.sha256).hexdigest()
-    response = requests.post(f"{web_url}/webhooks/whatsapp", data=raw, timeout=10,
-                             headers={"Content-Type": "application/json", "X-Hub-Signature-256": signature})
-    assert response.status_code == 200, response.text
 
 
 def sends_to(fakes, phone: str) -> list[dict]:

@@ -14,11 +14,11 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from conversations.models import Greeting, Message
+from conversations.models import Greeting, Message, Reply
 from leads.models import Contact, Lead
 from swiftex.models import OutboxEvent
 from tests.factories import org_with_providers
-from tests.support import Stack, wait_until
+from tests.support import Stack, contact_writes, wait_until
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
@@ -93,3 +93,19 @@ def test_leads_spread_over_both_deployments_are_each_greeted_once_by_either(depl
     by_a = [e for e in events if f"lead.created {e} handled" in a.lane.log()]
     by_b = [e for e in events if f"lead.created {e} handled" in b.lane.log()]
     assert by_a and by_b and sorted(by_a + by_b) == sorted(events)
+
+
+def test_a_burst_written_through_both_deployments_is_answered_once(deployments):
+    a, b, key = deployments
+    phone = "+14155550171"
+    lead_id = post_lead(a.url, key, phone).json()["id"]
+    wait_until(lambda: Lead.objects.filter(pk=lead_id, first_response_at__isnull=False).exists(), timeout=TIMEOUT, what="the greeting")
+
+    for web, text in ((a.url, "Hi"), (b.url, "is the flat still available?"), (a.url, "I can visit on Saturday")):
+        contact_writes(web, phone, text)
+        time.sleep(0.3)
+
+    reply = wait_until(lambda: Reply.objects.filter(lead_id=lead_id, state="done").first(), timeout=TIMEOUT, what="the reply")
+    time.sleep(4)  # another quiet window: a second reply would be here by now
+    assert Reply.objects.filter(lead_id=lead_id).count() == 1 and reply.answered_messages.count() == 3
+    assert accepted_sends(a.fakes, phone) == 2  # the greeting and one reply
