@@ -1,4 +1,4 @@
-"""Admin for sales-ops: organizations (greeting, templates, provider credentials) and leads.
+"""Admin for sales-ops: organizations (greeting, replies, follow-up hours, opt-out, credentials) and leads.
 
 Credentials are write-only here: the form shows whether one is set, never its
 value, and leaving the field empty keeps the stored one.
@@ -48,13 +48,30 @@ class OrganizationAdmin(admin.ModelAdmin):
     form = OrganizationForm
     list_display = ("name", "timezone", "whatsapp_phone_number_id", "twilio_from_number", "ai_model", "created_at")
     search_fields = ("name",)
+    # Every editable field appears in exactly one fieldset (tests/test_admin.py checks it),
+    # grouped by what sales-ops come to change.
     fieldsets = (
-        (None, {"fields": ("name", "timezone", "phone_region", "ingest_rate_per_minute")}),
-        ("Greeting", {"fields": ("ai_model", "ai_prompt", "greeting_fallback")}),
-        ("WhatsApp", {"fields": ("whatsapp_phone_number_id", "whatsapp_access_token", "whatsapp_app_secret", "whatsapp_verify_token",
-                                 "whatsapp_template_name", "whatsapp_template_language", "whatsapp_template_has_parameter")}),
-        ("Twilio SMS", {"fields": ("twilio_account_sid", "twilio_auth_token", "twilio_from_number")}),
-        ("HubSpot", {"fields": ("hubspot_access_token",)}),
+        ("Organization", {"fields": ("name", "phone_region", "ingest_rate_per_minute", "ai_model")}),
+        ("Greeting", {"fields": ("ai_prompt", "greeting_fallback")}),
+        ("Replies", {
+            "description": "Answers to the lead's messages: one reply per burst, after the quiet window.",
+            "fields": ("reply_prompt", "reply_fallback", ("reply_debounce_seconds", "reply_debounce_max_seconds")),
+        }),
+        ("Follow-ups and business hours", {
+            "description": "The follow-up messages themselves are edited under Conversations › Follow-up sequences.",
+            "fields": ("timezone", "quiet_hours_enabled", ("business_hours_start", "business_hours_end"), "business_days",
+                       "inactivity_timeout_hours"),
+        }),
+        ("WhatsApp template", {
+            "description": "For business-initiated WhatsApp messages (greetings, follow-ups) outside the 24-hour window.",
+            "fields": ("whatsapp_template_name", "whatsapp_template_language", "whatsapp_template_has_parameter"),
+        }),
+        ("Opt-out", {"fields": ("opt_out_keywords", "opt_out_confirmation")}),
+        ("Provider credentials", {
+            "description": "Secrets are never shown: leave one empty to keep it, type a value to replace it.",
+            "fields": ("whatsapp_phone_number_id", "whatsapp_access_token", "whatsapp_app_secret", "whatsapp_verify_token",
+                       "twilio_account_sid", "twilio_auth_token", "twilio_from_number", "hubspot_access_token"),
+        }),
         ("Remove credentials", {"classes": ("collapse",), "fields": ("clear_secrets",)}),
     )
 
@@ -72,9 +89,12 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
 @admin.register(Contact)
 class ContactAdmin(admin.ModelAdmin):
-    list_display = ("__str__", "organization", "phone", "email", "consent", "created_at")
+    list_display = ("__str__", "organization", "phone", "email", "consent", "consent_at", "created_at")
     list_filter = ("organization", "consent")
     search_fields = ("phone", "email", "name")
+    # Consent comes from the contact (the form's checkbox, an opt-out keyword), never from
+    # an admin: ticking it back on for someone who wrote STOP would message them again.
+    readonly_fields = ("consent", "consent_at")
 
 
 class LeadEventInline(admin.TabularInline):

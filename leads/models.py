@@ -61,7 +61,7 @@ DEFAULT_OPT_OUT_KEYWORDS = "stop, stopall, unsubscribe, cancel, end, quit, parar
 DEFAULT_OPT_OUT_CONFIRMATION = "You will not receive any more messages from {organization}."
 
 
-def _validate_text_template(value: str) -> None:
+def validate_text_template(value: str) -> None:
     try:
         names = {field for _, field, _, _ in string.Formatter().parse(value) if field is not None}
     except ValueError as exc:
@@ -105,7 +105,7 @@ class Organization(models.Model):
     )
     greeting_fallback = models.TextField(
         default=DEFAULT_GREETING_FALLBACK,
-        validators=[_validate_text_template],
+        validators=[validate_text_template],
         help_text="Used when the model is slow, fails or no API key is set. Placeholders: "
         + ", ".join("{%s}" % name for name in GREETING_PLACEHOLDERS) + ".",
     )
@@ -125,7 +125,7 @@ class Organization(models.Model):
         "{organization} is replaced with the organization's name.",
     )
     reply_fallback = models.TextField(
-        default=DEFAULT_REPLY_FALLBACK, validators=[_validate_text_template],
+        default=DEFAULT_REPLY_FALLBACK, validators=[validate_text_template],
         help_text="Reply used when the model is slow, fails or no API key is set. Same placeholders as the greeting fallback.",
     )
     reply_debounce_seconds = models.FloatField(
@@ -141,7 +141,7 @@ class Organization(models.Model):
         help_text="Comma-separated. A message that is exactly one of these (any case) opts the contact out of every channel.",
     )
     opt_out_confirmation = models.TextField(
-        default=DEFAULT_OPT_OUT_CONFIRMATION, validators=[_validate_text_template],
+        default=DEFAULT_OPT_OUT_CONFIRMATION, validators=[validate_text_template],
         help_text="Sent once when a contact opts out; nothing is sent to them after it.",
     )
     quiet_hours_enabled = models.BooleanField(

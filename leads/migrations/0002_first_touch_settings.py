@@ -24,7 +24,7 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='organization',
             name='greeting_fallback',
-            field=models.TextField(default='Hi {first_name}, thanks for contacting {organization}! A specialist will be in touch with you shortly.', help_text='Used when the model is slow, fails or no API key is set. Placeholders: {first_name}, {name}, {organization}, {campaign}, {source}.', validators=[leads.models._validate_text_template]),
+            field=models.TextField(default='Hi {first_name}, thanks for contacting {organization}! A specialist will be in touch with you shortly.', help_text='Used when the model is slow, fails or no API key is set. Placeholders: {first_name}, {name}, {organization}, {campaign}, {source}.', validators=[leads.models.validate_text_template]),
         ),
         migrations.AddField(
             model_name='organization',

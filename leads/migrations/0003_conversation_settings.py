@@ -36,7 +36,7 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='organization',
             name='opt_out_confirmation',
-            field=models.TextField(default='You will not receive any more messages from {organization}.', help_text='Sent once when a contact opts out; nothing is sent to them after it.', validators=[leads.models._validate_text_template]),
+            field=models.TextField(default='You will not receive any more messages from {organization}.', help_text='Sent once when a contact opts out; nothing is sent to them after it.', validators=[leads.models.validate_text_template]),
         ),
         migrations.AddField(
             model_name='organization',
@@ -61,7 +61,7 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='organization',
             name='reply_fallback',
-            field=models.TextField(default='Thanks, {first_name}! A specialist from {organization} will get back to you shortly.', help_text='Reply used when the model is slow, fails or no API key is set. Same placeholders as the greeting fallback.', validators=[leads.models._validate_text_template]),
+            field=models.TextField(default='Thanks, {first_name}! A specialist from {organization} will get back to you shortly.', help_text='Reply used when the model is slow, fails or no API key is set. Same placeholders as the greeting fallback.', validators=[leads.models.validate_text_template]),
         ),
         migrations.AddField(
             model_name='organization',
