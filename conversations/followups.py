@@ -4,7 +4,8 @@ Every job is a `ScheduledJob` row with its `due_at`, days ahead if need be.
 Nothing waits in a worker's memory or in RabbitMQ: the scheduler's tick
 (`dispatch_due`) claims due rows with `FOR UPDATE SKIP LOCKED`, marks them
 ENQUEUED and puts one task each on the follow-up lane, at most
-FOLLOWUP_MAX_IN_FLIGHT at a time (the rest stay in PostgreSQL, in order). So a
+FOLLOWUP_DISPATCH_PER_SECOND and FOLLOWUP_MAX_IN_FLIGHT at a time (the rest stay
+in PostgreSQL, in order). So a
 follow-up due in two days survives any number of worker, scheduler and broker
 restarts, and a job enqueued twice (a lost task re-enqueued, a redelivery)
 still sends once: its message is unique per job and sent only from QUEUED.
@@ -17,6 +18,7 @@ contact still consenting, no reply since the sequence began, business hours
 from __future__ import annotations
 
 import logging
+import math
 from datetime import datetime, timedelta
 
 from django.conf import settings
@@ -46,47 +48,68 @@ STUCK_AFTER = timedelta(seconds=300)
 
 def start_sequences(greeted: list[tuple[int, int, datetime]]) -> int:
     """(lead id, organization id, first response at) for newly greeted leads: schedule each
-    active sequence's steps and the inactivity timeout. Idempotent; returns jobs created."""
-    jobs = []
+    active sequence's steps and the inactivity timeout. A few statements per batch of
+    events, however many leads; idempotent (a redelivered event adds nothing). Returns
+    the follow-ups created."""
+    orgs = {org_id: selectors.organization(org_id) for org_id in {org_id for _, org_id, _ in greeted}}
+    steps: dict[int, list[FollowUpStep]] = {org_id: [] for org_id in orgs}
+    for step in FollowUpStep.objects.filter(sequence__organization_id__in=list(orgs), sequence__active=True).select_related("sequence"):
+        steps[step.sequence.organization_id].append(step)
+    followups, timeouts = [], {}
     for lead_id, org_id, started in greeted:
-        org = selectors.organization(org_id)
+        org = orgs[org_id]
         if org is None:
             continue
-        for step in _active_steps(org_id):
+        for step in steps[org_id]:
             due = quiet_hours.next_allowed(org, started + timedelta(minutes=step.delay_minutes))
-            jobs.append(Job(organization_id=org_id, lead_id=lead_id, kind=Job.Kind.FOLLOWUP, step=step, due_at=due, created_at=started))
-    lead_ids = [lead_id for lead_id, _, _ in greeted]
-    before = Job.objects.filter(lead_id__in=lead_ids, kind=Job.Kind.FOLLOWUP).count()
-    Job.objects.bulk_create(jobs, ignore_conflicts=True)  # unique per lead and step: a redelivered event adds nothing
-    created = Job.objects.filter(lead_id__in=lead_ids, kind=Job.Kind.FOLLOWUP).count() - before
-    for lead_id, org_id, started in greeted:
-        org = selectors.organization(org_id)
-        if org is not None:
-            touch_inactivity(org, lead_id, started)
+            followups.append((org_id, lead_id, step.pk, due, started))
+        if org.inactivity_timeout_hours:
+            timeouts[lead_id] = (org_id, started + timedelta(hours=org.inactivity_timeout_hours))
+    created = _insert_followups(followups)
+    if timeouts:
+        _schedule_timeouts(Job.Kind.INACTIVITY, timeouts)
     return created
 
 
-def _active_steps(org_id: int) -> list[FollowUpStep]:
-    return list(FollowUpStep.objects.filter(sequence__organization_id=org_id, sequence__active=True).select_related("sequence"))
+def _insert_followups(rows: list[tuple[int, int, int, datetime, datetime]]) -> int:
+    if not rows:
+        return 0
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            INSERT INTO {Job._meta.db_table} (organization_id, lead_id, kind, step_id, due_at, status, attempts, reason, created_at)
+            SELECT org, lead, 'followup', step, due, 'pending', 0, '', created
+            FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[], %s::timestamptz[], %s::timestamptz[]) AS r(org, lead, step, due, created)
+            ON CONFLICT (lead_id, step_id) WHERE step_id IS NOT NULL DO NOTHING
+            RETURNING id
+            """,
+            [list(column) for column in zip(*rows)],
+        )
+        return len(cursor.fetchall())
 
 
-_UPSERT_TIMEOUT = f"""
+# One live timeout per lead and kind: an activity moves it later (never earlier).
+_UPSERT_TIMEOUTS = f"""
 INSERT INTO {Job._meta.db_table} (organization_id, lead_id, kind, step_id, due_at, status, attempts, reason, created_at)
-VALUES (%(org)s, %(lead)s, %(kind)s, NULL, %(due)s, 'pending', 0, '', %(now)s)
+SELECT org, lead, %(kind)s, NULL, due, 'pending', 0, '', %(now)s FROM unnest(%(orgs)s::bigint[], %(leads)s::bigint[], %(dues)s::timestamptz[]) AS r(org, lead, due)
 ON CONFLICT (lead_id, kind) WHERE kind IN ('inactivity', 'session_expiry') AND status IN ('pending', 'enqueued', 'running')
 DO UPDATE SET due_at = GREATEST({Job._meta.db_table}.due_at, EXCLUDED.due_at), status = 'pending', enqueued_at = NULL
 """
 
 
-def _schedule_timeout(org: Organization, lead_id: int, kind: str, due: datetime) -> None:
-    """One live timeout per lead and kind, moved later by each activity."""
+def _schedule_timeouts(kind: str, due_by_lead: dict[int, tuple[int, datetime]]) -> None:
+    """{lead id: (organization id, due)}: one statement (each lead once: a row may be upserted once per statement)."""
+    leads = list(due_by_lead)
     with connection.cursor() as cursor:
-        cursor.execute(_UPSERT_TIMEOUT, {"org": org.pk, "lead": lead_id, "kind": kind, "due": due, "now": timezone.now()})
+        cursor.execute(_UPSERT_TIMEOUTS, {
+            "kind": kind, "now": timezone.now(), "leads": leads,
+            "orgs": [due_by_lead[lead][0] for lead in leads], "dues": [due_by_lead[lead][1] for lead in leads],
+        })
 
 
 def touch_inactivity(org: Organization, lead_id: int, at: datetime) -> None:
     if org.inactivity_timeout_hours:
-        _schedule_timeout(org, lead_id, Job.Kind.INACTIVITY, at + timedelta(hours=org.inactivity_timeout_hours))
+        _schedule_timeouts(Job.Kind.INACTIVITY, {lead_id: (org.pk, at + timedelta(hours=org.inactivity_timeout_hours))})
 
 
 def contact_wrote(org: Organization, lead_id: int, channel: str, at: datetime) -> int:
@@ -95,7 +118,7 @@ def contact_wrote(org: Organization, lead_id: int, channel: str, at: datetime) -
     cancelled = cancel(lead_ids=[lead_id], reason="the lead replied", kinds=[Job.Kind.FOLLOWUP])
     touch_inactivity(org, lead_id, at)
     if channel == Channel.WHATSAPP:
-        _schedule_timeout(org, lead_id, Job.Kind.SESSION_EXPIRY, at + CUSTOMER_SERVICE_WINDOW)
+        _schedule_timeouts(Job.Kind.SESSION_EXPIRY, {lead_id: (org.pk, at + CUSTOMER_SERVICE_WINDOW)})
     return cancelled
 
 
@@ -126,7 +149,8 @@ def cancel(*, lead_ids: list[int], reason: str, kinds: list[str] | None = None) 
 
 
 def dispatch_due(*, now: datetime | None = None) -> list[int]:
-    """Claim due jobs (up to the in-flight cap) and stuck ones; returns the ids to enqueue.
+    """Claim due jobs (up to the per-tick rate and the in-flight cap) and stuck ones; returns
+    the ids to enqueue.
 
     The caller publishes one task per id after this commits.
     """
@@ -140,7 +164,8 @@ def dispatch_due(*, now: datetime | None = None) -> list[int]:
                     WHERE status IN ('enqueued', 'running') AND enqueued_at < %(stuck)s
                     ORDER BY enqueued_at LIMIT 100 FOR UPDATE SKIP LOCKED
                 ), room AS (
-                    SELECT GREATEST(0, %(cap)s - (SELECT count(*) FROM {Job._meta.db_table} WHERE status IN ('enqueued', 'running'))) AS n
+                    SELECT LEAST(%(per_tick)s, GREATEST(0, %(cap)s - (
+                        SELECT count(*) FROM {Job._meta.db_table} WHERE status IN ('enqueued', 'running')))) AS n
                 ), due AS (
                     SELECT id FROM {Job._meta.db_table}
                     WHERE status = 'pending' AND due_at <= %(now)s
@@ -151,7 +176,8 @@ def dispatch_due(*, now: datetime | None = None) -> list[int]:
                 WHERE id IN (SELECT id FROM stuck UNION ALL SELECT id FROM due)
                 RETURNING id
                 """,
-                {"now": now, "stuck": now - STUCK_AFTER, "cap": settings.FOLLOWUP_MAX_IN_FLIGHT},
+                {"now": now, "stuck": now - STUCK_AFTER, "cap": settings.FOLLOWUP_MAX_IN_FLIGHT,
+                 "per_tick": math.ceil(settings.FOLLOWUP_DISPATCH_PER_SECOND * settings.SCHEDULED_JOBS_TICK_SECONDS)},
             )
             return [row[0] for row in cursor.fetchall()]
 

@@ -120,6 +120,8 @@ def _accepted(message: Message, provider_message_id: str) -> None:
         with prepared_cursor() as cursor:
             cursor.execute(_ACCEPTED, {"pid": provider_message_id, "now": now, "id": message.pk})
         message.provider_message_id, message.status = provider_message_id, Message.Status.ACCEPTED
+        if message.reply_id is not None:  # with the acceptance: a worker dying next cannot leave it "sending"
+            Reply.objects.filter(pk=message.reply_id, state=Reply.State.SENDING).update(state=Reply.State.DONE)
         data = {"channel": message.channel, "provider_message_id": provider_message_id, "what": _what(message)}
         timeline.record(message.lead_id, ("message.accepted", data, now))
 

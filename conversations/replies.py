@@ -109,8 +109,7 @@ def send(reply: Reply) -> None:
     org = selectors.organization(reply.organization_id)
     message = outbound.queue(conversation=conversation, lead_id=reply.lead_id, body=reply.text, reply=reply)
     if outbound.deliver(message, org, phone=conversation.contact.phone, needs_consent=reply.kind == Reply.Kind.REPLY):
-        Reply.objects.filter(pk=reply.pk, state=Reply.State.SENDING).update(state=Reply.State.DONE)
-        reply.state = Reply.State.DONE
+        reply.state = Reply.State.DONE  # stored with the acceptance (outbound._accepted)
 
 
 def confirm_opt_out(message_id: int) -> Reply | None:
