@@ -28,7 +28,7 @@ from django.utils import timezone
 
 from conversations import debounce, outbound, quiet_hours, timeline
 from conversations.models import CUSTOMER_SERVICE_WINDOW, Channel, Conversation, FollowUpStep, Message, ScheduledJob, window_open
-from conversations.providers import model, twilio, whatsapp
+from conversations.providers import model
 from conversations.replies import conversation_history
 from conversations.services import release_db_connection, render_text
 from leads import selectors
@@ -231,7 +231,7 @@ def _run_followup(job: Job, org: Organization) -> None:
         Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING).update(status=Job.Status.PENDING, due_at=allowed, reason=reason, enqueued_at=None)
         timeline.record(lead.pk, ("followup.deferred", {"step": step.position, "until": allowed.isoformat()}, now))
         return
-    if not _channel_configured(org, step.channel):
+    if not outbound.channel_configured(org, step.channel):
         _finish(job, Job.Status.FAILED, f"{step.channel} is not configured for the organization")
         return
     conversation, _ = Conversation.objects.get_or_create(
@@ -268,10 +268,6 @@ def _why_not(job: Job, lead: Lead, step: FollowUpStep | None) -> str:
     if Message.objects.filter(conversation__contact_id=lead.contact_id, direction=Message.Direction.INBOUND, created_at__gte=job.created_at).exists():
         return "the lead replied"
     return ""
-
-
-def _channel_configured(org: Organization, channel: str) -> bool:
-    return whatsapp.is_configured(org) if channel == Channel.WHATSAPP else twilio.is_configured(org)
 
 
 def _compose(org: Organization, lead: Lead, step: FollowUpStep, conversation: Conversation) -> tuple[str, str] | None:

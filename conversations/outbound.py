@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 
-from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
@@ -22,7 +21,7 @@ from conversations import timeline
 from conversations.models import Channel, Conversation, Message, Reply, ScheduledJob
 from conversations.providers import ProviderError, twilio, whatsapp
 from conversations.services import (
-    CALLBACK_PREFIX, RetryLater, backoff, fail_message, release_db_connection, status_callback_url, take_for_sending,
+    CALLBACK_PREFIX, fail_message, release_db_connection, settle_failed_attempt, status_callback_url, take_for_sending,
 )
 from leads.models import Contact, Organization
 from swiftex.db import prepared_cursor
@@ -66,7 +65,7 @@ def deliver(message: Message, org: Organization, *, phone: str, template_languag
     try:
         sent = _send(message, org, phone, template_language or org.whatsapp_template_language)
     except ProviderError as exc:
-        _failed_attempt(message, exc)
+        settle_failed_attempt(message, exc)
         return False
     _accepted(message, sent.provider_message_id)
     return True
@@ -83,26 +82,10 @@ def _send(message: Message, org: Organization, phone: str, language: str):
     return whatsapp.send_text(org=org, to=phone, body=message.body, callback_data=callback)
 
 
-def _failed_attempt(message: Message, exc: ProviderError) -> None:
-    if exc.maybe_delivered:
-        # It may be on its way: never resend. A status settles it, or the sweep fails it.
-        Message.objects.filter(pk=message.pk).update(error_code=exc.code, error_title=exc.title)
-        timeline.record(message.lead_id, ("message.outcome_unknown", {"channel": message.channel, "error": exc.title}, timezone.now()))
-        return
-    if exc.permanent or message.attempts >= settings.SEND_MAX_ATTEMPTS:
-        if not exc.permanent:
-            exc = ProviderError(exc.provider, f"gave up after {message.attempts} attempts: {exc.title}", code=exc.code, permanent=True)
-        fail_message(message, exc)
-        return
-    Message.objects.filter(pk=message.pk, status=Message.Status.SENDING).update(
-        status=Message.Status.QUEUED, error_code=exc.code, error_title=exc.title
-    )
-    countdown = backoff(message.attempts, exc.retry_after)
-    timeline.record(
-        message.lead_id,
-        ("message.retrying", {"channel": message.channel, "error": str(exc), "attempt": message.attempts, "in_s": round(countdown, 1)}, timezone.now()),
-    )
-    raise RetryLater(countdown)
+def channel_configured(org: Organization | None, channel: str) -> bool:
+    if org is None:
+        return False
+    return whatsapp.is_configured(org) if channel == Channel.WHATSAPP else twilio.is_configured(org)
 
 
 _ACCEPTED = f"""

@@ -24,7 +24,7 @@ from django.utils import timezone
 
 from conversations import debounce, outbound, timeline
 from conversations.models import Channel, Conversation, Greeting, Message, Reply
-from conversations.providers import model, twilio, whatsapp
+from conversations.providers import model
 from conversations.services import RetryLater, release_db_connection, render_text
 from leads import selectors
 from leads.models import Contact, Lead, Organization
@@ -88,7 +88,7 @@ def answer(conversation_id: int, message_ids: list[int] | None) -> Reply | None:
     if not contact.consent:
         _skip(reply, "the contact has opted out or never opted in")
         return reply
-    if not _channel_configured(org, conversation.channel):
+    if not outbound.channel_configured(org, conversation.channel):
         _skip(reply, f"{conversation.channel} is not configured for the organization")
         return reply
     _compose(reply, org, conversation, contact)
@@ -126,7 +126,7 @@ def confirm_opt_out(message_id: int) -> Reply | None:
     if conversation.channel == Channel.SMS and keyword in TWILIO_OPT_OUT_KEYWORDS:
         _skip(reply, "Twilio confirms its standard opt-out keywords by SMS itself")
         return reply
-    if not _channel_configured(org, conversation.channel):
+    if not outbound.channel_configured(org, conversation.channel):
         _skip(reply, f"{conversation.channel} is not configured for the organization")
         return reply
     text = render_text(org.opt_out_confirmation, org, conversation.contact)
@@ -212,12 +212,6 @@ def _skip(reply: Reply, reason: str) -> None:
     Reply.objects.filter(pk=reply.pk).update(state=Reply.State.SKIPPED, reason=reason[:300])
     reply.state, reply.reason = Reply.State.SKIPPED, reason
     timeline.record(reply.lead_id, ("reply.skipped", {"reply_id": reply.pk, "kind": reply.kind, "reason": reason}, timezone.now()))
-
-
-def _channel_configured(org: Organization | None, channel: str) -> bool:
-    if org is None:
-        return False
-    return whatsapp.is_configured(org) if channel == Channel.WHATSAPP else twilio.is_configured(org)
 
 
 def _compose(reply: Reply, org: Organization, conversation: Conversation, contact: Contact) -> None:

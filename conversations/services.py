@@ -407,24 +407,33 @@ def status_callback_url(message: Message) -> str:
 
 
 def _handle_send_error(message: Message, greeting: Greeting, lead: Lead, exc: ProviderError) -> None:
+    if settle_failed_attempt(message, exc) and message.channel == Channel.WHATSAPP:
+        _fall_back_to_sms(greeting, lead, message)
+
+
+def settle_failed_attempt(message: Message, exc: ProviderError) -> bool:
+    """After a send that raised: True if this call failed the message for good.
+
+    Outcome unknown: left SENDING, never resent (a status or the sweep settles
+    it). Permanent, or out of attempts: FAILED. Otherwise back to QUEUED, and
+    RetryLater with the backoff.
+    """
     if exc.maybe_delivered:
-        # It may be on its way: never resend. A status webhook settles it, or the sweep.
         Message.objects.filter(pk=message.pk).update(error_code=exc.code, error_title=exc.title)
-        timeline.record(lead.pk, ("message.outcome_unknown", {"channel": message.channel, "error": exc.title}, timezone.now()))
-        logger.warning("greeting message %s: outcome unknown (%s); waiting for a status", message.pk, exc)
-        return
+        timeline.record(message.lead_id, ("message.outcome_unknown", {"channel": message.channel, "error": exc.title}, timezone.now()))
+        logger.warning("message %s: outcome unknown (%s); waiting for a status", message.pk, exc)
+        return False
     if exc.permanent or message.attempts >= settings.SEND_MAX_ATTEMPTS:
         if not exc.permanent:
             exc = ProviderError(exc.provider, f"gave up after {message.attempts} attempts: {exc.title}", code=exc.code, permanent=True)
-        if fail_message(message, exc) and message.channel == Channel.WHATSAPP:
-            _fall_back_to_sms(greeting, lead, message)
-        return
+        return fail_message(message, exc)
     Message.objects.filter(pk=message.pk, status=Message.Status.SENDING).update(
         status=Message.Status.QUEUED, error_code=exc.code, error_title=exc.title
     )
     countdown = backoff(message.attempts, exc.retry_after)
     timeline.record(
-        lead.pk, ("message.retrying", {"channel": message.channel, "error": str(exc), "attempt": message.attempts, "in_s": round(countdown, 1)}, timezone.now())
+        message.lead_id,
+        ("message.retrying", {"channel": message.channel, "error": str(exc), "attempt": message.attempts, "in_s": round(countdown, 1)}, timezone.now()),
     )
     raise RetryLater(countdown)
 
