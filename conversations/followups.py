@@ -4,8 +4,8 @@ Every job is a `ScheduledJob` row with its `due_at`, days ahead if need be.
 Nothing waits in a worker's memory or in RabbitMQ: the scheduler's tick
 (`dispatch_due`) claims due rows with `FOR UPDATE SKIP LOCKED`, marks them
 ENQUEUED and puts one task each on the follow-up lane, at most
-FOLLOWUP_DISPATCH_PER_SECOND and FOLLOWUP_MAX_IN_FLIGHT at a time (the rest stay
-in PostgreSQL, in order). So a
+FOLLOWUP_MAX_IN_FLIGHT at a time and at a rate that yields to new leads
+(`dispatch_rate`); the rest stay in PostgreSQL, in order. So a
 follow-up due in two days survives any number of worker, scheduler and broker
 restarts, and a job enqueued twice (a lost task re-enqueued, a redelivery)
 still sends once: its message is unique per job and sent only from QUEUED.
@@ -18,7 +18,7 @@ contact still consenting, no reply since the sequence began, business hours
 from __future__ import annotations
 
 import logging
-import math
+import random
 from datetime import datetime, timedelta
 
 from django.conf import settings
@@ -148,13 +148,50 @@ def cancel(*, lead_ids: list[int], reason: str, kinds: list[str] | None = None) 
 # --- The scheduler's tick -------------------------------------------------------------------
 
 
+INTAKE_WINDOW_SECONDS = 10
+_INTAKE_SAMPLE = 5000  # newest leads looked at: enough to see 30,000 leads/min in the window
+
+
+def lead_intake_per_minute() -> float:
+    """New leads a minute over the last INTAKE_WINDOW_SECONDS, from the newest rows by primary key."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            SELECT count(*) FROM (SELECT created_at FROM {Lead._meta.db_table} ORDER BY id DESC LIMIT %s) newest
+            WHERE created_at > now() - make_interval(secs => %s)
+            """,
+            [_INTAKE_SAMPLE, INTAKE_WINDOW_SECONDS],
+        )
+        return cursor.fetchone()[0] * 60 / INTAKE_WINDOW_SECONDS
+
+
+def dispatch_rate(intake_per_minute: float) -> float:
+    """Scheduled jobs a second while `intake_per_minute` leads arrive: new leads come first.
+
+    The full FOLLOWUP_DISPATCH_PER_SECOND when no lead arrives, falling linearly to the
+    floor at FOLLOWUP_YIELD_AT_LEADS_PER_MIN; never below the floor, so follow-ups
+    keep moving through any rush.
+    """
+    spare = max(0.0, 1 - intake_per_minute / settings.FOLLOWUP_YIELD_AT_LEADS_PER_MIN)
+    return max(settings.FOLLOWUP_DISPATCH_FLOOR_PER_SECOND, settings.FOLLOWUP_DISPATCH_PER_SECOND * spare)
+
+
+def _per_tick(rate: float) -> int:
+    """Jobs for one tick; a fraction becomes one more job with that probability, so 0.3 a
+    tick is 0.3 a tick on average."""
+    exact = rate * settings.SCHEDULED_JOBS_TICK_SECONDS
+    whole = int(exact)
+    return whole + (random.random() < exact - whole)
+
+
 def dispatch_due(*, now: datetime | None = None) -> list[int]:
-    """Claim due jobs (up to the per-tick rate and the in-flight cap) and stuck ones; returns
-    the ids to enqueue.
+    """Claim due jobs (up to this tick's share of `dispatch_rate` and the in-flight cap) and
+    stuck ones; returns the ids to enqueue.
 
     The caller publishes one task per id after this commits.
     """
     now = now or timezone.now()
+    per_tick = _per_tick(dispatch_rate(lead_intake_per_minute()))
     with transaction.atomic():
         with connection.cursor() as cursor:
             cursor.execute(
@@ -176,8 +213,7 @@ def dispatch_due(*, now: datetime | None = None) -> list[int]:
                 WHERE id IN (SELECT id FROM stuck UNION ALL SELECT id FROM due)
                 RETURNING id
                 """,
-                {"now": now, "stuck": now - STUCK_AFTER, "cap": settings.FOLLOWUP_MAX_IN_FLIGHT,
-                 "per_tick": math.ceil(settings.FOLLOWUP_DISPATCH_PER_SECOND * settings.SCHEDULED_JOBS_TICK_SECONDS)},
+                {"now": now, "stuck": now - STUCK_AFTER, "cap": settings.FOLLOWUP_MAX_IN_FLIGHT, "per_tick": per_tick},
             )
             return [row[0] for row in cursor.fetchall()]
 

@@ -205,10 +205,14 @@ RECEIPTS_APPLY_SECONDS = env_float("RECEIPTS_APPLY_SECONDS", 0.5, minimum=0.1)
 # enqueued or running at once (the rest wait, durable, in PostgreSQL).
 SCHEDULED_JOBS_TICK_SECONDS = env_float("SCHEDULED_JOBS_TICK_SECONDS", 1.0, minimum=0.1)
 FOLLOWUP_MAX_IN_FLIGHT = env_int("FOLLOWUP_MAX_IN_FLIGHT", 64, minimum=1)
-# At most this many scheduled jobs started per second across all workers. Each
-# follow-up also brings its delivery webhooks to the web and rows to PostgreSQL,
-# which no `nice` can push behind new leads; measured in `make bench-followups`.
+# New leads come first. Scheduled jobs start at up to FOLLOWUP_DISPATCH_PER_SECOND
+# across all workers while no leads arrive; the rate falls in proportion to lead
+# intake and reaches FOLLOWUP_DISPATCH_FLOOR_PER_SECOND (follow-ups never stall) at
+# FOLLOWUP_YIELD_AT_LEADS_PER_MIN. A follow-up's webhooks and rows land on the web
+# and PostgreSQL, which no `nice` can push behind greetings; `make bench-followups`.
 FOLLOWUP_DISPATCH_PER_SECOND = env_float("FOLLOWUP_DISPATCH_PER_SECOND", 20.0, minimum=0.1)
+FOLLOWUP_DISPATCH_FLOOR_PER_SECOND = env_float("FOLLOWUP_DISPATCH_FLOOR_PER_SECOND", 1.0, minimum=0.1)
+FOLLOWUP_YIELD_AT_LEADS_PER_MIN = env_float("FOLLOWUP_YIELD_AT_LEADS_PER_MIN", 3000.0, minimum=1)
 # How often replies lost with Redis, or stuck with a dead worker, are looked for.
 REPLY_SWEEP_SECONDS = env_float("REPLY_SWEEP_SECONDS", 15.0, minimum=1)
 CELERY_BEAT_SCHEDULE = {

@@ -313,6 +313,27 @@ def test_the_dispatcher_keeps_at_most_the_in_flight_cap_enqueued_and_re_enqueues
     assert followups.dispatch_due() == [stuck.pk]  # its task was lost: enqueued again
 
 
+def test_follow_ups_yield_to_new_leads(org, lead, settings):
+    settings.FOLLOWUP_DISPATCH_PER_SECOND = 20
+    settings.FOLLOWUP_DISPATCH_FLOOR_PER_SECOND = 1
+    settings.FOLLOWUP_YIELD_AT_LEADS_PER_MIN = 3000
+    assert followups.dispatch_rate(0) == 20
+    assert followups.dispatch_rate(1500) == 10
+    assert followups.dispatch_rate(9000) == 1  # a rush never stalls follow-ups entirely
+
+    leads = [lead]
+    for n in range(4):
+        response = post_json(api_client(org.api_key), "/api/v1/leads", {"phone": f"+1415555030{n}", "source": "web", "consent": True})
+        leads.append(Lead.objects.get(pk=response.json()["id"]))
+    assert followups.lead_intake_per_minute() == 5 * 60 / followups.INTAKE_WINDOW_SECONDS
+    sequence(org, 1)
+    followups.start_sequences([(l.pk, org.pk, timezone.now() - timedelta(minutes=5)) for l in leads])
+    settings.FOLLOWUP_YIELD_AT_LEADS_PER_MIN = 30  # these five leads are a rush now
+    assert len(followups.dispatch_due()) == 1  # the floor: one a second
+    settings.FOLLOWUP_YIELD_AT_LEADS_PER_MIN = 3000
+    assert len(followups.dispatch_due()) == 4  # the rest, now that there is room
+
+
 def test_the_inactivity_timeout_closes_a_silent_lead_and_activity_moves_it(org, lead):
     org.inactivity_timeout_hours = 48
     org.save()
