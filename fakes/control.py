@@ -9,7 +9,7 @@ from aiohttp import web
 
 from fakes.state import STATE, ConfigError, merge_config
 
-PROVIDERS = ("openai", "whatsapp", "twilio")
+PROVIDERS = ("openai", "whatsapp", "twilio", "hubspot", "crm_webhook")
 
 
 def _provider_filter(request: web.Request) -> str | None:
@@ -63,6 +63,17 @@ async def list_webhooks(request: web.Request) -> web.Response:
     return web.json_response({"webhooks": _select(state.webhooks, provider), "stats": state.webhook_stats})
 
 
+async def hubspot_contacts(request: web.Request) -> web.Response:
+    store = request.app[STATE].hubspot
+    return web.json_response({"contacts": list(store.contacts.values()), "stats": store.stats})
+
+
+async def crm_webhook_deliveries(request: web.Request) -> web.Response:
+    name = request.query.get("name")
+    deliveries = request.app[STATE].crm_webhook_deliveries
+    return web.json_response({"deliveries": [d for d in deliveries if name is None or d["name"] == name]})
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/_fake/health", health)
     app.router.add_get("/_fake/config", get_config)
@@ -70,3 +81,5 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/_fake/reset", reset)
     app.router.add_get("/_fake/requests", list_requests)
     app.router.add_get("/_fake/webhooks", list_webhooks)
+    app.router.add_get("/_fake/hubspot/contacts", hubspot_contacts)
+    app.router.add_get("/_fake/crm-webhook", crm_webhook_deliveries)

@@ -1,4 +1,5 @@
-"""One loopback HTTP server that fakes OpenAI, the WhatsApp Cloud API and Twilio for Swiftex.
+"""One loopback HTTP server that fakes OpenAI, the WhatsApp Cloud API, Twilio and HubSpot for Swiftex,
+plus a customer CRM webhook endpoint.
 
 Usage:
 
@@ -8,19 +9,33 @@ Usage:
 
 Every option can also come from the environment (FAKE_HOST, FAKE_PORT, FAKE_WEBHOOK_URL,
 FAKE_WHATSAPP_APP_SECRET, FAKE_WHATSAPP_TOKEN, FAKE_TWILIO_AUTH_TOKEN, FAKE_MODEL_LATENCY_MS,
-FAKE_WHATSAPP_LATENCY_MS, FAKE_SMS_LATENCY_MS, FAKE_STATUS_DELAY_MS, FAKE_MAX_RECORDS); a flag wins
-over its variable. `--port 0` picks a free port. Once listening it prints exactly one line,
-`fake providers listening on http://HOST:PORT`, and SIGTERM/SIGINT stop it with exit status 0.
+FAKE_WHATSAPP_LATENCY_MS, FAKE_SMS_LATENCY_MS, FAKE_STATUS_DELAY_MS, FAKE_WEBHOOK_RETRY_DELAYS_MS,
+FAKE_HUBSPOT_TOKEN, FAKE_HUBSPOT_LATENCY_MS, FAKE_HUBSPOT_RATE_LIMIT, FAKE_CRM_WEBHOOK_LATENCY_MS,
+FAKE_MAX_RECORDS); a flag wins over its variable. `--port 0` picks a free port. Once listening it
+prints exactly one line, `fake providers listening on http://HOST:PORT`, and SIGTERM/SIGINT stop it
+with exit status 0.
 
 Point Swiftex at it with
     OPENAI_BASE_URL=http://127.0.0.1:8900/openai/v1
     WHATSAPP_API_URL=http://127.0.0.1:8900/whatsapp/v23.0
     TWILIO_API_URL=http://127.0.0.1:8900/twilio
+    HUBSPOT_API_URL=http://127.0.0.1:8900/hubspot
+and a signed-webhook CRM integration at http://127.0.0.1:8900/crm-webhook/{any-name}.
 
 Provider endpoints:
     POST /openai/v1/chat/completions
     POST /whatsapp/{version}/{phone_number_id}/messages    -> signed webhooks to {webhook_url}/webhooks/whatsapp
     POST /twilio/2010-04-01/Accounts/{sid}/Messages.json   -> signed callbacks to the request's StatusCallback
+    POST /hubspot/crm/v3/objects/contacts/batch/upsert     Bearer token; at most 100 inputs sharing one
+                                                           idProperty; one invalid value fails the whole batch
+                                                           (400 VALIDATION_ERROR); hubspot_rate_limit requests per
+                                                           hubspot_rate_window_ms per token, then 429 + Retry-After
+    POST /crm-webhook/{name}                               records the delivery (headers, raw body), answers
+                                                           crm_webhook_status; signatures are not checked
+
+Chaos switches (POST /_fake/config): hubspot_always_429, hubspot_error_rate, hubspot_invalid_ids,
+hubspot_rate_limit / hubspot_rate_window_ms, hubspot_latency_ms, hubspot_token; crm_webhook_status
+(e.g. 500, or 429 which adds Retry-After: 1) and crm_webhook_latency_ms.
 
 Control API (JSON):
     GET  /_fake/health                      {"ok": true}
@@ -28,6 +43,12 @@ Control API (JSON):
     POST /_fake/reset                       start-up config back, records and in-flight webhooks dropped
     GET  /_fake/requests?provider=...       {"requests": [...]} in arrival order
     GET  /_fake/webhooks?provider=...       {"webhooks": [...], "stats": {...}} deliveries attempted
+    GET  /_fake/hubspot/contacts            {"contacts": [...], "stats": {"requests", "accepted", "rate_limited",
+                                            "rejected" (400/401), "errors" (500), "max_batch"}}
+    GET  /_fake/crm-webhook?name=...        {"deliveries": [{"name", "headers", "body", "json", "received_at",
+                                            "status"}, ...]} in arrival order
+Provider names for ?provider=: openai, whatsapp, twilio, hubspot, crm_webhook. The reset also empties
+the fake CRM, its counters and rate windows, and the CRM webhook deliveries.
 
 Latency is an asyncio.sleep, so slow answers overlap instead of queueing. The server only binds to
 loopback: it has no real authentication and must never be reachable from outside the machine.
@@ -46,7 +67,7 @@ from typing import Any, Callable
 import aiohttp
 from aiohttp import web
 
-from fakes import control, openai, twilio, whatsapp
+from fakes import control, crm_webhook, hubspot, openai, twilio, whatsapp
 from fakes.state import STATE, Config, ConfigError, State, merge_config
 
 
@@ -54,7 +75,7 @@ def build_app(config: Config, max_records: int = 200_000) -> web.Application:
     # Generous body limit: a benchmark may send long prompts, and aiohttp's 1 MiB default would 413 them.
     app = web.Application(client_max_size=16 * 1024 * 1024)
     app[STATE] = State(config, max_records)
-    for module in (openai, whatsapp, twilio, control):
+    for module in (openai, whatsapp, twilio, hubspot, crm_webhook, control):
         module.add_routes(app)
     app.on_startup.append(_open_session)
     app.on_cleanup.append(_close_session)
@@ -112,7 +133,7 @@ def _ms_list(flag: str, text: str) -> list[float]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m fakes", description="Fake OpenAI, WhatsApp and Twilio servers.")
+    parser = argparse.ArgumentParser(prog="python -m fakes", description="Fake OpenAI, WhatsApp, Twilio and HubSpot servers.")
     # argparse runs `type` on string defaults too, so a bad FAKE_* value fails the same way a bad flag does.
     parser.add_argument("--host", default=_env("FAKE_HOST", "127.0.0.1"), help="loopback only (env FAKE_HOST)")
     parser.add_argument("--port", type=int, default=_env("FAKE_PORT", "8900"), help="0 picks a free port (env FAKE_PORT)")
@@ -135,6 +156,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="gap before each status webhook (env FAKE_STATUS_DELAY_MS)")
     parser.add_argument("--webhook-retry-delays-ms", default=_env("FAKE_WEBHOOK_RETRY_DELAYS_MS", "200,500,1000"),
                         help="waits before each retry of an unanswered webhook, comma-separated (env FAKE_WEBHOOK_RETRY_DELAYS_MS)")
+    parser.add_argument("--hubspot-token", default=_env("FAKE_HUBSPOT_TOKEN", None),
+                        help="the only HubSpot bearer token accepted; unset accepts any (env FAKE_HUBSPOT_TOKEN)")
+    parser.add_argument("--hubspot-latency-ms", type=ms, default=_env("FAKE_HUBSPOT_LATENCY_MS", "100"),
+                        help="env FAKE_HUBSPOT_LATENCY_MS")
+    parser.add_argument("--hubspot-rate-limit", type=_non_negative(int), default=_env("FAKE_HUBSPOT_RATE_LIMIT", "10"),
+                        help="HubSpot requests per token per 1 s window, 0 for no limit (env FAKE_HUBSPOT_RATE_LIMIT)")
+    parser.add_argument("--crm-webhook-latency-ms", type=ms, default=_env("FAKE_CRM_WEBHOOK_LATENCY_MS", "20"),
+                        help="env FAKE_CRM_WEBHOOK_LATENCY_MS")
     parser.add_argument("--max-records", type=int, default=_env("FAKE_MAX_RECORDS", "200000"),
                         help="requests and webhooks kept for /_fake/* (env FAKE_MAX_RECORDS)")
     args = parser.parse_args(argv)
@@ -150,6 +179,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             "sms_latency_ms": args.sms_latency_ms,
             "status_delay_ms": args.status_delay_ms,
             "webhook_retry_delays_ms": _ms_list("--webhook-retry-delays-ms", args.webhook_retry_delays_ms),
+            "hubspot_token": args.hubspot_token or None,
+            "hubspot_latency_ms": args.hubspot_latency_ms,
+            "hubspot_rate_limit": args.hubspot_rate_limit,
+            "crm_webhook_latency_ms": args.crm_webhook_latency_ms,
         })
     except (ValueError, ConfigError) as exc:
         parser.error(str(exc))

@@ -49,6 +49,17 @@ class Config:
     # tests need not wait; the benchmarks set a provider-like schedule (retries spread out,
     # with decreasing frequency) so a slow web is not hit by an immediate retry storm.
     webhook_retry_delays_ms: tuple[float, ...] = (200.0, 500.0, 1000.0)
+    hubspot_latency_ms: float = 100.0
+    hubspot_error_rate: float = 0.0
+    hubspot_token: str | None = None  # None: any non-empty bearer token is accepted
+    # ids (matched case-insensitively) that HubSpot rejects, failing the whole batch they are in
+    hubspot_invalid_ids: tuple[str, ...] = ()
+    # Requests per token per sliding window, like HubSpot's per-app "secondly" limit; 0 disables it.
+    hubspot_rate_limit: int = 10
+    hubspot_rate_window_ms: float = 1000.0
+    hubspot_always_429: bool = False
+    crm_webhook_status: int = 200
+    crm_webhook_latency_ms: float = 20.0
 
     def as_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -83,6 +94,26 @@ def _rate(key: str, value: Any) -> float:
     return rate
 
 
+def _count(key: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 1_000_000:
+        raise ConfigError(f"{key}: must be a whole number between 0 and 1000000")
+    return value
+
+
+def _window(key: str, value: Any) -> float:
+    # A zero-length window would make every request the first in its window: no limit at all.
+    ms = _ms(key, value)
+    if ms < 1:
+        raise ConfigError(f"{key}: must be between 1 and 600000 ms")
+    return ms
+
+
+def _http_status(key: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 200 <= value <= 599:
+        raise ConfigError(f"{key}: must be an HTTP status between 200 and 599")
+    return value
+
+
 def _flag(key: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise ConfigError(f"{key}: must be true or false")
@@ -102,6 +133,10 @@ def _wa_numbers(key: str, value: Any) -> tuple[str, ...]:
 
 def _sms_numbers(key: str, value: Any) -> tuple[str, ...]:
     return tuple("+" + _digits(v) for v in _str_list(key, value))
+
+
+def _ids(key: str, value: Any) -> tuple[str, ...]:
+    return tuple(_str_list(key, value))
 
 
 def _delays(key: str, value: Any) -> tuple[float, ...]:
@@ -188,6 +223,15 @@ _VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "whatsapp_app_secret": _secret,
     "webhook_url": _url,
     "webhook_retry_delays_ms": _delays,
+    "hubspot_latency_ms": _ms,
+    "hubspot_error_rate": _rate,
+    "hubspot_token": _optional_secret,
+    "hubspot_invalid_ids": _ids,
+    "hubspot_rate_limit": _count,
+    "hubspot_rate_window_ms": _window,
+    "hubspot_always_429": _flag,
+    "crm_webhook_status": _http_status,
+    "crm_webhook_latency_ms": _ms,
 }
 assert _VALIDATORS.keys() == {f.name for f in dataclasses.fields(Config)}
 
@@ -204,6 +248,23 @@ def merge_config(current: Config, update: Any) -> Config:
     return dataclasses.replace(current, **changes)
 
 
+class HubSpotStore:
+    """The fake CRM: contacts keyed by (idProperty, id value), counters, and each token's rate window."""
+
+    FIRST_ID = 1001
+
+    def __init__(self) -> None:
+        self.contacts: dict[tuple[str, str], dict[str, Any]] = {}
+        self.next_id = self.FIRST_ID
+        # token -> arrival times (time.monotonic) of the requests let through in the current window
+        self.windows: dict[str, deque[float]] = {}
+        self.stats = dict.fromkeys(("requests", "accepted", "rate_limited", "rejected", "errors", "max_batch"), 0)
+
+    def new_id(self) -> str:
+        self.next_id += 1
+        return str(self.next_id - 1)
+
+
 class State:
     """Everything the handlers share. Records are deques so a long benchmark cannot grow memory forever."""
 
@@ -213,6 +274,8 @@ class State:
         self.requests: deque[dict[str, Any]] = deque(maxlen=max_records)
         self.webhooks: deque[dict[str, Any]] = deque(maxlen=max_records)
         self.webhook_stats = {"attempts": 0, "delivered": 0, "gave_up": 0}
+        self.hubspot = HubSpotStore()
+        self.crm_webhook_deliveries: deque[dict[str, Any]] = deque(maxlen=max_records)
         # Strong references: the event loop only keeps weak ones to running tasks.
         self.tasks: set[asyncio.Task[None]] = set()
         self.session: aiohttp.ClientSession | None = None
@@ -258,6 +321,8 @@ class State:
         self.requests.clear()
         self.webhooks.clear()
         self.webhook_stats = dict.fromkeys(self.webhook_stats, 0)
+        self.hubspot = HubSpotStore()
+        self.crm_webhook_deliveries.clear()
 
 
 STATE = web.AppKey("state", State)
@@ -270,9 +335,10 @@ async def answer(
     payload: dict[str, Any],
     message_id: str | None = None,
     then: Coroutine[Any, Any, None] | None = None,
+    headers: dict[str, str] | None = None,
 ) -> web.StreamResponse:
     """Send the answer now, then start `then` (status webhooks), so webhooks never delay or precede it."""
-    response = web.json_response(payload, status=status)
+    response = web.json_response(payload, status=status, headers=headers)
     record.update(status=status, message_id=message_id)
     try:
         await response.prepare(request)

@@ -15,7 +15,9 @@ import signal
 import subprocess
 import sys
 import threading
+import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -103,7 +105,7 @@ def fake_server(receiver: Receiver) -> Iterator[str]:
         "--port", "0", "--webhook-url", receiver.url,
         "--whatsapp-app-secret", APP_SECRET, "--twilio-auth-token", AUTH_TOKEN,
         "--model-latency-ms", "10", "--whatsapp-latency-ms", "10", "--sms-latency-ms", "10",
-        "--status-delay-ms", "5",
+        "--status-delay-ms", "5", "--hubspot-latency-ms", "5", "--crm-webhook-latency-ms", "5",
     )
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=lambda: lines.put(proc.stdout.readline()), daemon=True).start()
@@ -353,3 +355,221 @@ def test_refuses_a_non_loopback_host() -> None:
     out, err = proc.communicate(timeout=10)
     assert proc.returncode != 0 and out == ""
     assert "loopback" in err
+
+
+HUBSPOT_UPSERT = "/hubspot/crm/v3/objects/contacts/batch/upsert"
+ISO_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+
+
+def hubspot_upsert(base: str, inputs: Any, token: str | None = "pat-test") -> requests.Response:
+    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+    return requests.post(base + HUBSPOT_UPSERT, json={"inputs": inputs}, headers=headers, timeout=5)
+
+
+def contact(email: str, trace: str | None = None, **properties: str) -> dict[str, Any]:
+    item: dict[str, Any] = {"id": email, "idProperty": "email", "properties": properties}
+    if trace is not None:
+        item["objectWriteTraceId"] = trace
+    return item
+
+
+def hubspot_state(base: str) -> dict[str, Any]:
+    return requests.get(f"{base}/_fake/hubspot/contacts", timeout=5).json()
+
+
+def test_hubspot_upsert_creates_then_updates_the_same_contact(fake: str) -> None:
+    created = hubspot_upsert(fake, [
+        contact("ana@example.com", "lead-1", firstname="Ana", phone="+14155550123"),
+        contact("bo@example.com", lastname="Berg"),
+    ])
+    assert created.status_code == 200, created.text
+    body = created.json()
+    assert body["status"] == "COMPLETE" and ISO_MS.match(body["startedAt"]) and ISO_MS.match(body["completedAt"])
+    ana, bo = body["results"]
+    assert (ana["id"], ana["new"], ana["objectWriteTraceId"], ana["archived"]) == ("1001", True, "lead-1", False)
+    assert ana["properties"]["firstname"] == "Ana" and ana["properties"]["email"] == "ana@example.com"
+    assert ana["properties"]["hs_object_id"] == "1001" and ISO_MS.match(ana["createdAt"])
+    assert (bo["id"], bo["new"]) == ("1002", True) and "objectWriteTraceId" not in bo
+    assert created.headers["X-HubSpot-RateLimit-Max"] == "10"
+    assert created.headers["X-HubSpot-RateLimit-Remaining"] == "9"
+    assert created.headers["X-HubSpot-RateLimit-Interval-Milliseconds"] == "1000"
+
+    # Same contact (HubSpot matches email case-insensitively): updated, properties merged, later write wins.
+    updated = hubspot_upsert(fake, [contact("ANA@example.com", "lead-1-again", firstname="Ana Maria", lastname="Lima")])
+    assert updated.status_code == 200, updated.text
+    [again] = updated.json()["results"]
+    assert (again["id"], again["new"], again["objectWriteTraceId"]) == ("1001", False, "lead-1-again")
+    assert again["createdAt"] == ana["createdAt"]
+    assert {k: again["properties"][k] for k in ("firstname", "lastname", "phone")} == {
+        "firstname": "Ana Maria", "lastname": "Lima", "phone": "+14155550123",
+    }
+
+    # A custom unique property is its own key space.
+    custom = hubspot_upsert(fake, [{"id": "lead-7", "idProperty": "swiftex_lead_id", "properties": {"score": 7}}])
+    assert custom.json()["results"][0]["properties"]["swiftex_lead_id"] == "lead-7"
+    assert custom.json()["results"][0]["properties"]["score"] == "7"
+
+    state = hubspot_state(fake)
+    first = state["contacts"][0]
+    assert (first["id"], first["idProperty"], first["idValue"], first["writes"]) == ("1001", "email", "ana@example.com", 2)
+    assert first["properties"] == {"firstname": "Ana Maria", "lastname": "Lima", "phone": "+14155550123", "email": "ANA@example.com"}
+    assert [c["id"] for c in state["contacts"]] == ["1001", "1002", "1003"]
+    assert state["stats"] == {"requests": 3, "accepted": 3, "rate_limited": 0, "rejected": 0, "errors": 0, "max_batch": 2}
+    recorded = requests.get(f"{fake}/_fake/requests", params={"provider": "hubspot"}, timeout=5).json()["requests"]
+    assert [(r["batch_size"], r["id_property"], r["status"]) for r in recorded] == [
+        (2, "email", 200), (1, "email", 200), (1, "swiftex_lead_id", 200),
+    ]
+
+
+def test_hubspot_rejects_a_bad_batch_whole(fake: str) -> None:
+    configure(fake, hubspot_rate_limit=0, hubspot_invalid_ids=["blocked@example.com"])
+
+    def rejected(inputs: Any, expected: str) -> None:
+        response = hubspot_upsert(fake, inputs)
+        assert response.status_code == 400, response.text
+        body = response.json()
+        assert (body["status"], body["category"]) == ("error", "VALIDATION_ERROR") and body["correlationId"]
+        assert expected in body["message"], body["message"]
+        assert "X-HubSpot-RateLimit-Max" not in response.headers  # the limit is off
+
+    many = [contact(f"user{i}@example.com") for i in range(101)]
+    rejected(many, "Batch size 101 exceeds the limit of 100")
+    rejected([contact("good@example.com"), contact("foo")],
+             '"message":"Email address foo is invalid","error":"INVALID_EMAIL","name":"email"')
+    rejected([{"id": "lead-1", "idProperty": "swiftex_lead_id", "properties": {"email": "not-an-email"}}],
+             "Email address not-an-email is invalid")
+    rejected([contact("good@example.com"), contact("blocked@example.com")], "Email address blocked@example.com is invalid")
+    rejected([{"id": "x@example.com", "properties": {}}], "inputs[0].idProperty is required")
+    rejected([contact("a@example.com"), {"id": "lead-2", "idProperty": "swiftex_lead_id", "properties": {}}],
+             "share one idProperty")
+    rejected([contact("a@example.com"), contact("A@example.com")], "Duplicate IDs found in batch input")
+    not_json = requests.post(fake + HUBSPOT_UPSERT, data="{", headers={"Authorization": "Bearer t"}, timeout=5)
+    assert not_json.status_code == 400 and not_json.json()["category"] == "VALIDATION_ERROR"
+    assert hubspot_state(fake)["contacts"] == []  # nothing from any rejected batch was written
+
+    accepted = hubspot_upsert(fake, many[:100])
+    assert accepted.status_code == 200 and len(accepted.json()["results"]) == 100
+    stats = hubspot_state(fake)["stats"]
+    assert (stats["rejected"], stats["accepted"], stats["max_batch"]) == (8, 1, 100)
+    recorded = requests.get(f"{fake}/_fake/requests", params={"provider": "hubspot"}, timeout=5).json()["requests"]
+    assert (recorded[0]["batch_size"], recorded[0]["status"]) == (101, 400)
+
+
+def test_hubspot_rate_limit_answers_429_with_retry_after(fake: str) -> None:
+    def one(i: int) -> requests.Response:
+        return hubspot_upsert(fake, [contact(f"burst{i}@example.com")])
+
+    with ThreadPoolExecutor(max_workers=11) as pool:
+        burst = list(pool.map(one, range(11)))
+    ok = [r for r in burst if r.status_code == 200]
+    [limited] = [r for r in burst if r.status_code == 429]
+    assert len(ok) == 10
+    assert sorted(int(r.headers["X-HubSpot-RateLimit-Remaining"]) for r in ok) == list(range(10))
+    assert limited.headers["Retry-After"] == "1"
+    assert limited.headers["X-HubSpot-RateLimit-Max"] == "10"
+    assert limited.headers["X-HubSpot-RateLimit-Remaining"] == "0"
+    assert limited.headers["X-HubSpot-RateLimit-Interval-Milliseconds"] == "1000"
+    body = limited.json()
+    assert (body["status"], body["errorType"], body["policyName"]) == ("error", "RATE_LIMIT", "SECONDLY")
+    assert body["message"] == "You have reached your secondly limit." and body["correlationId"]
+
+    # The limit is per token, and the window slides: after Retry-After the same token gets through.
+    assert hubspot_upsert(fake, [contact("other@example.com")], token="another-app").status_code == 200
+    time.sleep(int(limited.headers["Retry-After"]))
+    assert one(99).status_code == 200
+    stats = hubspot_state(fake)["stats"]
+    assert (stats["requests"], stats["accepted"], stats["rate_limited"]) == (13, 12, 1)
+    assert len(hubspot_state(fake)["contacts"]) == 12
+
+
+def test_hubspot_chaos_switches_and_auth(fake: str) -> None:
+    configure(fake, hubspot_always_429=True)
+    throttled = hubspot_upsert(fake, [contact("ana@example.com")])
+    assert throttled.status_code == 429 and throttled.headers["Retry-After"] == "1"
+    assert throttled.json()["errorType"] == "RATE_LIMIT"
+    assert hubspot_state(fake)["contacts"] == []
+    configure(fake, hubspot_always_429=False)
+    assert hubspot_upsert(fake, [contact("ana@example.com")]).status_code == 200
+
+    configure(fake, hubspot_error_rate=1.0)
+    failed = hubspot_upsert(fake, [contact("bo@example.com")])
+    assert failed.status_code == 500 and failed.json()["category"] == "INTERNAL_ERROR"
+    configure(fake, hubspot_error_rate=0.0)
+
+    missing = hubspot_upsert(fake, [contact("bo@example.com")], token=None)
+    assert missing.status_code == 401
+    error = missing.json()
+    assert (error["status"], error["category"]) == ("error", "INVALID_AUTHENTICATION") and error["correlationId"]
+    assert error["message"].startswith("Authentication credentials not found")
+    assert hubspot_upsert(fake, [contact("bo@example.com")], token="").status_code == 401
+    configure(fake, hubspot_token="pat-right")
+    assert hubspot_upsert(fake, [contact("bo@example.com")], token="pat-wrong").status_code == 401
+    assert hubspot_upsert(fake, [contact("bo@example.com")], token="pat-right").status_code == 200
+    assert hubspot_state(fake)["stats"] == {
+        "requests": 7, "accepted": 2, "rate_limited": 1, "rejected": 3, "errors": 1, "max_batch": 1,
+    }
+
+
+def test_crm_webhook_sink_records_deliveries_and_answers_the_configured_status(fake: str) -> None:
+    secret = b"customer-secret"
+    raw = json.dumps({"event": "lead.created", "lead": {"id": 42, "email": "ana@example.com"}}).encode()
+    signature = "sha256=" + hmac.new(secret, raw, hashlib.sha256).hexdigest()
+    headers = {"Content-Type": "application/json", "X-Swiftex-Signature": signature, "X-Swiftex-Delivery": "d-1"}
+    ok = requests.post(f"{fake}/crm-webhook/acme", data=raw, headers=headers, timeout=5)
+    assert ok.status_code == 200 and ok.json() == {"ok": True}
+
+    configure(fake, crm_webhook_status=500)
+    assert requests.post(f"{fake}/crm-webhook/acme", data=raw, headers=headers, timeout=5).status_code == 500
+    configure(fake, crm_webhook_status=429)
+    limited = requests.post(f"{fake}/crm-webhook/globex", data=b"not json", timeout=5)
+    assert limited.status_code == 429 and limited.headers["Retry-After"] == "1"
+
+    deliveries = requests.get(f"{fake}/_fake/crm-webhook", timeout=5).json()["deliveries"]
+    assert [(d["name"], d["status"]) for d in deliveries] == [("acme", 200), ("acme", 500), ("globex", 429)]
+    first = deliveries[0]
+    assert first["body"] == raw.decode() and first["json"]["lead"]["id"] == 42 and first["received_at"] > 0
+    assert first["headers"]["X-Swiftex-Delivery"] == "d-1"
+    # The sink does not verify signatures; a test recomputes one over the recorded raw body.
+    expected = "sha256=" + hmac.new(secret, first["body"].encode(), hashlib.sha256).hexdigest()
+    assert hmac.compare_digest(first["headers"]["X-Swiftex-Signature"], expected)
+    assert deliveries[2]["body"] == "not json" and deliveries[2]["json"] is None
+    only_acme = requests.get(f"{fake}/_fake/crm-webhook", params={"name": "acme"}, timeout=5).json()["deliveries"]
+    assert len(only_acme) == 2
+    recorded = requests.get(f"{fake}/_fake/requests", params={"provider": "crm_webhook"}, timeout=5).json()["requests"]
+    assert [r["status"] for r in recorded] == [200, 500, 429]
+
+
+def test_reset_clears_the_fake_crm_and_webhook_deliveries(fake: str) -> None:
+    configure(fake, hubspot_always_429=True)
+    assert hubspot_upsert(fake, [contact("ana@example.com")]).status_code == 429
+    requests.post(f"{fake}/_fake/reset", timeout=5).raise_for_status()
+
+    # Fill the token's window, reset, and the same token is let through at once.
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        assert {r.status_code for r in pool.map(lambda i: hubspot_upsert(fake, [contact(f"u{i}@example.com")]), range(10))} == {200}
+    requests.post(f"{fake}/crm-webhook/acme", json={"event": "lead.created"}, timeout=5)
+    requests.post(f"{fake}/_fake/reset", timeout=5).raise_for_status()
+    assert hubspot_state(fake) == {"contacts": [], "stats": {
+        "requests": 0, "accepted": 0, "rate_limited": 0, "rejected": 0, "errors": 0, "max_batch": 0,
+    }}
+    assert requests.get(f"{fake}/_fake/crm-webhook", timeout=5).json() == {"deliveries": []}
+    assert requests.get(f"{fake}/_fake/requests", timeout=5).json() == {"requests": []}
+    after = hubspot_upsert(fake, [contact("ana@example.com")])
+    assert after.status_code == 200 and after.json()["results"][0]["id"] == "1001"  # ids start over too
+
+
+def test_hubspot_and_crm_webhook_config_is_validated(fake: str) -> None:
+    config = requests.get(f"{fake}/_fake/config", timeout=5).json()
+    assert (config["hubspot_latency_ms"], config["crm_webhook_latency_ms"]) == (5, 5)  # from the flags
+    assert (config["hubspot_rate_limit"], config["hubspot_rate_window_ms"], config["hubspot_token"]) == (10, 1000, None)
+    for bad in (
+        {"hubspot_rate_limit": "10"}, {"hubspot_rate_limit": -1}, {"hubspot_rate_limit": 2.5},
+        {"hubspot_rate_window_ms": 0}, {"hubspot_error_rate": 2}, {"hubspot_always_429": 1},
+        {"hubspot_invalid_ids": "a@example.com"}, {"hubspot_token": ""},
+        {"crm_webhook_status": 99}, {"crm_webhook_status": 700}, {"crm_webhook_status": True},
+        {"crm_webhook_latency_ms": -5},
+    ):
+        response = requests.post(f"{fake}/_fake/config", json=bad, timeout=5)
+        [key] = bad
+        assert response.status_code == 400 and key in response.json()["error"], (bad, response.text)
+    assert requests.get(f"{fake}/_fake/config", timeout=5).json() == config
