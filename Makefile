@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PORT ?= 8000
 
-.PHONY: up test install services db bench bench-followups chaos clean-venv
+.PHONY: up test install services db bench bench-followups bench-crmsync chaos clean-venv
 
 # `make up FAKE_PROVIDERS=1`: also run the fake provider server (fakes/) on
 # 127.0.0.1:8900 and point OpenAI, WhatsApp and Twilio at it, with matching
@@ -51,6 +51,10 @@ bench: db
 ## bench-followups: thousands of due follow-ups beside new leads; the greeting's p99 must stay within 10% (writes bench/results/followups.json)
 bench-followups: db
 	$(PY) bench/followups.py
+
+## bench-crmsync: 5,000 leads in a minute synced to a fake HubSpot allowing 10 req/s (writes bench/results/crmsync.json)
+bench-crmsync: db
+	$(PY) bench/crmsync.py
 
 ## chaos: faults during a steady 5,000 leads/min run; 0 lost, 0 duplicated (writes bench/results/chaos.json)
 chaos: db

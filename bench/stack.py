@@ -34,6 +34,7 @@ FAKE_URL = f"http://127.0.0.1:{FAKE_PORT}"
 MODEL_MS = float(os.environ.get("BENCH_MODEL_MS", "400"))
 WHATSAPP_MS = float(os.environ.get("BENCH_WHATSAPP_MS", "150"))
 SMS_MS = float(os.environ.get("BENCH_SMS_MS", "150"))
+HUBSPOT_MS = float(os.environ.get("BENCH_HUBSPOT_MS", "150"))  # the fake HubSpot also allows 10 requests/s
 # Shared by the fake (which signs webhooks / checks auth with them) and the bench organization.
 WHATSAPP_APP_SECRET = "bench-whatsapp-app-secret"
 TWILIO_AUTH_TOKEN = "bench-twilio-auth-token"
@@ -55,6 +56,7 @@ FAKES = [
     PY, "-m", "fakes", "--port", str(FAKE_PORT), "--webhook-url", f"http://127.0.0.1:{PORT}",
     "--whatsapp-app-secret", WHATSAPP_APP_SECRET, "--twilio-auth-token", TWILIO_AUTH_TOKEN,
     "--model-latency-ms", f"{MODEL_MS:g}", "--whatsapp-latency-ms", f"{WHATSAPP_MS:g}", "--sms-latency-ms", f"{SMS_MS:g}",
+    "--hubspot-latency-ms", f"{HUBSPOT_MS:g}", "--hubspot-rate-limit", "10",
     # A provider spaces out its retries of a webhook the receiver did not answer in time; the
     # fake's short default schedule (for tests) would hit a busy web with a retry storm.
     "--webhook-retry-delays-ms", "2000,10000,30000,60000",
@@ -84,6 +86,7 @@ def stack_env() -> dict:
         OPENAI_API_KEY="bench-key",
         WHATSAPP_API_URL=f"{FAKE_URL}/whatsapp/v23.0",
         TWILIO_API_URL=f"{FAKE_URL}/twilio",
+        HUBSPOT_API_URL=f"{FAKE_URL}/hubspot",  # CRM sync is on only where a bench sets HUBSPOT_ACCESS_TOKEN
         PUBLIC_BASE_URL=f"http://127.0.0.1:{PORT}",
         WHATSAPP_PHONE_NUMBER_ID="bench-pnid",
         WHATSAPP_ACCESS_TOKEN="bench-token",

@@ -18,17 +18,14 @@ from datetime import timedelta
 
 from celery import shared_task
 from django.conf import settings
-from django.db import InterfaceError, OperationalError
 from django.utils import timezone
 
 from conversations import followups, receipts, replies, services
 from conversations.models import WebhookDelivery
-
-TRANSIENT_DB_ERRORS = (OperationalError, InterfaceError)
-_DB_RETRY = {"autoretry_for": TRANSIENT_DB_ERRORS, "retry_backoff": 1, "retry_backoff_max": 30, "retry_jitter": True, "max_retries": 8}
+from swiftex.db import DB_RETRY
 
 
-@shared_task(bind=True, ignore_result=True, **_DB_RETRY)
+@shared_task(bind=True, ignore_result=True, **DB_RETRY)
 def first_touch(self, *, event_id: str, lead_id: int, published_at: str | None = None) -> None:
     try:
         services.first_touch(event_id=event_id, lead_id=lead_id, published_at=published_at)
@@ -36,7 +33,7 @@ def first_touch(self, *, event_id: str, lead_id: int, published_at: str | None =
         raise self.retry(countdown=exc.countdown, max_retries=None) from None  # capped by the message's attempts
 
 
-@shared_task(bind=True, ignore_result=True, **_DB_RETRY)
+@shared_task(bind=True, ignore_result=True, **DB_RETRY)
 def greeting_fallback(self, *, greeting_id: int) -> None:
     try:
         services.greeting_fallback(greeting_id=greeting_id)
@@ -44,7 +41,7 @@ def greeting_fallback(self, *, greeting_id: int) -> None:
         raise self.retry(countdown=exc.countdown, max_retries=None) from None  # capped by the message's attempts
 
 
-@shared_task(ignore_result=True, **_DB_RETRY)
+@shared_task(ignore_result=True, **DB_RETRY)
 def apply_receipts() -> None:
     receipts.apply_pending()
 
@@ -65,7 +62,7 @@ def prune_webhook_deliveries() -> None:
 # --- Replies (conversations lane) ---------------------------------------------------------
 
 
-@shared_task(bind=True, ignore_result=True, **_DB_RETRY)
+@shared_task(bind=True, ignore_result=True, **DB_RETRY)
 def flush_replies(self, *, conversation_id: int, from_database: bool = False) -> None:
     """Answer a conversation's debounced burst when due (or, `from_database`, every unanswered message)."""
     try:
@@ -77,7 +74,7 @@ def flush_replies(self, *, conversation_id: int, from_database: bool = False) ->
         flush_replies.apply_async(kwargs={"conversation_id": conversation_id}, countdown=wait)
 
 
-@shared_task(bind=True, ignore_result=True, **_DB_RETRY)
+@shared_task(bind=True, ignore_result=True, **DB_RETRY)
 def send_reply(self, *, reply_id: int) -> None:
     try:
         replies.resume(reply_id)
@@ -85,7 +82,7 @@ def send_reply(self, *, reply_id: int) -> None:
         raise self.retry(countdown=exc.countdown, max_retries=None) from None  # capped by the message's attempts
 
 
-@shared_task(bind=True, ignore_result=True, **_DB_RETRY)
+@shared_task(bind=True, ignore_result=True, **DB_RETRY)
 def confirm_opt_out(self, *, message_id: int) -> None:
     try:
         replies.confirm_opt_out(message_id)
@@ -105,14 +102,14 @@ def reply_sweep() -> None:
 # --- Scheduled jobs (follow-up lane) -----------------------------------------------------------
 
 
-@shared_task(ignore_result=True, **_DB_RETRY)
+@shared_task(ignore_result=True, **DB_RETRY)
 def dispatch_scheduled_jobs() -> None:
     """The scheduler's tick: enqueue what is due, oldest first, within the in-flight cap."""
     for job_id in followups.dispatch_due():
         run_scheduled_job.apply_async(kwargs={"job_id": job_id})
 
 
-@shared_task(bind=True, ignore_result=True, **_DB_RETRY)
+@shared_task(bind=True, ignore_result=True, **DB_RETRY)
 def run_scheduled_job(self, *, job_id: int) -> None:
     try:
         followups.run(job_id)

@@ -25,24 +25,27 @@ SELECT lead.id, entry.kind,
        entry.data || jsonb_build_object(
            'since_capture_ms', {ms_between("lead.captured_at", "entry.at")}),
        entry.at
-FROM {Lead._meta.db_table} AS lead,
-     unnest(%(kinds)s::text[], %(datas)s::jsonb[], %(ats)s::timestamptz[]) AS entry(kind, data, at)
-WHERE lead.id = %(lead_id)s
+FROM unnest(%(leads)s::bigint[], %(kinds)s::text[], %(datas)s::jsonb[], %(ats)s::timestamptz[]) AS entry(lead_id, kind, data, at)
+JOIN {Lead._meta.db_table} AS lead ON lead.id = entry.lead_id
 """
 
 
 def record(lead_id: int, *entries: tuple[str, dict, datetime]) -> None:
     """Append (kind, data, when) entries to the lead's timeline, in one statement."""
+    record_many([(lead_id, kind, data, at) for kind, data, at in entries])
+
+
+def record_many(entries: list[tuple[int, str, dict, datetime]]) -> None:
+    """Append (lead id, kind, data, when) entries to any leads' timelines, in one statement."""
     if not entries:
         return
-
     with connection.cursor() as cursor:
         cursor.execute(
             _INSERT,
             {
-                "lead_id": lead_id,
-                "kinds": [kind for kind, _, _ in entries],
-                "datas": [json.dumps(data) for _, data, _ in entries],
-                "ats": [at for _, _, at in entries],
+                "leads": [lead_id for lead_id, _, _, _ in entries],
+                "kinds": [kind for _, kind, _, _ in entries],
+                "datas": [json.dumps(data) for _, _, data, _ in entries],
+                "ats": [at for _, _, _, at in entries],
             },
         )

@@ -8,10 +8,19 @@ from __future__ import annotations
 
 from django import forms
 from django.contrib import admin
+from django.db import models
 
 from leads.models import ApiKey, Contact, Lead, LeadEvent, Organization, Submission
 
-SECRET_FIELDS = ("whatsapp_access_token", "whatsapp_app_secret", "whatsapp_verify_token", "twilio_auth_token", "hubspot_access_token")
+SECRET_FIELDS = (
+    "whatsapp_access_token", "whatsapp_app_secret", "whatsapp_verify_token", "twilio_auth_token", "hubspot_access_token",
+    "crm_webhook_secret",
+)
+
+
+def _url_as_https(db_field, kwargs: dict) -> dict:
+    """A URL typed without a scheme is https (Django 6's default, and no deprecation warning)."""
+    return {**kwargs, "assume_scheme": "https"} if isinstance(db_field, models.URLField) else kwargs
 
 
 class OrganizationForm(forms.ModelForm):
@@ -23,6 +32,9 @@ class OrganizationForm(forms.ModelForm):
     class Meta:
         model = Organization
         fields = "__all__"
+
+        def formfield_callback(db_field, **kwargs):
+            return db_field.formfield(**_url_as_https(db_field, kwargs))
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -46,8 +58,11 @@ class OrganizationForm(forms.ModelForm):
 @admin.register(Organization)
 class OrganizationAdmin(admin.ModelAdmin):
     form = OrganizationForm
-    list_display = ("name", "timezone", "whatsapp_phone_number_id", "twilio_from_number", "ai_model", "created_at")
+    list_display = ("name", "timezone", "whatsapp_phone_number_id", "twilio_from_number", "ai_model", "crm_adapter", "created_at")
     search_fields = ("name",)
+
+    def formfield_for_dbfield(self, db_field, request, **kwargs):
+        return super().formfield_for_dbfield(db_field, request, **_url_as_https(db_field, kwargs))
     # Every editable field appears in exactly one fieldset (tests/test_admin.py checks it),
     # grouped by what sales-ops come to change.
     fieldsets = (
@@ -67,6 +82,10 @@ class OrganizationAdmin(admin.ModelAdmin):
             "fields": ("whatsapp_template_name", "whatsapp_template_language", "whatsapp_template_has_parameter"),
         }),
         ("Opt-out", {"fields": ("opt_out_keywords", "opt_out_confirmation")}),
+        ("CRM sync", {
+            "description": "Failed and dead-lettered syncs are listed under CRM sync › Contact syncs, with a retry action.",
+            "fields": ("crm_adapter", "crm_requests_per_second", "hubspot_phone_property", "crm_webhook_url", "crm_webhook_secret"),
+        }),
         ("Provider credentials", {
             "description": "Secrets are never shown: leave one empty to keep it, type a value to replace it.",
             "fields": ("whatsapp_phone_number_id", "whatsapp_access_token", "whatsapp_app_secret", "whatsapp_verify_token",

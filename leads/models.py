@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import re
 import secrets
 import string
 import zoneinfo
@@ -59,6 +60,11 @@ DEFAULT_REPLY_PROMPT = (
 DEFAULT_REPLY_FALLBACK = "Thanks, {first_name}! A specialist from {organization} will get back to you shortly."
 DEFAULT_OPT_OUT_KEYWORDS = "stop, stopall, unsubscribe, cancel, end, quit, parar, pare, baja, alto"
 DEFAULT_OPT_OUT_CONFIRMATION = "You will not receive any more messages from {organization}."
+
+
+def _validate_property_name(value: str) -> None:
+    if not re.fullmatch(r"[a-z][a-z0-9_]{0,99}", value):
+        raise ValidationError("A HubSpot internal property name: lower-case letters, digits and underscores, starting with a letter.")
 
 
 def validate_text_template(value: str) -> None:
@@ -157,6 +163,28 @@ class Organization(models.Model):
         default=168,
         help_text="An open lead with no message either way for this long is closed as lost (pending follow-ups cancelled). 0 turns it off.",
     )
+    # CRM sync (crmsync/). Contacts and their latest lead go to the CRM in batches,
+    # under the account's request rate.
+    crm_adapter = models.CharField(
+        max_length=16, blank=True, default="", choices=[("", "Off"), ("hubspot", "HubSpot"), ("webhook", "Signed webhook")],
+        help_text="Where contacts are synced. Off: nothing is queued.",
+    )
+    crm_requests_per_second = models.FloatField(
+        default=10.0, validators=[MinValueValidator(0.1), MaxValueValidator(100)],
+        help_text="Requests a second to the CRM account, shared by every worker on every machine.",
+    )
+    hubspot_phone_property = models.CharField(
+        max_length=100, default="swiftex_phone", validators=[_validate_property_name],
+        help_text="A unique HubSpot contact property holding the E.164 phone: the id for contacts without email.",
+    )
+    crm_webhook_url = models.URLField(
+        max_length=500, blank=True, default="",
+        help_text="Signed-webhook adapter: batches of contacts are POSTed here as JSON.",
+    )
+    crm_webhook_secret = models.CharField(
+        max_length=128, blank=True, default="",
+        help_text="Signs each webhook: X-Swiftex-Signature = sha256= HMAC-SHA256(secret, timestamp + '.' + body).",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     def __str__(self) -> str:
@@ -169,6 +197,10 @@ class Organization(models.Model):
         if self.reply_debounce_max_seconds is not None and self.reply_debounce_seconds is not None \
                 and self.reply_debounce_max_seconds < self.reply_debounce_seconds:
             raise ValidationError({"reply_debounce_max_seconds": "The maximum wait cannot be shorter than the quiet window."})
+        if self.crm_adapter == "hubspot" and not self.hubspot_access_token:
+            raise ValidationError({"crm_adapter": "HubSpot sync needs the HubSpot access token (under Provider credentials)."})
+        if self.crm_adapter == "webhook" and not (self.crm_webhook_url and self.crm_webhook_secret):
+            raise ValidationError({"crm_adapter": "The signed webhook needs its URL and secret."})
 
     def opt_out_words(self) -> frozenset[str]:
         return parse_keywords(self.opt_out_keywords)

@@ -56,6 +56,7 @@ def lead_detail(*, org: Organization, lead_id: int) -> dict | None:
             for s in lead.submissions.order_by("received_at", "pk")
         ],
         "greeting": _greeting(lead),
+        "crm_sync": _crm_sync(lead),
         "messages": [
             {
                 "id": m.pk,
@@ -87,3 +88,13 @@ def _greeting(lead: Lead) -> dict | None:
     if greeting is None:
         return None
     return {"state": greeting.state, "reason": greeting.reason, "text_source": greeting.text_source, "model_ms": greeting.model_ms}
+
+
+def _crm_sync(lead: Lead) -> dict | None:
+    from crmsync.models import ContactSync  # crmsync builds on leads, not the reverse
+
+    sync = ContactSync.objects.filter(contact_id=lead.contact_id).first()
+    if sync is None:
+        return None
+    return {"state": sync.state, "crm": sync.adapter, "crm_id": sync.crm_id, "last_error": sync.last_error,
+            "synced_at": sync.synced_at}

@@ -83,6 +83,7 @@ def organization_defaults() -> dict:
         "twilio_auth_token": settings.TWILIO_AUTH_TOKEN,
         "twilio_from_number": settings.TWILIO_FROM_NUMBER,
         "hubspot_access_token": settings.HUBSPOT_ACCESS_TOKEN,
+        "crm_adapter": "hubspot" if settings.HUBSPOT_ACCESS_TOKEN else "",
     }
 
 

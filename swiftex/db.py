@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 from django.conf import settings
-from django.db import connection
+from django.db import InterfaceError, OperationalError, connection
 from django.db.backends.postgresql.base import ServerBindingCursor
 
 
@@ -44,3 +44,11 @@ def connect_params(dbname: str | None = None) -> dict:
         "password": db["PASSWORD"],
         "connect_timeout": 5,
     }
+
+
+# Celery task options for work that only touches the database: a blip (a failover, a
+# dropped connection) is retried with exponential backoff and jitter, up to 8 times.
+DB_RETRY = {
+    "autoretry_for": (OperationalError, InterfaceError), "retry_backoff": 1, "retry_backoff_max": 30,
+    "retry_jitter": True, "max_retries": 8,
+}

@@ -51,16 +51,24 @@ class OutboxCollector:
         yield GaugeMetricFamily(*self.OLDEST, value=float(oldest_age))
 
 
-_outbox_collector = OutboxCollector()
+def _database_collectors() -> list:
+    from crmsync.metrics import CrmSyncCollector
+
+    return [OutboxCollector(), CrmSyncCollector()]
+
+
+_db_collectors = _database_collectors()
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-    REGISTRY.register(_outbox_collector)
+    for _collector in _db_collectors:
+        REGISTRY.register(_collector)
 
 
 def render() -> bytes:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         MultiProcessCollector(registry)
-        registry.register(_outbox_collector)
+        for collector in _db_collectors:
+            registry.register(collector)
         return generate_latest(registry)
     return generate_latest(REGISTRY)
 

@@ -23,7 +23,11 @@ local capacity = tonumber(ARGV[2])
 local cost = tonumber(ARGV[3])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts', 'paused_until')
+local paused_until = tonumber(state[3]) or 0
+if now < paused_until then
+  return {0, tostring(paused_until - now)}
+end
 local tokens = tonumber(state[1]) or capacity
 local ts = tonumber(state[2]) or now
 tokens = math.min(capacity, tokens + math.max(0, now - ts) * rate)
@@ -38,6 +42,22 @@ end
 redis.call('HSET', KEYS[1], 'tokens', tokens, 'ts', now)
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[4]))
 return {allowed, tostring(wait)}
+"""
+
+
+# KEYS[1] bucket hash; ARGV: seconds. Empties the bucket until then (a later pause wins).
+_PAUSE_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local until_ = now + tonumber(ARGV[1])
+local current = tonumber(redis.call('HGET', KEYS[1], 'paused_until')) or 0
+if until_ > current then
+  redis.call('HSET', KEYS[1], 'paused_until', until_, 'tokens', 0, 'ts', until_)
+end
+if redis.call('TTL', KEYS[1]) < tonumber(ARGV[1]) + 60 then
+  redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[1])) + 60)
+end
+return 1
 """
 
 
@@ -56,10 +76,19 @@ class _LocalBuckets:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._state: dict[str, tuple[float, float]] = {}
+        self._paused: dict[str, float] = {}
+
+    def pause(self, name: str, seconds: float) -> None:
+        with self._lock:
+            until = time.monotonic() + seconds
+            self._paused[name] = max(until, self._paused.get(name, 0.0))
 
     def take(self, name: str, rate: float, capacity: float, cost: float) -> Decision:
         now = time.monotonic()
         with self._lock:
+            paused = self._paused.get(name, 0.0) - now
+            if paused > 0:
+                return Decision(False, paused, degraded=True)
             tokens, ts = self._state.get(name, (capacity, now))
             tokens = min(capacity, tokens + (now - ts) * rate)
             if tokens >= cost:
@@ -70,15 +99,15 @@ class _LocalBuckets:
 
 
 _local = _LocalBuckets()
-_scripts: dict[int, object] = {}
+_scripts: dict[tuple[int, str], object] = {}
 
 
-def _script():
-    """The Lua script bound to the current client (EVALSHA, loaded on first use)."""
+def _script(source: str = _TOKEN_BUCKET_LUA):
+    """A Lua script bound to the current client (EVALSHA, loaded on first use)."""
     redis = swx_redis.client()
-    script = _scripts.get(id(redis))
+    script = _scripts.get((id(redis), source))
     if script is None:
-        script = _scripts[id(redis)] = redis.register_script(_TOKEN_BUCKET_LUA)
+        script = _scripts[(id(redis), source)] = redis.register_script(source)
     return script
 
 
@@ -96,3 +125,15 @@ def take(name: str, *, rate_per_second: float, capacity: float, cost: float = 1)
     except swx_redis.UNAVAILABLE_ERRORS as exc:
         swx_redis.breaker.trip(exc)
     return _local.take(name, rate_per_second, capacity, cost)
+
+
+def pause(name: str, seconds: float) -> None:
+    """Admit nothing from bucket `name` for `seconds` (a provider's Retry-After), on every machine."""
+    try:
+        _script(_PAUSE_LUA)(keys=[swx_redis.key("bucket", name)], args=[seconds])
+        return
+    except swx_redis.RedisUnavailable:
+        pass
+    except swx_redis.UNAVAILABLE_ERRORS as exc:
+        swx_redis.breaker.trip(exc)
+    _local.pause(name, seconds)

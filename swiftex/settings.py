@@ -215,6 +215,16 @@ FOLLOWUP_DISPATCH_FLOOR_PER_SECOND = env_float("FOLLOWUP_DISPATCH_FLOOR_PER_SECO
 FOLLOWUP_YIELD_AT_LEADS_PER_MIN = env_float("FOLLOWUP_YIELD_AT_LEADS_PER_MIN", 3000.0, minimum=1)
 # How often replies lost with Redis, or stuck with a dead worker, are looked for.
 REPLY_SWEEP_SECONDS = env_float("REPLY_SWEEP_SECONDS", 15.0, minimum=1)
+# CRM sync (crmsync/): contacts pushed in batches on the bulk lane, under each CRM
+# account's request rate (Organization.crm_requests_per_second, a Redis bucket
+# shared by every worker). A change waits CRM_SYNC_GATHER_SECONDS so the changes
+# that follow it (the greeting's status a moment later) go in the same upsert.
+CRM_SYNC_TICK_SECONDS = env_float("CRM_SYNC_TICK_SECONDS", 1.0, minimum=0.1)
+CRM_SYNC_GATHER_SECONDS = env_float("CRM_SYNC_GATHER_SECONDS", 2.0, minimum=0.0)
+CRM_SYNC_LEASE_SECONDS = env_float("CRM_SYNC_LEASE_SECONDS", 120.0, minimum=10)
+CRM_SYNC_MAX_ATTEMPTS = env_int("CRM_SYNC_MAX_ATTEMPTS", 12, minimum=1)
+CRM_SYNC_BACKOFF_BASE_SECONDS = env_float("CRM_SYNC_BACKOFF_BASE_SECONDS", 5.0, minimum=0.1)
+CRM_SYNC_BACKOFF_MAX_SECONDS = env_float("CRM_SYNC_BACKOFF_MAX_SECONDS", 600.0, minimum=1)
 CELERY_BEAT_SCHEDULE = {
     "prune-outbox": {"task": "swiftex.tasks.prune_outbox", "schedule": 600.0},
     "expire-idempotency-keys": {"task": "leads.tasks.expire_idempotency_keys", "schedule": 600.0},
@@ -228,6 +238,12 @@ CELERY_BEAT_SCHEDULE = {
         "task": "conversations.tasks.dispatch_scheduled_jobs",
         "schedule": SCHEDULED_JOBS_TICK_SECONDS,
         "options": {"expires": max(5.0, SCHEDULED_JOBS_TICK_SECONDS * 4)},
+    },
+    "prune-crm-push-log": {"task": "crmsync.tasks.prune_push_log", "schedule": 3600.0},
+    "dispatch-crm-sync": {
+        "task": "crmsync.tasks.dispatch",
+        "schedule": CRM_SYNC_TICK_SECONDS,
+        "options": {"expires": max(5.0, CRM_SYNC_TICK_SECONDS * 4)},
     },
     "reply-sweep": {
         "task": "conversations.tasks.reply_sweep",
@@ -259,7 +275,7 @@ SWIFTEX_SUBSCRIBERS = {
     "replies": {"routing_keys": ["message.received"], "handler": "conversations.subscriber.handle_inbound"},
     "followups": {"routing_keys": ["lead.status_changed"], "handler": "conversations.subscriber.handle_lead_changes"},
     "analytics": {"routing_keys": ["lead.#", "message.#"], "handler": "analytics.subscriber.handle_events"},
-    "crmsync": {"routing_keys": ["lead.created", "lead.status_changed"], "handler": "crmsync.subscriber.handle_events"},
+    "crmsync": {"routing_keys": ["lead.created", "lead.status_changed", "message.received"], "handler": "crmsync.subscriber.handle_events"},
 }
 
 # --- Outbox -----------------------------------------------------------------

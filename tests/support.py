@@ -141,18 +141,19 @@ class Stack:
     `scheduler=False`) the scheduler, sharing one environment pointed at the fakes:
     one deployment."""
 
-    def __init__(self, fakes, log_dir, *, scheduler: bool = True) -> None:
+    def __init__(self, fakes, log_dir, *, scheduler: bool = True, lanes: tuple[str, ...] = ("conversations", "followups"),
+                 env: dict | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.fakes = fakes
         self.log_dir = log_dir
         # Every test's organization has the same WhatsApp number: no cache may carry
         # the previous test's tenant into the next one.
-        self.env = {**fakes.env(), "PUBLIC_BASE_URL": self.url, "ORGANIZATION_CACHE_SECONDS": "0"}
+        self.env = {**fakes.env(), "PUBLIC_BASE_URL": self.url, "ORGANIZATION_CACHE_SECONDS": "0", **(env or {})}
         self.web = ManagedProcess.web(self.port, log_dir, self.env).start()
         self.relay = ManagedProcess.relay(log_dir, self.env).start()
         self.lane = ManagedProcess.lane("first_touch", log_dir, self.env).start()
-        self.others = [ManagedProcess.lane(lane, log_dir, self.env).start() for lane in ("conversations", "followups")]
+        self.others = [ManagedProcess.lane(lane, log_dir, self.env).start() for lane in lanes]
         if scheduler:  # delivery statuses are applied by the conversations lane, on the scheduler's beat
             self.others.append(ManagedProcess.scheduler(log_dir, self.env).start())
         self.extra_webs: list[ManagedProcess] = []
@@ -176,6 +177,14 @@ class Stack:
             else ManagedProcess.lane(p.name, self.log_dir, self.env).start()
             for p in self.others
         ]
+
+    def other(self, name: str) -> ManagedProcess:
+        return next(p for p in self.others if p.name == name)
+
+    def replace_other(self, name: str) -> None:
+        """Start a new process for the lane (or scheduler) `name`, which was stopped or killed."""
+        index = next(i for i, p in enumerate(self.others) if p.name == name)
+        self.others[index] = ManagedProcess.lane(name, self.log_dir, self.env).start()
 
     def restart_lane(self, *, kill: bool) -> None:
         self.lane.kill() if kill else self.lane.stop()
@@ -246,6 +255,7 @@ class FakeProviders:
             "OPENAI_API_KEY": "test-openai-key",
             "WHATSAPP_API_URL": f"{self.url}/whatsapp/v23.0",
             "TWILIO_API_URL": f"{self.url}/twilio",
+            "HUBSPOT_API_URL": f"{self.url}/hubspot",
         }
 
     def configure(self, **config) -> dict:
@@ -256,6 +266,13 @@ class FakeProviders:
 
     def requests(self, provider: str) -> list[dict]:
         return self._call("GET", f"/_fake/requests?provider={provider}")["requests"]
+
+    def hubspot(self) -> dict:
+        """The fake CRM: {"contacts": [...], "stats": {...}}."""
+        return self._call("GET", "/_fake/hubspot/contacts")
+
+    def crm_webhook_deliveries(self) -> list[dict]:
+        return self._call("GET", "/_fake/crm-webhook")["deliveries"]
 
     def _call(self, method: str, path: str, body: dict | None = None) -> dict:
         # urllib, not requests: tests mock `requests` with `responses`.

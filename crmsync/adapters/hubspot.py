@@ -1,0 +1,132 @@
+"""HubSpot: batch upsert of contacts.
+
+`POST {HUBSPOT_API_URL}/crm/v3/objects/contacts/batch/upsert` with the
+organization's private-app token, at most 100 inputs. A contact is named by
+its email, or, without one, by its E.164 phone in a unique custom property
+(`Organization.hubspot_phone_property`); once a record is created that choice
+is kept, so a phone-only contact who later gives an email stays one record.
+`objectWriteTraceId` carries our sync id and comes back on each result, which
+is how results are matched to contacts.
+
+The custom properties (`swiftex_*` below, and the phone property) must exist
+in the HubSpot account; README › "Pointing it at real providers" lists them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from django.conf import settings
+
+from conversations.providers.base import ProviderError, post, retry_after_seconds
+from crmsync.adapters.base import (
+    Accepted, AccountRefused, BatchRefused, Outcome, RateLimited, Refused, Snapshot, Transient, iso,
+)
+
+MAX_BATCH = 100
+PROVIDER = "hubspot"
+
+
+class HubSpot:
+    kind = "hubspot"
+    max_batch = MAX_BATCH
+
+    def __init__(self, org) -> None:
+        self.token = org.hubspot_access_token
+        self.phone_property = org.hubspot_phone_property
+
+    def account(self) -> str:
+        return "hubspot:" + hashlib.sha256(self.token.encode()).hexdigest()[:16]
+
+    def identify(self, snapshot: Snapshot) -> tuple[str, str]:
+        if snapshot.id_property:
+            return snapshot.id_property, snapshot.id_value
+        if snapshot.email:
+            return "email", snapshot.email
+        return self.phone_property, snapshot.phone or ""
+
+    def properties(self, snapshot: Snapshot) -> dict[str, str]:
+        first, _, last = snapshot.name.strip().partition(" ")
+        props = {
+            "firstname": first,
+            "lastname": last.strip(),
+            "swiftex_lead_status": snapshot.status,
+            "swiftex_source": snapshot.source,
+            "swiftex_campaign": snapshot.campaign,
+            "swiftex_captured_at": iso(snapshot.captured_at),
+            "swiftex_first_response_at": iso(snapshot.first_response_at),
+            "swiftex_first_reply_at": iso(snapshot.first_reply_at),
+            "swiftex_messaging_consent": "true" if snapshot.consent else "false",
+        }
+        if snapshot.email:
+            props["email"] = snapshot.email
+        if snapshot.phone:
+            props["phone"] = snapshot.phone
+            props[self.phone_property] = snapshot.phone
+        return props
+
+    def push(self, snapshots: list[Snapshot]) -> dict[int, Outcome]:
+        id_property = self.identify(snapshots[0])[0]
+        inputs = []
+        for snapshot in snapshots:
+            prop, value = self.identify(snapshot)
+            assert prop == id_property, "one request carries one id property"
+            inputs.append({"idProperty": prop, "id": value, "objectWriteTraceId": str(snapshot.sync_id),
+                           "properties": self.properties(snapshot)})
+        url = f"{settings.HUBSPOT_API_URL}/crm/v3/objects/contacts/batch/upsert"
+        try:
+            response = post(PROVIDER, url, json={"inputs": inputs}, headers={"Authorization": f"Bearer {self.token}"})
+        except ProviderError as exc:
+            raise Transient(exc.title) from exc  # an upsert is safe to repeat, even if it may have landed
+        status = response.status_code
+        body = _json(response)
+        if status in (200, 201, 207):
+            return _outcomes(snapshots, body)
+        message = _message(body, status)
+        if status == 429:
+            raise RateLimited(message, status_code=status, retry_after=_pause_seconds(response))
+        if status in (401, 403):
+            raise AccountRefused(message, status_code=status)
+        if 400 <= status < 500:
+            raise BatchRefused(message, status_code=status)
+        raise Transient(message, status_code=status, retry_after=retry_after_seconds(response))
+
+
+def _json(response) -> dict:
+    try:
+        body = response.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _message(body: dict, status: int) -> str:
+    text = body.get("message") if isinstance(body.get("message"), str) else ""
+    category = body.get("category") or body.get("errorType") or ""
+    return f"HTTP {status} {category}: {text}".strip(": ") if text or category else f"HTTP {status}"
+
+
+def _pause_seconds(response) -> float:
+    """Retry-After, else the rest of HubSpot's rate-limit interval, else a second."""
+    after = retry_after_seconds(response)
+    if after is not None:
+        return max(after, 0.1)
+    try:
+        return max(0.1, float(response.headers.get("X-HubSpot-RateLimit-Interval-Milliseconds", "")) / 1000)
+    except ValueError:
+        return 1.0
+
+
+def _outcomes(snapshots: list[Snapshot], body: dict) -> dict[int, Outcome]:
+    """Results by objectWriteTraceId; with a 207, what has no result was refused with the errors' messages."""
+    outcomes: dict[int, Outcome] = {}
+    for result in body.get("results") or []:
+        trace = str(result.get("objectWriteTraceId", "")) if isinstance(result, dict) else ""
+        if trace.isdigit() and result.get("id") is not None:
+            outcomes[int(trace)] = Accepted(str(result["id"]))
+    errors = [e.get("message", "") for e in body.get("errors") or [] if isinstance(e, dict)]
+    if errors:
+        refused = Refused("; ".join(m for m in errors if m)[:300] or "refused by HubSpot")
+        for snapshot in snapshots:
+            outcomes.setdefault(snapshot.sync_id, refused)
+    return outcomes  # a snapshot missing here was neither accepted nor refused: the pusher retries it
