@@ -56,7 +56,7 @@ def outbox_backlog() -> int:
     return db_query("SELECT count(*) FROM swiftex_outboxevent WHERE published_at IS NULL")[0][0]
 
 
-def run_step(stack: Stack, env: dict, key: str, rate: float, run_id: int) -> dict:
+def run_step(stack: Stack, env: dict, key: str, rate: float, run_id: int, seconds: float = SECONDS) -> dict:
     out_file = Path(tempfile.mkstemp(suffix=".json")[1])
     first_touch.reset_fake()  # the previous step settled: its records and webhooks are no longer needed
     metrics_before = first_touch.web_metrics()
@@ -64,7 +64,7 @@ def run_step(stack: Stack, env: dict, key: str, rate: float, run_id: int) -> dic
     started = time.monotonic()
     loadgen = subprocess.Popen(
         [PY, str(ROOT / "bench" / "loadgen.py"), "--url", f"http://127.0.0.1:{PORT}", "--key", key,
-         "--rate", str(rate), "--seconds", str(SECONDS), "--run-id", str(run_id), "--out", str(out_file), "--progress"],
+         "--rate", str(rate), "--seconds", str(seconds), "--run-id", str(run_id), "--out", str(out_file), "--progress"],
     )
     stack.begin_sampling({"loadgen": lambda: [loadgen.pid]})
     backlog_series = []
