@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import subprocess
+import time
 
 import pytest
 from django.conf import settings
+from django.core.management.base import CommandError
 from kombu import Connection
 
 from leads import auth
@@ -27,6 +29,30 @@ def _ensure_test_vhost() -> None:
     vhost = settings.CELERY_BROKER_URL.rsplit("/", 1)[-1]
     subprocess.run(["rabbitmqctl", "-q", "add_vhost", vhost], check=False, capture_output=True)
     subprocess.run(["rabbitmqctl", "-q", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"], check=True, capture_output=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _flush_survives_a_deadlock():
+    """The end-to-end tests keep real workers running while the database is flushed between
+    tests. TRUNCATE locks table after table; a worker's transaction that holds one of them
+    and wants another makes PostgreSQL pick a victim, sometimes the TRUNCATE. Retry it, as
+    any client does with a deadlock victim."""
+    from django.core.management.commands import flush
+
+    original = flush.Command.handle
+
+    def handle(self, **options):
+        for attempt in range(5):
+            try:
+                return original(self, **options)
+            except CommandError as exc:
+                if "deadlock" not in str(exc.__cause__) or attempt == 4:
+                    raise
+                time.sleep(0.2)
+
+    flush.Command.handle = handle
+    yield
+    flush.Command.handle = original
 
 
 @pytest.fixture(scope="session", autouse=True)
