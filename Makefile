@@ -54,7 +54,7 @@ bench-followups: db
 
 ## bench-crmsync: 5,000 leads in a minute synced to a fake HubSpot allowing 10 req/s (writes bench/results/crmsync.json)
 bench-crmsync: db
-	$(PY) bench/crmsync.py
+	$(PY) bench/crm.py
 
 ## chaos: faults during a steady 5,000 leads/min run; 0 lost, 0 duplicated (writes bench/results/chaos.json)
 chaos: db

@@ -15,7 +15,14 @@ injected, cleared, and recovered from:
 - rabbitmq_restart: `rabbitmqctl stop_app`, 10 s, `start_app` (this is the
   machine's RabbitMQ: every vhost on it is down for those seconds);
 - redis_restart: the stack's Redis shut down, 10 s, started again;
-- whatsapp_500: 10% of WhatsApp calls answer 500 for 30 s.
+- whatsapp_500: 10% of WhatsApp calls answer 500 for 30 s;
+- hubspot_429: the fake HubSpot answers every request 429 (Retry-After: 1)
+  for 60 s.
+
+CRM sync is on throughout (the bench organization syncs to the fake
+HubSpot, 10 requests/s): after the greetings settle the run waits for the
+sync queue to drain and checks every stored contact is in the CRM once,
+with its latest lead status.
 
 After the load, it waits (bounded) until every lead's greeting is final, then
 reads, per slot: requests answered 2xx, leads greeted exactly once, lost (2xx
@@ -64,6 +71,7 @@ from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import crm  # noqa: E402
 from first_touch import accepted_per_recipient, fake, summarize, unsettled  # noqa: E402
 from loadgen import phone_for  # noqa: E402
 from stack import PORT, PY, ROOT, Stack, _process_tree, autovacuum, configure_fake, db_query, prepare, queue_depths, stack_env  # noqa: E402
@@ -167,12 +175,19 @@ def whatsapp_500(stack: Stack) -> None:
     configure_fake({"whatsapp_error_rate": 0.0})
 
 
+def hubspot_429(stack: Stack) -> None:
+    configure_fake({"hubspot_always_429": True})
+    time.sleep(60.0)
+    configure_fake({"hubspot_always_429": False})
+
+
 SLOTS = [
     Slot("kill_first_touch", "SIGKILL the first-touch worker; restarted 2 s later", kill_first_touch),
     Slot("deploy", "rolling SIGTERM restart of both web workers, every lane, the relay and the scheduler", deploy),
     Slot("rabbitmq_restart", "RabbitMQ stopped for 10 s, then started", rabbitmq_restart),
     Slot("redis_restart", "Redis stopped for 10 s, then started", redis_restart),
     Slot("whatsapp_500", "10% of WhatsApp calls answer 500 for 30 s", whatsapp_500),
+    Slot("hubspot_429", "HubSpot answers every request 429 for 60 s", hubspot_429),
 ]
 
 
@@ -310,7 +325,7 @@ def main() -> None:
     total = WARMUP + SLOT * len(slots) + 5
     if total > 600:
         raise SystemExit(f"chaos: {total:.0f}s of load is over the load generator's 600 s bound; shorten CHAOS_SLOT_SECONDS")
-    env = stack_env()
+    env = stack_env() | {"HUBSPOT_ACCESS_TOKEN": "chaos-hubspot-token"}  # the bench organization syncs to the fake CRM
     env["REDIS_URL"] = f"redis://127.0.0.1:{REDIS_PORT}/0"
     print(f"chaos: {RATE:.0f} leads/min for {total:.0f}s: warm-up {WARMUP:.0f}s, then {len(slots)} faults, {SLOT:.0f}s each")
     start_redis()
@@ -350,6 +365,9 @@ def main() -> None:
         stop_vacuuming.set()
         settle["outbox_backlog"] = db_query("SELECT count(*) FROM swiftex_outboxevent WHERE published_at IS NULL")[0][0]
         settle["queues_ready_and_consumers"] = queue_depths(env, ["conversations.events", "analytics.events", "crmsync.events", *LANES])
+        print("chaos: waiting for the CRM sync to drain ...", flush=True)
+        crm_drained = crm.wait_for_sync(time.monotonic(), timeout=SETTLE_TIMEOUT)
+        crm_result = crm.check(crm.fake_crm(), since)
         load = json.loads(out_file.read_text())
         results = measure(load, slots)
         webhooks = fake("/_fake/webhooks?provider=openai")["stats"]
@@ -365,10 +383,13 @@ def main() -> None:
         "settle": settle,
         "client": {"requests": load["requests"], "statuses": load["statuses"], "errors": load["errors"]},
         "status_webhooks": webhooks,
+        "crm": crm_result | {"seconds_to_drain_after_the_greetings_settled": crm_drained},
         "verdict": {
             "lost": sum(r["lost"] for r in results.values()),
             "duplicated": sum(r["duplicated"] for r in results.values()),
             "zero_lost_zero_duplicated": all(r["lost"] == 0 and r["duplicated"] == 0 for r in results.values()),
+            "crm_lost": crm_result["lost"], "crm_duplicated": crm_result["duplicated"],
+            "crm_stale_status": crm_result["with_stale_status"],
         },
         "slots": results,
         "cpu_share_of_one_core": {slot.name: {name: u.get("cpu_share_of_one_core", u.get("busy_cores")) for name, u in slot.usage.items()}
@@ -389,6 +410,7 @@ def print_table(report: dict) -> None:
               f"{r.get('fault_seconds', ''):>9}{during if during is not None else '':>12}{after if after is not None else '':>11}"
               f"{r.get('recovered_after_s') if r.get('recovered_after_s') is not None else '':>11}")
     print(f"status webhooks: {json.dumps(report['status_webhooks'])}")
+    print(f"crm: {json.dumps(report['crm'])}")
     print("machine busy (of 2 cores): " + ", ".join(f"{name} {cpu['machine']}" for name, cpu in report["cpu_share_of_one_core"].items()))
     print(f"verdict: {json.dumps(report['verdict'])}")
 

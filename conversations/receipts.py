@@ -304,7 +304,8 @@ def receive(org: Organization, inbound: Inbound) -> Message | None:
                 entries.append(("consent.revoked", {"channel": inbound.channel, "keyword": inbound.body.strip()[:40]}, inbound.at))
             timeline.record(lead.pk, *entries)
         emit("message.received", organization_id=org.pk, data={
-            "message_id": row[0], "conversation_id": conversation.pk, "lead_id": lead.pk if lead else None,
+            "message_id": row[0], "conversation_id": conversation.pk, "contact_id": conversation.contact_id,
+            "lead_id": lead.pk if lead else None,
             "channel": inbound.channel, "opt_out": opted_out,
         })
     return Message.objects.get(pk=row[0])

@@ -1,9 +1,13 @@
 """One push: claim a batch of an organization's due contacts and send it to its CRM.
 
 The request rate is the CRM account's, shared by every worker on every
-machine through a Redis token bucket (`swiftex.ratelimit`, atomic Lua). A
-token is taken before anything is claimed, so a worker waiting for the CRM
-holds no rows. Outcomes:
+machine through a Redis token bucket (`swiftex.ratelimit`, atomic Lua). The
+first token is taken before anything is claimed, so a worker waiting for a
+busy account holds no rows; the few further requests of a batch (a second id
+property, splitting a refused batch) wait with their rows claimed, at most
+half the lease, after which the rest goes back to the queue. The record's id
+property is kept on the row before the first request, so a retry after a
+lost answer names the same record. Outcomes:
 
 - accepted: SYNCED with the CRM's id (PENDING again if it changed meanwhile);
 - refused item: FAILED with the CRM's message, the rest of the batch goes on;
@@ -27,6 +31,7 @@ import logging
 import time
 from datetime import datetime
 
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
@@ -55,10 +60,11 @@ def push_due(organization_id: int) -> int:
     batch = _Batch(org, adapter)
     if not batch.wait_for_token():
         return 0
-    sync_ids = queue.claim(org.pk, adapter.max_batch)
+    sync_ids, batch.claimed_at = queue.claim(org.pk, adapter.max_batch)
     if not sync_ids:
         return 0
     snapshots = queue.snapshots(sync_ids)
+    queue.pin_ids(adapter.kind, batch.claimed_at, [(s.sync_id, *adapter.identify(s)) for s in snapshots])
     groups: dict[str, list[Snapshot]] = {}
     for snapshot in snapshots:
         groups.setdefault(adapter.identify(snapshot)[0], []).append(snapshot)
@@ -73,6 +79,10 @@ class _Batch:
         self.adapter = adapter
         self.bucket = f"crm:{org.pk}:{adapter.account()}"
         self.token_in_hand = False
+        self.claimed_at = None
+        # Splitting a refused batch takes many requests; stop well inside the lease, so the
+        # rows are never reaped and pushed by another worker while this one still works on them.
+        self.deadline = time.monotonic() + settings.CRM_SYNC_LEASE_SECONDS / 2
 
     def wait_for_token(self) -> bool:
         if self.token_in_hand:
@@ -108,7 +118,7 @@ class _Batch:
 
     def attempt(self, group: list[Snapshot]) -> str | None:
         """One request for `group`, settled; the message if the CRM refused it as a whole."""
-        if not self.wait_for_token():
+        if time.monotonic() > self.deadline or not self.wait_for_token():
             self.settle_error(group, Transient("the CRM account's rate limit left no room; later"), count_attempt=False)
             return None
         self.token_in_hand = False
@@ -128,7 +138,7 @@ class _Batch:
             self.settle_error(group, exc, after=pause, count_attempt=False)
         except Transient as exc:
             self.log(Outcome.ERROR, group, started, exc)
-            self.settle_error(group, exc)
+            self.settle_error(group, exc, after=exc.retry_after)
         except Exception as exc:  # a bug here must not strand the batch IN_FLIGHT until the lease ends
             self.log(Outcome.ERROR, group, started, CrmError(f"{type(exc).__name__}: {exc}"))
             self.settle_error(group, CrmError(f"{type(exc).__name__}: {exc}"))
@@ -148,13 +158,15 @@ class _Batch:
         missing = [s for s in group if s.sync_id not in outcomes]
         now = timezone.now()
         with transaction.atomic():
-            settled = queue.settle_accepted(self.adapter.kind, [
+            settled = queue.settle_accepted(self.adapter.kind, self.claimed_at, [
                 (s.sync_id, outcomes[s.sync_id].crm_id, *self.adapter.identify(s)) for s in accepted
             ])
+            # The timeline shows the sync's state changes (first in the CRM, back after a failure),
+            # not every update; the lead API shows the latest (`crm_sync`).
             entries = [
                 _entry(by_id[sync_id], "crm.synced", {"crm": self.adapter.kind, "crm_id": outcomes[sync_id].crm_id,
-                                                      "status": by_id[sync_id].status, "first": first}, now)
-                for sync_id, first in settled
+                                                      "status": by_id[sync_id].status}, now)
+                for sync_id, first in settled if first
             ]
             timeline.record_many([e for e in entries if e is not None])
             if refused:
@@ -167,13 +179,14 @@ class _Batch:
             self._refuse([(s, message) for s in group], timezone.now())
 
     def _refuse(self, refused: list[tuple[Snapshot, str]], now: datetime) -> None:
-        ids = set(queue.settle_refused(self.adapter.kind, [(s.sync_id, m) for s, m in refused]))
+        ids = set(queue.settle_refused(self.adapter.kind, self.claimed_at, [(s.sync_id, m) for s, m in refused]))
         entries = [_entry(s, "crm.failed", {"crm": self.adapter.kind, "error": m}, now) for s, m in refused if s.sync_id in ids]
         timeline.record_many([e for e in entries if e is not None])
 
     def settle_error(self, group: list[Snapshot], exc: CrmError, *, after: float | None = None, count_attempt: bool = True) -> None:
         with transaction.atomic():
-            dead = set(queue.retry_later([s.sync_id for s in group], error=exc.message, after=after, count_attempt=count_attempt))
+            dead = set(queue.retry_later([s.sync_id for s in group], self.claimed_at, error=exc.message, after=after,
+                                         count_attempt=count_attempt))
             now = timezone.now()
             entries = [_entry(s, "crm.dead_lettered", {"crm": self.adapter.kind, "error": exc.message}, now)
                        for s in group if s.sync_id in dead]

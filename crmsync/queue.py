@@ -9,12 +9,12 @@ second record.
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import connection
 
-from conversations.models import Conversation, Message
+from conversations.models import Message
 from crmsync.adapters.base import Snapshot
 from crmsync.models import ContactSync
 from leads.models import Contact, Lead, Organization
@@ -29,25 +29,27 @@ def _rows(sql: str, params: dict | list) -> list[tuple]:
         return cursor.fetchall() if cursor.description else []
 
 
-def mark_changed(lead_ids: list[int]) -> int:
-    """The contacts of these leads changed: queue them (organizations with a CRM only).
+def mark_changed(lead_ids: list[int] = (), contact_ids: list[int] = ()) -> int:
+    """These leads' contacts (and these contacts) changed: queue them (organizations with a CRM only).
 
     A contact already queued just gets a higher version (coalesced). A new
     change gets CRM_SYNC_GATHER_SECONDS before its first push, so a lead
     created and greeted a moment later goes out once, with its latest status.
     A failed or dead-lettered contact gets a fresh start; one waiting out a
-    backoff keeps waiting.
+    backoff keeps waiting. Rows are locked in contact order, as settles lock
+    them in id order, so two transactions never wait on each other in a circle.
     """
-    if not lead_ids:
+    if not lead_ids and not contact_ids:
         return 0
     return len(_rows(
         f"""
         INSERT INTO {_SYNC} AS s (organization_id, contact_id, state, version, synced_version, next_attempt_at,
                                   attempts, adapter, crm_id, id_property, id_value, last_error, changed_at)
-        SELECT l.organization_id, l.contact_id, 'pending', 1, 0, now() + %(gather)s, 0, '', '', '', '', '', now()
-        FROM {Lead._meta.db_table} l JOIN {Organization._meta.db_table} o ON o.id = l.organization_id
-        WHERE l.id = ANY(%(leads)s) AND o.crm_adapter <> ''
-        GROUP BY l.organization_id, l.contact_id
+        SELECT c.organization_id, c.id, 'pending', 1, 0, now() + %(gather)s, 0, '', '', '', '', '', now()
+        FROM {Contact._meta.db_table} c JOIN {Organization._meta.db_table} o ON o.id = c.organization_id
+        WHERE o.crm_adapter <> ''
+          AND (c.id = ANY(%(contacts)s) OR c.id IN (SELECT contact_id FROM {Lead._meta.db_table} WHERE id = ANY(%(leads)s)))
+        ORDER BY c.id
         ON CONFLICT (contact_id) DO UPDATE SET
             version = s.version + 1,
             changed_at = now(),
@@ -57,15 +59,16 @@ def mark_changed(lead_ids: list[int]) -> int:
                                    ELSE s.next_attempt_at END
         RETURNING s.id
         """,
-        {"leads": list(set(lead_ids)), "gather": timedelta(seconds=settings.CRM_SYNC_GATHER_SECONDS)},
+        {"leads": list(set(lead_ids)), "contacts": list(set(contact_ids)),
+         "gather": timedelta(seconds=settings.CRM_SYNC_GATHER_SECONDS)},
     ))
 
 
 def due_by_organization() -> list[tuple[int, int]]:
     """(organization id, contacts due) for every organization with something to push."""
     return _rows(
-        f"SELECT organization_id, count(*) FROM {_SYNC} WHERE state = 'pending' AND next_attempt_at <= now() "
-        "GROUP BY organization_id",
+        f"SELECT s.organization_id, count(*) FROM {_SYNC} s JOIN {Organization._meta.db_table} o ON o.id = s.organization_id "
+        "WHERE s.state = 'pending' AND s.next_attempt_at <= now() AND o.crm_adapter <> '' GROUP BY s.organization_id",
         [],
     )
 
@@ -83,18 +86,40 @@ def reap_stuck() -> int:
     ))
 
 
-def claim(organization_id: int, limit: int) -> list[int]:
-    """Take up to `limit` due contacts of one organization, oldest due first."""
-    return [row[0] for row in _rows(
+def claim(organization_id: int, limit: int) -> tuple[list[int], datetime | None]:
+    """Take up to `limit` due contacts of one organization, oldest due first.
+
+    Returns their ids and the claim's `claimed_at`, which every settle must
+    match: a push that outlived its lease (its rows reaped and claimed again)
+    can no longer overwrite what the newer push settles.
+    """
+    rows = _rows(
         f"""
         UPDATE {_SYNC} SET state = 'in_flight', claimed_at = now(), pushing_version = version
         WHERE id IN (SELECT id FROM {_SYNC}
                      WHERE organization_id = %s AND state = 'pending' AND next_attempt_at <= now()
                      ORDER BY next_attempt_at LIMIT %s FOR UPDATE SKIP LOCKED)
-        RETURNING id
+        RETURNING id, claimed_at
         """,
         [organization_id, limit],
-    )]
+    )
+    return sorted(row[0] for row in rows), (rows[0][1] if rows else None)
+
+
+def pin_ids(adapter: str, claimed_at: datetime, pins: list[tuple[int, str, str]]) -> None:
+    """Keep (sync id, id property, value) on rows that have none for this adapter yet, before the
+    first request: a retry after a lost answer must name the record the same way."""
+    if not pins:
+        return
+    _rows(
+        f"""
+        UPDATE {_SYNC} s SET id_property = p.prop, id_value = p.value, adapter = %(adapter)s
+        FROM unnest(%(ids)s::bigint[], %(props)s::text[], %(values)s::text[]) AS p(id, prop, value)
+        WHERE s.id = p.id AND s.claimed_at = %(claimed_at)s AND (s.id_property = '' OR s.adapter <> %(adapter)s)
+        """,
+        {"adapter": adapter, "claimed_at": claimed_at, "ids": [p[0] for p in pins], "props": [p[1] for p in pins],
+         "values": [p[2] for p in pins]},
+    )
 
 
 def snapshots(sync_ids: list[int]) -> list[Snapshot]:
@@ -102,14 +127,13 @@ def snapshots(sync_ids: list[int]) -> list[Snapshot]:
     rows = _rows(
         f"""
         SELECT s.id, c.id, lead.id, c.name, c.email, c.phone, c.consent, lead.status, lead.source, lead.campaign,
-               lead.captured_at, lead.first_response_at, reply.at, s.id_property, s.id_value
+               lead.captured_at, lead.first_response_at, reply.at, s.id_property, s.id_value, s.adapter, s.version
         FROM {_SYNC} s
         JOIN {Contact._meta.db_table} c ON c.id = s.contact_id
         LEFT JOIN LATERAL (SELECT id, status, source, campaign, captured_at, first_response_at
                            FROM {Lead._meta.db_table} WHERE contact_id = c.id ORDER BY id DESC LIMIT 1) lead ON true
         LEFT JOIN LATERAL (SELECT min(m.created_at) AS at FROM {Message._meta.db_table} m
-                           JOIN {Conversation._meta.db_table} conv ON conv.id = m.conversation_id
-                           WHERE conv.contact_id = c.id AND m.direction = 'inbound') reply ON true
+                           WHERE m.lead_id = lead.id AND m.direction = 'inbound') reply ON true
         WHERE s.id = ANY(%s)
         ORDER BY s.id
         """,
@@ -118,16 +142,17 @@ def snapshots(sync_ids: list[int]) -> list[Snapshot]:
     return [
         Snapshot(sync_id=r[0], contact_id=r[1], lead_id=r[2], name=r[3] or "", email=r[4], phone=r[5], consent=r[6],
                  status=r[7] or "", source=r[8] or "", campaign=r[9] or "", captured_at=r[10], first_response_at=r[11],
-                 first_reply_at=r[12], id_property=r[13], id_value=r[14])
+                 first_reply_at=r[12], id_property=r[13], id_value=r[14], pinned_by=r[15], version=r[16])
         for r in rows
     ]
 
 
-def settle_accepted(adapter: str, accepted: list[tuple[int, str, str, str]]) -> list[tuple[int, bool]]:
+def settle_accepted(adapter: str, claimed_at: datetime, accepted: list[tuple[int, str, str, str]]) -> list[tuple[int, bool]]:
     """(sync id, CRM id, id property, id value) the CRM took: SYNCED, or PENDING again if the
     contact changed while in flight. Returns (sync id, newly synced: first time or after a failure)."""
     if not accepted:
         return []
+    accepted = sorted(accepted)
     return _rows(
         f"""
         UPDATE {_SYNC} s SET
@@ -137,18 +162,19 @@ def settle_accepted(adapter: str, accepted: list[tuple[int, str, str, str]]) -> 
             crm_id = a.crm_id, id_property = a.prop, id_value = a.value
         FROM unnest(%(ids)s::bigint[], %(crm_ids)s::text[], %(props)s::text[], %(values)s::text[]) AS a(id, crm_id, prop, value),
              LATERAL (SELECT crm_id AS old_crm_id, last_error AS old_error FROM {_SYNC} WHERE id = a.id) old
-        WHERE s.id = a.id AND s.state = 'in_flight'
+        WHERE s.id = a.id AND s.state = 'in_flight' AND s.claimed_at = %(claimed_at)s
         RETURNING s.id, (old.old_crm_id = '' OR old.old_error <> '')
         """,
-        {"adapter": adapter, "ids": [a[0] for a in accepted], "crm_ids": [a[1] for a in accepted],
+        {"adapter": adapter, "claimed_at": claimed_at, "ids": [a[0] for a in accepted], "crm_ids": [a[1] for a in accepted],
          "props": [a[2] for a in accepted], "values": [a[3] for a in accepted]},
     )
 
 
-def settle_refused(adapter: str, refused: list[tuple[int, str]]) -> list[int]:
+def settle_refused(adapter: str, claimed_at: datetime, refused: list[tuple[int, str]]) -> list[int]:
     """The CRM refused these contacts (its message kept): FAILED until a change or a retry."""
     if not refused:
         return []
+    refused = sorted(refused)
     return [row[0] for row in _rows(
         f"""
         UPDATE {_SYNC} s SET
@@ -156,34 +182,37 @@ def settle_refused(adapter: str, refused: list[tuple[int, str]]) -> list[int]:
             pushing_version = NULL, claimed_at = NULL, next_attempt_at = now(), adapter = %(adapter)s,
             last_error = r.message
         FROM unnest(%(ids)s::bigint[], %(messages)s::text[]) AS r(id, message)
-        WHERE s.id = r.id AND s.state = 'in_flight'
+        WHERE s.id = r.id AND s.state = 'in_flight' AND s.claimed_at = %(claimed_at)s
         RETURNING s.id
         """,
-        {"adapter": adapter, "ids": [r[0] for r in refused], "messages": [r[1] for r in refused]},
+        {"adapter": adapter, "claimed_at": claimed_at, "ids": [r[0] for r in refused], "messages": [r[1] for r in refused]},
     )]
 
 
-def retry_later(sync_ids: list[int], *, error: str, after: float | None = None, count_attempt: bool = True) -> list[int]:
+def retry_later(sync_ids: list[int], claimed_at: datetime, *, error: str, after: float | None = None,
+                count_attempt: bool = True) -> list[int]:
     """Back to PENDING: after `after` seconds (a CRM's Retry-After), else after
     min(CRM_SYNC_BACKOFF_MAX_SECONDS, CRM_SYNC_BACKOFF_BASE_SECONDS * 2^attempts), times a
     random 0.5-1 so workers do not retry in step. A counted attempt past CRM_SYNC_MAX_ATTEMPTS dead-letters the contact;
     returns the ids dead-lettered now."""
     if not sync_ids:
         return []
+    sync_ids = sorted(sync_ids)
     delays = [after or 0.0] * len(sync_ids)
     rows = _rows(
         f"""
         UPDATE {_SYNC} s SET
             attempts = s.attempts + %(counted)s,
-            state = CASE WHEN s.attempts + %(counted)s >= %(max)s THEN 'dead' ELSE 'pending' END,
+            state = CASE WHEN s.attempts + %(counted)s >= %(max)s AND s.version <= s.pushing_version THEN 'dead'
+                         ELSE 'pending' END,
             pushing_version = NULL, claimed_at = NULL, last_error = %(error)s,
             next_attempt_at = now() + make_interval(secs => CASE WHEN %(fixed)s THEN d.delay
                               ELSE LEAST(%(cap)s, %(base)s * power(2, s.attempts)) * (0.5 + random() / 2) END)
         FROM unnest(%(ids)s::bigint[], %(delays)s::float8[]) AS d(id, delay)
-        WHERE s.id = d.id AND s.state = 'in_flight'
+        WHERE s.id = d.id AND s.state = 'in_flight' AND s.claimed_at = %(claimed_at)s
         RETURNING s.id, s.state
         """,
-        {"ids": sync_ids, "delays": delays, "fixed": after is not None, "counted": int(count_attempt), "error": error[:1000],
+        {"claimed_at": claimed_at, "ids": sync_ids, "delays": delays, "fixed": after is not None, "counted": int(count_attempt), "error": error[:1000],
          "max": settings.CRM_SYNC_MAX_ATTEMPTS, "cap": settings.CRM_SYNC_BACKOFF_MAX_SECONDS,
          "base": settings.CRM_SYNC_BACKOFF_BASE_SECONDS},
     )

@@ -20,7 +20,10 @@ CONSUMER = "crmsync"
 def handle_events(events: list[dict]) -> None:
     with transaction.atomic():
         new = record_processed(CONSUMER, [event["id"] for event in events])
-        queue.mark_changed([
-            event["data"]["lead_id"] for event in events
-            if event["id"] in new and isinstance(event.get("data"), dict) and isinstance(event["data"].get("lead_id"), int)
-        ])
+        data = [event["data"] for event in events if event["id"] in new and isinstance(event.get("data"), dict)]
+        queue.mark_changed(
+            lead_ids=[d["lead_id"] for d in data if isinstance(d.get("lead_id"), int)],
+            # A message from a contact with no open lead (a STOP after the deal closed) still
+            # changes what the CRM shows: their consent.
+            contact_ids=[d["contact_id"] for d in data if isinstance(d.get("contact_id"), int)],
+        )

@@ -14,6 +14,7 @@ import re
 import secrets
 import string
 import zoneinfo
+from urllib.parse import urlsplit
 
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
@@ -60,6 +61,11 @@ DEFAULT_REPLY_PROMPT = (
 DEFAULT_REPLY_FALLBACK = "Thanks, {first_name}! A specialist from {organization} will get back to you shortly."
 DEFAULT_OPT_OUT_KEYWORDS = "stop, stopall, unsubscribe, cancel, end, quit, parar, pare, baja, alto"
 DEFAULT_OPT_OUT_CONFIRMATION = "You will not receive any more messages from {organization}."
+
+
+def _https_or_loopback(url: str) -> bool:
+    parts = urlsplit(url)
+    return parts.scheme == "https" or parts.hostname in ("127.0.0.1", "localhost", "::1")
 
 
 def _validate_property_name(value: str) -> None:
@@ -201,6 +207,8 @@ class Organization(models.Model):
             raise ValidationError({"crm_adapter": "HubSpot sync needs the HubSpot access token (under Provider credentials)."})
         if self.crm_adapter == "webhook" and not (self.crm_webhook_url and self.crm_webhook_secret):
             raise ValidationError({"crm_adapter": "The signed webhook needs its URL and secret."})
+        if self.crm_webhook_url and not _https_or_loopback(self.crm_webhook_url):
+            raise ValidationError({"crm_webhook_url": "Use https: contacts' names, emails and phones travel in it."})
 
     def opt_out_words(self) -> frozenset[str]:
         return parse_keywords(self.opt_out_keywords)

@@ -57,10 +57,10 @@ def contacts(crm) -> list[dict]:
 
 def test_many_changes_to_one_contact_are_one_upsert_with_the_latest_status(org, crm):
     lead = submit(org, name="Ana Lima", email="ana@example.com", phone="+14155550123")
-    queue.mark_changed([lead.pk])  # lead.created
+    queue.mark_changed(lead_ids=[lead.pk])  # lead.created
     Lead.objects.filter(pk=lead.pk).update(status="contacted", first_response_at=timezone.now())
-    queue.mark_changed([lead.pk])  # lead.status_changed
-    queue.mark_changed([lead.pk])  # the lead's first reply
+    queue.mark_changed(lead_ids=[lead.pk])  # lead.status_changed
+    queue.mark_changed(lead_ids=[lead.pk])  # the lead's first reply
 
     assert push.push_due(org.pk) == 1
     [record] = contacts(crm)
@@ -71,8 +71,8 @@ def test_many_changes_to_one_contact_are_one_upsert_with_the_latest_status(org, 
     assert record["writes"] == 1 and crm.hubspot()["stats"]["requests"] == 1
     sync = ContactSync.objects.get(contact=lead.contact)
     assert (sync.state, sync.version, sync.synced_version, sync.crm_id) == (State.SYNCED, 3, 3, record["id"])
-    entry = LeadEvent.objects.get(lead=lead, kind="crm.synced")
-    assert entry.data["crm_id"] == record["id"] and entry.data["first"] is True
+    entry = LeadEvent.objects.get(lead=lead, kind="crm.synced")  # the state change, not every update
+    assert entry.data["crm_id"] == record["id"] and entry.data["status"] == "contacted"
     detail = api_client(org.api_key).get(f"/api/v1/leads/{lead.pk}").json()
     assert detail["crm_sync"]["state"] == "synced" and detail["crm_sync"]["crm_id"] == record["id"]
     assert "hs-token" not in json.dumps(detail)
@@ -80,18 +80,18 @@ def test_many_changes_to_one_contact_are_one_upsert_with_the_latest_status(org, 
 
 def test_a_change_during_a_push_is_pushed_again_and_a_phone_only_contact_keeps_its_record(org, crm):
     lead = submit(org, phone="+14155550124")
-    queue.mark_changed([lead.pk])
-    claimed = queue.claim(org.pk, 100)
+    queue.mark_changed(lead_ids=[lead.pk])
+    claimed, claimed_at = queue.claim(org.pk, 100)
     [snapshot] = queue.snapshots(claimed)
     Lead.objects.filter(pk=lead.pk).update(status="engaged")
-    queue.mark_changed([lead.pk])  # lands while the push is in flight
-    queue.settle_accepted("hubspot", [(snapshot.sync_id, "1001", "swiftex_phone", "+14155550124")])
+    queue.mark_changed(lead_ids=[lead.pk])  # lands while the push is in flight
+    queue.settle_accepted("hubspot", claimed_at, [(snapshot.sync_id, "1001", "swiftex_phone", "+14155550124")])
     sync = ContactSync.objects.get(pk=snapshot.sync_id)
     assert sync.state == State.PENDING and sync.synced_version == 1 and sync.version == 2
 
     push.push_due(org.pk)
     submit(org, phone="+14155550124", email="late@example.com")  # the contact gives an email later
-    queue.mark_changed([lead.pk])
+    queue.mark_changed(lead_ids=[lead.pk])
     push.push_due(org.pk)
     [record] = contacts(crm)  # still one record: the id property chosen first is kept
     assert record["idProperty"] == "swiftex_phone"
@@ -99,10 +99,56 @@ def test_a_change_during_a_push_is_pushed_again_and_a_phone_only_contact_keeps_i
     assert ContactSync.objects.get(pk=snapshot.sync_id).state == State.SYNCED
 
 
+def test_a_push_that_outlived_its_lease_cannot_overwrite_the_newer_claim(org, crm, settings):
+    lead = submit(org, email="slow@example.com")
+    queue.mark_changed(lead_ids=[lead.pk])
+    [sync_id], old_claim = queue.claim(org.pk, 100)
+    ContactSync.objects.filter(pk=sync_id).update(claimed_at=timezone.now() - timedelta(seconds=settings.CRM_SYNC_LEASE_SECONDS + 1))
+    assert queue.reap_stuck() == 1  # the first worker looked dead
+    [_], new_claim = queue.claim(org.pk, 100)
+    assert queue.settle_accepted("hubspot", old_claim, [(sync_id, "1", "email", "slow@example.com")]) == []
+    assert queue.retry_later([sync_id], old_claim, error="late") == []
+    sync = ContactSync.objects.get(pk=sync_id)
+    assert sync.state == State.IN_FLIGHT and sync.claimed_at == new_claim
+
+
+def test_names_are_only_sent_when_known_and_a_stop_after_the_deal_closed_reaches_the_crm(org, crm):
+    lead = submit(org, email="quiet@example.com")  # no name: HubSpot's own must not be cleared
+    queue.mark_changed(lead_ids=[lead.pk])
+    push.push_due(org.pk)
+    [record] = contacts(crm)
+    assert "firstname" not in record["properties"] and "lastname" not in record["properties"]
+
+    Lead.objects.filter(pk=lead.pk).update(status="won")
+    lead.contact.__class__.objects.filter(pk=lead.contact_id).update(consent=False)
+    queue.mark_changed(contact_ids=[lead.contact_id])  # message.received without an open lead
+    push.push_due(org.pk)
+    [record] = contacts(crm)
+    assert record["properties"]["swiftex_messaging_consent"] == "false"
+    assert record["properties"]["swiftex_lead_status"] == "won"
+
+
+def test_switching_from_the_webhook_to_hubspot_names_records_the_hubspot_way(crm):
+    org, key = org_with_key(crm_adapter="webhook", crm_webhook_url=f"{crm.url}/crm-webhook/acme", crm_webhook_secret="s",
+                            hubspot_access_token="hs-token", crm_requests_per_second=50)
+    org.api_key = key
+    lead = submit(org, phone="+14155550130")
+    queue.mark_changed(lead_ids=[lead.pk])
+    push.push_due(org.pk)
+    assert ContactSync.objects.get().id_property == "contact_id"
+
+    org.crm_adapter = "hubspot"
+    org.save()
+    queue.mark_changed(lead_ids=[lead.pk])
+    push.push_due(org.pk)
+    [record] = contacts(crm)
+    assert record["idProperty"] == "swiftex_phone" and ContactSync.objects.get().state == State.SYNCED
+
+
 def test_a_contact_the_crm_refuses_fails_alone_with_its_message(org, crm):
     leads = [submit(org, email=f"p{n}@example.com") for n in range(6)]
     crm.configure(hubspot_invalid_ids=["p4@example.com"])
-    queue.mark_changed([lead.pk for lead in leads])
+    queue.mark_changed(lead_ids=[lead.pk for lead in leads])
 
     assert push.push_due(org.pk) == 6
     synced = {c["idValue"] for c in contacts(crm)}
@@ -117,7 +163,7 @@ def test_a_contact_the_crm_refuses_fails_alone_with_its_message(org, crm):
 def test_refused_credentials_fail_the_batch_at_once(org, crm):
     crm.configure(hubspot_token="the-real-token")
     leads = [submit(org, email=f"q{n}@example.com") for n in range(4)]
-    queue.mark_changed([lead.pk for lead in leads])
+    queue.mark_changed(lead_ids=[lead.pk for lead in leads])
 
     push.push_due(org.pk)
     assert crm.hubspot()["stats"]["requests"] == 1  # not split: no contact is at fault
@@ -132,7 +178,7 @@ def test_refused_credentials_fail_the_batch_at_once(org, crm):
 
 def test_a_429_pauses_the_account_for_every_worker_and_spends_no_attempt(org, crm):
     lead = submit(org, email="r@example.com")
-    queue.mark_changed([lead.pk])
+    queue.mark_changed(lead_ids=[lead.pk])
     crm.configure(hubspot_always_429=True)
 
     push.push_due(org.pk)
@@ -152,7 +198,7 @@ def test_a_429_pauses_the_account_for_every_worker_and_spends_no_attempt(org, cr
 def test_server_errors_back_off_then_dead_letter_and_an_admin_retry_recovers(org, crm, settings, admin_client):
     settings.CRM_SYNC_MAX_ATTEMPTS = 2
     lead = submit(org, email="s@example.com")
-    queue.mark_changed([lead.pk])
+    queue.mark_changed(lead_ids=[lead.pk])
     crm.configure(hubspot_error_rate=1.0)
 
     push.push_due(org.pk)
@@ -181,7 +227,7 @@ def test_server_errors_back_off_then_dead_letter_and_an_admin_retry_recovers(org
 def test_organizations_without_a_crm_queue_nothing(crm):
     org, key = org_with_key()
     response = post_json(api_client(key), "/api/v1/leads", {"email": "t@example.com", "source": "web"})
-    assert queue.mark_changed([response.json()["id"]]) == 0
+    assert queue.mark_changed(lead_ids=[response.json()["id"]]) == 0
     assert not ContactSync.objects.exists()
 
 
@@ -213,7 +259,7 @@ def test_the_signed_webhook_adapter_posts_batches_a_receiver_can_verify(crm, set
                             crm_webhook_secret="whsec-test")
     org.api_key = key
     leads = [submit(org, email=f"w{n}@example.com", name="Wu") for n in range(3)]
-    queue.mark_changed([lead.pk for lead in leads])
+    queue.mark_changed(lead_ids=[lead.pk for lead in leads])
 
     assert push.push_due(org.pk) == 3
     [delivery] = crm.crm_webhook_deliveries()
@@ -224,13 +270,14 @@ def test_the_signed_webhook_adapter_posts_batches_a_receiver_can_verify(crm, set
     assert headers[SIGNATURE_HEADER.lower()] != sign("another-secret", timestamp, delivery["body"].encode())
     body = json.loads(delivery["body"])
     assert sorted(c["email"] for c in body["contacts"]) == ["w0@example.com", "w1@example.com", "w2@example.com"]
+    assert body["delivery_id"] and all(c["version"] == 1 for c in body["contacts"])  # for the receiver's dedup
     assert set(ContactSync.objects.values_list("state", flat=True)) == {State.SYNCED}
     assert "whsec-test" not in delivery["body"]
 
 
 def test_metrics_show_the_queue_and_the_pushes(org, crm, client):
     lead = submit(org, email="m@example.com")
-    queue.mark_changed([lead.pk])
+    queue.mark_changed(lead_ids=[lead.pk])
     crm.configure(hubspot_always_429=True)
     push.push_due(org.pk)
     families = {f.name: f for f in text_string_to_metric_families(client.get("/metrics").content.decode())}
@@ -240,3 +287,13 @@ def test_metrics_show_the_queue_and_the_pushes(org, crm, client):
     pushes = {s.labels["outcome"]: s.value for s in families["swiftex_crm_pushes_last_minute"].samples}
     assert pushes["rate_limited"] == 1 and pushes["ok"] == 0
     assert families["swiftex_crm_rate_limited_last_hour"].samples[0].value == 1
+
+
+def test_a_webhook_url_must_be_https_outside_this_machine():
+    from django.core.exceptions import ValidationError
+
+    from leads.models import Organization
+
+    with pytest.raises(ValidationError, match="https"):
+        Organization(name="x", crm_adapter="webhook", crm_webhook_url="http://crm.example.com/in", crm_webhook_secret="s").clean()
+    Organization(name="x", crm_adapter="webhook", crm_webhook_url="https://crm.example.com/in", crm_webhook_secret="s").clean()

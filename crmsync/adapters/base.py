@@ -39,8 +39,10 @@ class Snapshot:
     captured_at: datetime | None
     first_response_at: datetime | None
     first_reply_at: datetime | None
-    id_property: str  # pinned by an earlier push, else ""
+    id_property: str  # kept from an earlier push by `pinned_by`, else ""
     id_value: str
+    pinned_by: str  # the adapter that chose id_property
+    version: int  # bumped by every change: receivers can drop a stale or repeated delivery
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from crmsync.adapters.base import (
 
 MAX_BATCH = 100
 PROVIDER = "hubspot"
+DAILY_PAUSE_SECONDS = 3600.0
 
 
 class HubSpot:
@@ -39,17 +40,14 @@ class HubSpot:
         return "hubspot:" + hashlib.sha256(self.token.encode()).hexdigest()[:16]
 
     def identify(self, snapshot: Snapshot) -> tuple[str, str]:
-        if snapshot.id_property:
+        if snapshot.id_property and snapshot.pinned_by == self.kind:
             return snapshot.id_property, snapshot.id_value
         if snapshot.email:
             return "email", snapshot.email
         return self.phone_property, snapshot.phone or ""
 
     def properties(self, snapshot: Snapshot) -> dict[str, str]:
-        first, _, last = snapshot.name.strip().partition(" ")
         props = {
-            "firstname": first,
-            "lastname": last.strip(),
             "swiftex_lead_status": snapshot.status,
             "swiftex_source": snapshot.source,
             "swiftex_campaign": snapshot.campaign,
@@ -58,6 +56,12 @@ class HubSpot:
             "swiftex_first_reply_at": iso(snapshot.first_reply_at),
             "swiftex_messaging_consent": "true" if snapshot.consent else "false",
         }
+        # Names only when we have them: an empty value would clear what a rep typed in HubSpot.
+        first, _, last = snapshot.name.strip().partition(" ")
+        if first:
+            props["firstname"] = first
+        if last.strip():
+            props["lastname"] = last.strip()
         if snapshot.email:
             props["email"] = snapshot.email
         if snapshot.phone:
@@ -81,10 +85,11 @@ class HubSpot:
         status = response.status_code
         body = _json(response)
         if status in (200, 201, 207):
-            return _outcomes(snapshots, body)
+            return _outcomes(snapshots, inputs, body)
         message = _message(body, status)
         if status == 429:
-            raise RateLimited(message, status_code=status, retry_after=_pause_seconds(response))
+            daily = body.get("policyName") == "DAILY"  # the day's allowance is spent: hours, not seconds
+            raise RateLimited(message, status_code=status, retry_after=DAILY_PAUSE_SECONDS if daily else _pause_seconds(response))
         if status in (401, 403):
             raise AccountRefused(message, status_code=status)
         if 400 <= status < 500:
@@ -107,7 +112,8 @@ def _message(body: dict, status: int) -> str:
 
 
 def _pause_seconds(response) -> float:
-    """Retry-After, else the rest of HubSpot's rate-limit interval, else a second."""
+    """Retry-After, else HubSpot's rate-limit window (X-HubSpot-RateLimit-Interval-Milliseconds:
+    waiting a whole window is sure to find room), else a second."""
     after = retry_after_seconds(response)
     if after is not None:
         return max(after, 0.1)
@@ -117,16 +123,30 @@ def _pause_seconds(response) -> float:
         return 1.0
 
 
-def _outcomes(snapshots: list[Snapshot], body: dict) -> dict[int, Outcome]:
-    """Results by objectWriteTraceId; with a 207, what has no result was refused with the errors' messages."""
+def _outcomes(snapshots: list[Snapshot], inputs: list[dict], body: dict) -> dict[int, Outcome]:
+    """Results by objectWriteTraceId, else by the id property's value; with a 207, what has no
+    result was refused with the errors' messages."""
+    by_value = {_key(i["idProperty"], i["id"]): int(i["objectWriteTraceId"]) for i in inputs}
     outcomes: dict[int, Outcome] = {}
     for result in body.get("results") or []:
-        trace = str(result.get("objectWriteTraceId", "")) if isinstance(result, dict) else ""
-        if trace.isdigit() and result.get("id") is not None:
-            outcomes[int(trace)] = Accepted(str(result["id"]))
+        if not isinstance(result, dict) or result.get("id") is None:
+            continue
+        trace = str(result.get("objectWriteTraceId", ""))
+        if trace.isdigit():
+            sync_id = int(trace)
+        else:
+            properties = result.get("properties") if isinstance(result.get("properties"), dict) else {}
+            prop = inputs[0]["idProperty"]
+            sync_id = by_value.get(_key(prop, str(properties.get(prop, ""))))
+        if sync_id is not None:
+            outcomes[sync_id] = Accepted(str(result["id"]))
     errors = [e.get("message", "") for e in body.get("errors") or [] if isinstance(e, dict)]
     if errors:
         refused = Refused("; ".join(m for m in errors if m)[:300] or "refused by HubSpot")
         for snapshot in snapshots:
             outcomes.setdefault(snapshot.sync_id, refused)
     return outcomes  # a snapshot missing here was neither accepted nor refused: the pusher retries it
+
+
+def _key(prop: str, value: str) -> tuple[str, str]:
+    return prop, value.lower() if prop == "email" else value

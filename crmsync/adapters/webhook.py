@@ -6,9 +6,12 @@ Each request carries `X-Swiftex-Timestamp` (Unix seconds) and
 recomputes it, compares in constant time and rejects old timestamps (five
 minutes is usual), so a captured request cannot be replayed later.
 
-Any 2xx accepts the whole batch; the record id is our contact id. 429 with
-Retry-After pauses the account, other 4xx refuse the batch, 5xx and network
-failures are retried.
+The body is `{"delivery_id": ..., "contacts": [...]}`; each contact carries
+its `version`, which grows with every change, so a receiver can drop a
+repeated delivery (a retry after a lost answer) or an older state arriving
+late. Any 2xx accepts the whole batch; the record id is our contact id. 429
+with Retry-After pauses the account, other 4xx (but 408) refuse the batch,
+5xx, 408 and network failures are retried.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import hashlib
 import hmac
 import json
 import time
+import uuid
 
 from conversations.providers.base import ProviderError, post, retry_after_seconds
 from crmsync.adapters.base import (
@@ -48,14 +52,17 @@ class SignedWebhook:
         return "contact_id", str(snapshot.contact_id)
 
     def push(self, snapshots: list[Snapshot]) -> dict[int, Outcome]:
-        body = json.dumps({"contacts": [_contact(s) for s in snapshots]}, separators=(",", ":")).encode()
+        payload = {"delivery_id": str(uuid.uuid4()), "contacts": [_contact(s) for s in snapshots]}
+        body = json.dumps(payload, separators=(",", ":")).encode()
         timestamp = str(int(time.time()))
         headers = {"Content-Type": "application/json", TIMESTAMP_HEADER: timestamp,
                    SIGNATURE_HEADER: sign(self.secret, timestamp, body)}
         try:
             response = post(PROVIDER, self.url, data=body, headers=headers)
         except ProviderError as exc:
-            raise Transient(exc.title) from exc
+            # Not the exception's text: it can quote the URL, and a URL may carry the receiver's token.
+            what = "no answer, or the connection was lost, after sending" if exc.maybe_delivered else "could not connect"
+            raise Transient(f"webhook: {what}") from exc
         status = response.status_code
         if 200 <= status < 300:
             return {s.sync_id: Accepted(str(s.contact_id)) for s in snapshots}
@@ -64,14 +71,14 @@ class SignedWebhook:
             raise RateLimited(message, status_code=status, retry_after=retry_after_seconds(response) or 1.0)
         if status in (401, 403):
             raise AccountRefused(message, status_code=status)
-        if 400 <= status < 500:
+        if 400 <= status < 500 and status != 408:
             raise BatchRefused(message, status_code=status)
         raise Transient(message, status_code=status, retry_after=retry_after_seconds(response))
 
 
 def _contact(s: Snapshot) -> dict:
     return {
-        "contact_id": s.contact_id, "lead_id": s.lead_id, "name": s.name, "email": s.email, "phone": s.phone,
+        "contact_id": s.contact_id, "version": s.version, "lead_id": s.lead_id, "name": s.name, "email": s.email, "phone": s.phone,
         "messaging_consent": s.consent, "status": s.status, "source": s.source, "campaign": s.campaign,
         "captured_at": iso(s.captured_at) or None, "first_response_at": iso(s.first_response_at) or None,
         "first_reply_at": iso(s.first_reply_at) or None,

@@ -44,9 +44,9 @@ def fake_crm() -> dict:
         return json.loads(response.read())
 
 
-def wait_for_sync(load_ended: float) -> float | None:
+def wait_for_sync(load_ended: float, timeout: float = DRAIN_TIMEOUT) -> float | None:
     """Seconds from the end of the load until nothing is left to push (None: gave up)."""
-    deadline = time.monotonic() + DRAIN_TIMEOUT
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         left = db_query("SELECT count(*) FROM crmsync_contactsync WHERE state <> 'synced' OR version > synced_version")[0][0]
         print(f"\r  contacts left to sync: {left:6d}", end="", flush=True)
