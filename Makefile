@@ -8,8 +8,9 @@ export PORT ?= 8000
 .PHONY: up test install services db bench bench-followups bench-crmsync chaos clean-venv
 
 # `make up FAKE_PROVIDERS=1`: also run the fake provider server (fakes/) on
-# 127.0.0.1:8900 and point OpenAI, WhatsApp and Twilio at it, with matching
-# demo credentials, so a lead gets a (fake) greeting with nothing external.
+# 127.0.0.1:8900 and point OpenAI, WhatsApp, Twilio and HubSpot at it, with
+# matching demo credentials, so a lead gets a (fake) greeting and reaches a
+# (fake) CRM with nothing external.
 FAKE_PROVIDERS ?= 0
 FAKES_PORT ?= 8900
 PROCFILE := Procfile
@@ -25,6 +26,8 @@ export WHATSAPP_VERIFY_TOKEN ?= fake-verify-token
 export TWILIO_ACCOUNT_SID ?= AC00000000000000000000000000000000
 export TWILIO_AUTH_TOKEN ?= fake-auth-token
 export TWILIO_FROM_NUMBER ?= +15550002222
+export HUBSPOT_API_URL ?= http://127.0.0.1:$(FAKES_PORT)/hubspot
+export HUBSPOT_ACCESS_TOKEN ?= fake-hubspot-token
 export PUBLIC_BASE_URL ?= http://127.0.0.1:$(PORT)
 PROCFILE := var/Procfile.fakes
 endif
@@ -35,7 +38,7 @@ up: db
 	@echo "[demo] try: curl -s -XPOST http://127.0.0.1:$(PORT)/api/v1/leads -H \"Authorization: Bearer $$(tail -1 var/demo-key.txt)\" -H 'Content-Type: application/json' -d '{\"name\":\"Ana\",\"phone\":\"+14155550123\",\"consent\":true}'"
 	@echo "[demo] starting web, relay, worker lanes and scheduler; Ctrl-C stops them all"
 ifeq ($(FAKE_PROVIDERS),1)
-	@echo "[demo] fake providers on 127.0.0.1:$(FAKES_PORT): see what was sent with curl -s http://127.0.0.1:$(FAKES_PORT)/_fake/requests?provider=whatsapp"
+	@echo "[demo] fake providers on 127.0.0.1:$(FAKES_PORT): see what was sent with curl -s http://127.0.0.1:$(FAKES_PORT)/_fake/requests?provider=whatsapp, the CRM with curl -s http://127.0.0.1:$(FAKES_PORT)/_fake/hubspot/contacts"
 	@{ cat Procfile; echo "fakes: exec python -m fakes --port $(FAKES_PORT) --webhook-url http://127.0.0.1:$$PORT --whatsapp-app-secret $$WHATSAPP_APP_SECRET --twilio-auth-token $$TWILIO_AUTH_TOKEN"; } > $(PROCFILE)
 endif
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/honcho start -f $(PROCFILE) -d $(CURDIR)
