@@ -64,10 +64,11 @@ def push_due(organization_id: int) -> int:
     if not sync_ids:
         return 0
     snapshots = queue.snapshots(sync_ids)
-    queue.pin_ids(adapter.kind, batch.claimed_at, [(s.sync_id, *adapter.identify(s)) for s in snapshots])
+    identities = {s.sync_id: adapter.identify(s) for s in snapshots}
+    queue.pin_ids(adapter.kind, batch.claimed_at, [(sync_id, *identity) for sync_id, identity in identities.items()])
     groups: dict[str, list[Snapshot]] = {}
     for snapshot in snapshots:
-        groups.setdefault(adapter.identify(snapshot)[0], []).append(snapshot)
+        groups.setdefault(identities[snapshot.sync_id][0], []).append(snapshot)
     for group in groups.values():
         batch.deliver(group)
     return len(snapshots)

@@ -197,8 +197,6 @@ def retry_later(sync_ids: list[int], claimed_at: datetime, *, error: str, after:
     returns the ids dead-lettered now."""
     if not sync_ids:
         return []
-    sync_ids = sorted(sync_ids)
-    delays = [after or 0.0] * len(sync_ids)
     rows = _rows(
         f"""
         UPDATE {_SYNC} s SET
@@ -206,13 +204,12 @@ def retry_later(sync_ids: list[int], claimed_at: datetime, *, error: str, after:
             state = CASE WHEN s.attempts + %(counted)s >= %(max)s AND s.version <= s.pushing_version THEN 'dead'
                          ELSE 'pending' END,
             pushing_version = NULL, claimed_at = NULL, last_error = %(error)s,
-            next_attempt_at = now() + make_interval(secs => CASE WHEN %(fixed)s THEN d.delay
-                              ELSE LEAST(%(cap)s, %(base)s * power(2, s.attempts)) * (0.5 + random() / 2) END)
-        FROM unnest(%(ids)s::bigint[], %(delays)s::float8[]) AS d(id, delay)
-        WHERE s.id = d.id AND s.state = 'in_flight' AND s.claimed_at = %(claimed_at)s
+            next_attempt_at = now() + make_interval(secs => COALESCE(%(after)s::float8,
+                              LEAST(%(cap)s, %(base)s * power(2, s.attempts)) * (0.5 + random() / 2)))
+        WHERE s.id = ANY(%(ids)s) AND s.state = 'in_flight' AND s.claimed_at = %(claimed_at)s
         RETURNING s.id, s.state
         """,
-        {"claimed_at": claimed_at, "ids": sync_ids, "delays": delays, "fixed": after is not None, "counted": int(count_attempt), "error": error[:1000],
+        {"claimed_at": claimed_at, "ids": sorted(sync_ids), "after": after, "counted": int(count_attempt), "error": error[:1000],
          "max": settings.CRM_SYNC_MAX_ATTEMPTS, "cap": settings.CRM_SYNC_BACKOFF_MAX_SECONDS,
          "base": settings.CRM_SYNC_BACKOFF_BASE_SECONDS},
     )

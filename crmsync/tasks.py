@@ -19,6 +19,7 @@ from django.utils import timezone
 from swiftex.db import DB_RETRY
 from crmsync import push as pushes
 from crmsync import queue
+from crmsync.adapters.base import MAX_BATCH
 from crmsync.models import CrmPush
 from leads.models import Organization
 
@@ -32,7 +33,7 @@ def dispatch() -> None:
     rates = dict(Organization.objects.filter(pk__in=due).values_list("pk", "crm_requests_per_second"))
     for org_id, count in due.items():
         per_tick = max(1, math.floor(rates.get(org_id, 1) * settings.CRM_SYNC_TICK_SECONDS))
-        for _ in range(min(per_tick, math.ceil(count / 100))):
+        for _ in range(min(per_tick, math.ceil(count / MAX_BATCH))):
             push.apply_async(kwargs={"organization_id": org_id}, expires=max(5.0, settings.CRM_SYNC_TICK_SECONDS * 4))
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from datetime import datetime, time as clock_time, timedelta, timezone as dt_timezone
 from zoneinfo import ZoneInfo
 

@@ -22,6 +22,10 @@ from datetime import datetime
 from typing import Protocol
 
 
+# Contacts per request: HubSpot's batch limit, and what the dispatcher counts a push as.
+MAX_BATCH = 100
+
+
 @dataclass(frozen=True)
 class Snapshot:
     """A contact as it is now, with its latest lead: what gets pushed."""

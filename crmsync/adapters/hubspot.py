@@ -20,10 +20,9 @@ from django.conf import settings
 
 from conversations.providers.base import ProviderError, post, retry_after_seconds
 from crmsync.adapters.base import (
-    Accepted, AccountRefused, BatchRefused, Outcome, RateLimited, Refused, Snapshot, Transient, iso,
+    MAX_BATCH, Accepted, AccountRefused, BatchRefused, Outcome, RateLimited, Refused, Snapshot, Transient, iso,
 )
 
-MAX_BATCH = 100
 PROVIDER = "hubspot"
 DAILY_PAUSE_SECONDS = 3600.0
 

@@ -24,7 +24,7 @@ import uuid
 
 from conversations.providers.base import ProviderError, post, retry_after_seconds
 from crmsync.adapters.base import (
-    Accepted, AccountRefused, BatchRefused, Outcome, RateLimited, Snapshot, Transient, iso,
+    MAX_BATCH, Accepted, AccountRefused, BatchRefused, Outcome, RateLimited, Snapshot, Transient, iso,
 )
 
 PROVIDER = "crm_webhook"
@@ -38,7 +38,7 @@ def sign(secret: str, timestamp: str, body: bytes) -> str:
 
 class SignedWebhook:
     kind = "webhook"
-    max_batch = 100
+    max_batch = MAX_BATCH
 
     def __init__(self, org) -> None:
         self.url = org.crm_webhook_url
