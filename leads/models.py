@@ -45,6 +45,11 @@ def _validate_timezone(value: str) -> None:
         raise ValidationError(f"{value!r} is not an IANA time zone such as Europe/Lisbon")
 
 
+# Public names for other apps' fields (the private ones are referenced by migrations).
+validate_timezone = _validate_timezone
+validate_weekdays = _validate_business_days
+
+
 GREETING_PLACEHOLDERS = ("first_name", "name", "organization", "campaign", "source")
 DEFAULT_AI_PROMPT = (
     "You write the first WhatsApp message to a sales lead who just filled in a form. "
@@ -191,6 +196,19 @@ class Organization(models.Model):
         max_length=128, blank=True, default="",
         help_text="Signs each webhook: X-Swiftex-Signature = sha256= HMAC-SHA256(secret, timestamp + '.' + body).",
     )
+    # Lead routing (routing/): who answers a new lead, and when it moves on.
+    fallback_owner = models.ForeignKey(
+        "routing.Rep", on_delete=models.SET_NULL, null=True, blank=True, related_name="+",
+        help_text="Gets the leads no routing rule matches, and those whose team has nobody available.",
+    )
+    escalation_minutes = models.PositiveIntegerField(
+        default=0, validators=[MaxValueValidator(7 * 24 * 60)],
+        help_text="A lead whose rep has neither replied nor changed its status this long after assignment "
+        "moves to the next available teammate. 0 turns it off.",
+    )
+    reps_see_only_own_leads = models.BooleanField(
+        default=False, help_text="Reps see only the leads assigned to them; managers always see every lead.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     def __str__(self) -> str:
@@ -207,6 +225,8 @@ class Organization(models.Model):
             raise ValidationError({"crm_adapter": "HubSpot sync needs the HubSpot access token (under Provider credentials)."})
         if self.crm_adapter == "webhook" and not (self.crm_webhook_url and self.crm_webhook_secret):
             raise ValidationError({"crm_adapter": "The signed webhook needs its URL and secret."})
+        if self.fallback_owner_id and self.pk and self.fallback_owner.organization_id != self.pk:
+            raise ValidationError({"fallback_owner": "The fallback owner must be a rep of this organization."})
         if self.crm_webhook_url and not _https_or_loopback(self.crm_webhook_url):
             raise ValidationError({"crm_webhook_url": "Use https: contacts' names, emails and phones travel in it."})
 

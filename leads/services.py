@@ -7,7 +7,8 @@ payload, writes the timeline and, when a lead was opened, the `lead.created`
 outbox row; the SQL is in leads/ingest_sql.py. Every "does it exist yet?"
 question is answered by a unique constraint through `INSERT … ON CONFLICT`,
 never by a read followed by a write, so concurrent submissions of one person
-cannot create two of anything.
+cannot create two of anything. An organization that routes leads assigns a
+new lead in the same transaction (routing/services.py).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from django.utils import timezone
 
 from leads import ingest_sql
 from leads.models import ApiKey, Contact, Lead, Organization, Submission
+from routing import services as routing
 from swiftex.db import prepared_cursor
 
 logger = logging.getLogger(__name__)
@@ -102,6 +104,20 @@ def organization_create(*, name: str, **fields) -> tuple[Organization, str]:
 
 def lead_ingest(*, org: Organization, data: LeadInput, payload: dict, received_at: datetime | None = None) -> IngestResult:
     received_at = received_at or timezone.now()
+    if not routing.routes_leads(org):
+        return _ingest(org, data, payload, received_at)
+    # The lead and its owner commit together (routing/services.py).
+    with transaction.atomic():
+        result = _ingest(org, data, payload, received_at)
+        if result.created:
+            routing.assign_new_lead(
+                org=org, lead_id=result.lead_id, source=data.source, campaign=data.campaign, phone=data.phone,
+                metadata=data.metadata, contact_label=data.name or data.phone or data.email or "", now=received_at,
+            )
+    return result
+
+
+def _ingest(org: Organization, data: LeadInput, payload: dict, received_at: datetime) -> IngestResult:
     params = _statement_params(org, data, payload, received_at)
     for attempt in range(1, _MAX_ATTEMPTS + 1):
         try:

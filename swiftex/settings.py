@@ -38,6 +38,7 @@ INSTALLED_APPS = [
     "leads",
     "conversations",
     "crmsync",
+    "routing",
     "analytics",
 ]
 
@@ -194,6 +195,7 @@ CELERY_TASK_ROUTES = {
     "conversations.tasks.*": {"queue": "conversations"},
     "analytics.tasks.*": {"queue": "bulk"},
     "crmsync.tasks.*": {"queue": "bulk"},
+    "routing.tasks.*": {"queue": "bulk"},
     "swiftex.tasks.*": {"queue": "bulk"},
     "leads.tasks.*": {"queue": "bulk"},
 }
@@ -225,6 +227,12 @@ CRM_SYNC_LEASE_SECONDS = env_float("CRM_SYNC_LEASE_SECONDS", 120.0, minimum=10)
 CRM_SYNC_MAX_ATTEMPTS = env_int("CRM_SYNC_MAX_ATTEMPTS", 12, minimum=1)
 CRM_SYNC_BACKOFF_BASE_SECONDS = env_float("CRM_SYNC_BACKOFF_BASE_SECONDS", 5.0, minimum=0.1)
 CRM_SYNC_BACKOFF_MAX_SECONDS = env_float("CRM_SYNC_BACKOFF_MAX_SECONDS", 600.0, minimum=1)
+# Lead routing (routing/): how often leads whose rep did not act in time are
+# looked for, and how often reps' notification e-mails are sent.
+ROUTING_ESCALATION_TICK_SECONDS = env_float("ROUTING_ESCALATION_TICK_SECONDS", 15.0, minimum=1)
+ROUTING_EMAIL_TICK_SECONDS = env_float("ROUTING_EMAIL_TICK_SECONDS", 10.0, minimum=1)
+
+
 def _tick(task: str, seconds: float) -> dict:
     """A beat entry run every `seconds`; a tick no worker took within four is dropped, not piled up."""
     return {"task": task, "schedule": seconds, "options": {"expires": max(5.0, seconds * 4)}}
@@ -238,6 +246,8 @@ CELERY_BEAT_SCHEDULE = {
     "dispatch-scheduled-jobs": _tick("conversations.tasks.dispatch_scheduled_jobs", SCHEDULED_JOBS_TICK_SECONDS),
     "prune-crm-push-log": {"task": "crmsync.tasks.prune_push_log", "schedule": 3600.0},
     "dispatch-crm-sync": _tick("crmsync.tasks.dispatch", CRM_SYNC_TICK_SECONDS),
+    "escalate-leads": _tick("routing.tasks.escalate", ROUTING_ESCALATION_TICK_SECONDS),
+    "send-notification-emails": _tick("routing.tasks.send_notification_emails", ROUTING_EMAIL_TICK_SECONDS),
     "reply-sweep": {
         "task": "conversations.tasks.reply_sweep",
         "schedule": REPLY_SWEEP_SECONDS,
@@ -309,6 +319,17 @@ HUBSPOT_ACCESS_TOKEN = env_str("HUBSPOT_ACCESS_TOKEN")
 # Where providers reach this deployment (Twilio status callbacks are sent to
 # it, and their signatures are computed over it).
 PUBLIC_BASE_URL = env_url("PUBLIC_BASE_URL", "http://127.0.0.1:8000", schemes=("http", "https"))
+
+# --- E-mail (reps' notifications) -------------------------------------------------
+# Printed to the console unless an SMTP server is configured.
+EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
+EMAIL_HOST = env_str("EMAIL_HOST", "localhost")
+EMAIL_PORT = env_int("EMAIL_PORT", 25, minimum=1, maximum=65535)
+EMAIL_HOST_USER = env_str("EMAIL_HOST_USER")
+EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
+EMAIL_TIMEOUT = env_float("EMAIL_TIMEOUT", 10.0, minimum=0.5)
+DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "Swiftex <swiftex@localhost>")
 
 # --- First touch ----------------------------------------------------------------
 # The model gets this long to write the greeting; past it, the organization's

@@ -9,8 +9,10 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
@@ -27,6 +29,21 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def api_client(key: str) -> Client:
     return Client(HTTP_AUTHORIZATION=f"Bearer {key}")
+
+
+def race(n: int, make_request):
+    """Run `make_request(i)` in n threads released together by a barrier."""
+    barrier = threading.Barrier(n)
+
+    def one(i):
+        try:
+            barrier.wait(timeout=30)
+            return make_request(i)
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(max_workers=n) as pool:
+        return list(pool.map(one, range(n)))
 
 
 def post_json(client: Client, path: str, body, **headers):

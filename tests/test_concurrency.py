@@ -1,31 +1,12 @@
 """Races against the real database: many requests at the same instant."""
 
-import threading
-from concurrent.futures import ThreadPoolExecutor
-
 import pytest
-from django.db import connection
 
 from leads.models import Contact, Lead, Submission
 from swiftex.models import OutboxEvent
-from tests.support import api_client, post_json
+from tests.support import api_client, post_json, race
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def race(n: int, make_request):
-    """Run `make_request(i)` in n threads released together by a barrier."""
-    barrier = threading.Barrier(n)
-
-    def one(i):
-        try:
-            barrier.wait(timeout=30)
-            return make_request(i)
-        finally:
-            connection.close()
-
-    with ThreadPoolExecutor(max_workers=n) as pool:
-        return list(pool.map(one, range(n)))
 
 
 def test_fifty_concurrent_submissions_of_one_person_from_two_sources(org_and_key):

@@ -1,0 +1,194 @@
+"""Writes for routing: assign a new lead, reassign it, escalate it, note that a rep acted.
+
+`assign_new_lead` runs inside the transaction that opens the lead (called by
+leads.services.lead_ingest), so a lead is never stored without its owner nor
+assigned without being stored. Picking the next rep locks the team's row
+until commit: two leads captured at the same instant queue for the pick
+instead of both reading the same "next" rep. Capacity-limited reps' rows are
+locked too (in id order, so concurrent picks never deadlock), so a rep in two
+teams cannot be handed two leads past their limit at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from django.db import transaction
+from django.utils import timezone
+
+from conversations import timeline
+from leads.models import Lead, Organization
+from routing import rules as routing_rules
+from routing import selectors
+from routing.models import Assignment, Notification, Rep, Team, TeamMember
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Pick:
+    rep: Rep | None
+    team: str = ""
+    skipped: dict[str, str] = field(default_factory=dict)  # rep name -> why they were passed over
+
+
+def routes_leads(org: Organization) -> bool:
+    """Whether new leads of `org` get an owner (it has active rules or a fallback owner). Cached, no query."""
+    return bool(org.fallback_owner_id or selectors.rules(org.pk))
+
+
+def assign_new_lead(*, org: Organization, lead_id: int, source: str, campaign: str, phone: str | None,
+                    metadata: dict, contact_label: str, now: datetime) -> Assignment:
+    """Route a lead that was just opened, inside the transaction that opened it."""
+    rules = selectors.rules(org.pk)
+    rule = routing_rules.first_match(rules, source=source, campaign=campaign, phone=phone, metadata=metadata)
+    pick = _next_rep(rule.team_id, org, now) if rule else Pick(None)
+    data = {"rule": rule.name if rule else None, "team": pick.team or None}
+    if pick.skipped:
+        data["skipped"] = pick.skipped
+    if pick.rep is not None:
+        data["via"] = "rule"
+    elif org.fallback_owner_id:
+        pick.rep, data["via"] = Rep.objects.select_related("user").get(pk=org.fallback_owner_id), "fallback"
+        data["reason"] = "nobody in the team was available" if rule else "no routing rule matched"
+    assignment = Assignment.objects.create(
+        lead_id=lead_id, rep=pick.rep, team_id=rule.team_id if rule else None, rule_id=rule.id if rule else None,
+        assigned_at=now, escalate_at=_escalation_time(org, now) if pick.rep and rule else None,
+    )
+    if pick.rep is None:
+        data["reason"] = "nobody in the team was available and no fallback owner is set"
+        timeline.record(lead_id, ("lead.unassigned", data, now))
+        return assignment
+    timeline.record(lead_id, ("lead.assigned", {**data, "rep": str(pick.rep), "rep_id": pick.rep.pk}, now))
+    _notify(pick.rep, lead_id, f"New lead: {contact_label} ({source})", now)
+    return assignment
+
+
+def reassign(lead: Lead, to: Rep, *, by: str, reason: str, now: datetime | None = None) -> Assignment:
+    """Hand a lead to `to` by hand (admin, manager). The escalation clock starts again."""
+    now = now or timezone.now()
+    org = lead.organization
+    with transaction.atomic():
+        assignment = Assignment.objects.select_for_update(of=("self",)).select_related("rep__user").filter(lead=lead).first()
+        previous = assignment.rep if assignment else None
+        if assignment is None:
+            assignment = Assignment(lead=lead, assigned_at=now)
+        if previous is not None and previous.pk == to.pk:
+            return assignment
+        assignment.rep, assignment.assigned_at, assignment.acted_at = to, now, None
+        assignment.escalate_at = _escalation_time(org, now) if assignment.team_id else None
+        assignment.reassignments += 1 if previous else 0
+        assignment.save()
+        _record_reassignment(lead.pk, previous, to, {"reason": reason, "by": by}, now)
+    return assignment
+
+
+def record_action(lead_id: int, now: datetime | None = None) -> None:
+    """A person replied to the lead or moved its status: the lead is being worked, escalation stops."""
+    now = now or timezone.now()
+    Assignment.objects.filter(lead_id=lead_id, acted_at__isnull=True).update(acted_at=now, escalate_at=None)
+
+
+def escalate_due(*, limit: int = 200, now: datetime | None = None) -> int:
+    """Move leads whose rep did not act in time to a teammate; returns how many moved.
+
+    One transaction per lead (SKIP LOCKED, so any number of workers may run
+    this): a team's lock is never held while another team's is wanted.
+    """
+    now = now or timezone.now()
+    moved = 0
+    for _ in range(limit):
+        with transaction.atomic():
+            assignment = (
+                Assignment.objects.select_for_update(skip_locked=True, of=("self",))
+                .select_related("lead__organization", "rep__user", "team")
+                .filter(escalate_at__lte=now).order_by("escalate_at").first()
+            )
+            if assignment is None:
+                break
+            moved += _escalate(assignment, now)
+    return moved
+
+
+def _escalate(assignment: Assignment, now: datetime) -> int:
+    lead, org, previous = assignment.lead, assignment.lead.organization, assignment.rep
+    waited = int((now - assignment.assigned_at).total_seconds() // 60)
+    if lead.status not in Lead.OPEN_STATUSES or assignment.acted_at or assignment.team_id is None or org.escalation_minutes == 0:
+        assignment.escalate_at = None
+        assignment.save(update_fields=["escalate_at"])
+        return 0
+    pick = _next_rep(assignment.team_id, org, now, exclude={previous.pk} if previous else set())
+    if pick.rep is None:
+        # Nobody to hand it to now; the current rep keeps it and a person sees why.
+        assignment.escalate_at = None
+        assignment.save(update_fields=["escalate_at"])
+        timeline.record(lead.pk, ("lead.escalation_skipped", {
+            "rep": str(previous) if previous else None, "waited_minutes": waited,
+            "reason": "no other team member is available", "skipped": pick.skipped,
+        }, now))
+        return 0
+    assignment.rep, assignment.assigned_at, assignment.escalate_at = pick.rep, now, _escalation_time(org, now)
+    assignment.reassignments += 1
+    assignment.save(update_fields=["rep", "assigned_at", "escalate_at", "reassignments"])
+    _record_reassignment(lead.pk, previous, pick.rep, {
+        "reason": "escalation", "waited_minutes": waited, "team": assignment.team.name, "skipped": pick.skipped,
+    }, now)
+    return 1
+
+
+def _record_reassignment(lead_id: int, previous: Rep | None, to: Rep, data: dict, now: datetime) -> None:
+    timeline.record(lead_id, ("lead.reassigned", {
+        **data, "from": str(previous) if previous else None, "from_id": previous.pk if previous else None,
+        "to": str(to), "to_id": to.pk,
+    }, now))
+    why = f"after {data['waited_minutes']} min without action" if data["reason"] == "escalation" else f"by {data['by']}"
+    _notify(to, lead_id, f"Lead {lead_id} reassigned to you {why}", now)
+
+
+def _escalation_time(org: Organization, now: datetime) -> datetime | None:
+    return now + timedelta(minutes=org.escalation_minutes) if org.escalation_minutes else None
+
+
+def _next_rep(team_id: int, org: Organization, now: datetime, exclude: set[int] = frozenset()) -> Pick:
+    """The team's next available rep (smooth weighted round robin), under the team's row lock."""
+    team = Team.objects.select_for_update().get(pk=team_id)
+    members = list(TeamMember.objects.filter(team_id=team_id).select_related("rep__user").order_by("pk"))
+    pick = Pick(None, team=team.name)
+    candidates = []
+    for member in members:
+        if member.rep_id in exclude:
+            continue
+        if why := member.rep.unavailable_because(now, org.timezone):
+            pick.skipped[str(member.rep)] = why
+        else:
+            candidates.append(member)
+    limited = sorted(member.rep_id for member in candidates if member.rep.max_open_leads)
+    if limited:
+        list(Rep.objects.select_for_update().filter(pk__in=limited).order_by("pk").values_list("pk", flat=True))
+        counts = selectors.open_lead_counts(limited)
+        for member in [m for m in candidates if m.rep.max_open_leads and counts.get(m.rep_id, 0) >= m.rep.max_open_leads]:
+            pick.skipped[str(member.rep)] = f"at capacity ({counts[member.rep_id]} open leads)"
+            candidates.remove(member)
+    if not candidates:
+        return pick
+    weighted = team.distribution == Team.Distribution.WEIGHTED
+    total = 0
+    for member in candidates:
+        weight = member.weight if weighted else 1
+        member.current_weight += weight
+        total += weight
+    chosen = max(candidates, key=lambda member: member.current_weight)  # first (lowest id) among equals
+    chosen.current_weight -= total
+    TeamMember.objects.bulk_update(candidates, ["current_weight"])
+    pick.rep = chosen.rep
+    return pick
+
+
+def _notify(rep: Rep, lead_id: int, text: str, now: datetime) -> None:
+    wants_email = rep.email_notifications and bool(rep.user.email)
+    Notification.objects.create(
+        rep=rep, lead_id=lead_id, text=text[:300], created_at=now,
+        email=Notification.Email.PENDING if wants_email else Notification.Email.NONE,
+    )
