@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PORT ?= 8000
 
-.PHONY: up test install services db bench bench-followups bench-crmsync chaos clean-venv
+.PHONY: up test install services browser db bench bench-followups bench-crmsync chaos clean-venv
 
 # `make up FAKE_PROVIDERS=1`: also run the fake provider server (fakes/) on
 # 127.0.0.1:8900 and point OpenAI, WhatsApp, Twilio and HubSpot at it, with
@@ -43,9 +43,13 @@ ifeq ($(FAKE_PROVIDERS),1)
 endif
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/honcho start -f $(PROCFILE) -d $(CURDIR)
 
-## test: the whole suite against real PostgreSQL, Redis and RabbitMQ
-test: install services
+## test: the whole suite against real PostgreSQL, Redis and RabbitMQ (and real Chromium for the browser tests)
+test: install services browser
 	$(VENV)/bin/pytest
+
+## browser: Debian's chromium for the browser tests (Playwright drives it; nothing is downloaded by Playwright)
+browser:
+	@scripts/browser.sh
 
 ## bench: the ingest benchmark (writes bench/results/)
 bench: db

@@ -108,6 +108,11 @@ class Message(models.Model):
     answered_by = models.ForeignKey(
         "Reply", on_delete=models.SET_NULL, null=True, blank=True, related_name="answered_messages"
     )
+    sent_by = models.ForeignKey(
+        "routing.Rep", on_delete=models.SET_NULL, null=True, blank=True, related_name="+", help_text="The rep who wrote it, if a person did."
+    )
+    # The rep's form carries a random token: a double click or a resubmitted form finds the same message.
+    client_token = models.UUIDField(null=True, blank=True, unique=True, editable=False)
     direction = models.CharField(max_length=16, choices=Direction.choices)
     channel = models.CharField(max_length=16, choices=Channel.choices)
     body = models.TextField(blank=True, default="")
@@ -138,6 +143,7 @@ class Message(models.Model):
             models.Index(fields=["created_at"], name="message_unsent_idx", condition=Q(status__in=["queued", "sending", "accepted"])),
             # The sweep for inbound messages no reply has taken (their debounce state was lost).
             models.Index(fields=["created_at"], name="message_unanswered_idx", condition=Q(direction="inbound", answered_by__isnull=True)),
+            models.Index(fields=["lead", "created_at"], name="message_lead_idx"),
         ]
 
     def __str__(self) -> str:

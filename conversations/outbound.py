@@ -114,5 +114,7 @@ def _what(message: Message) -> str:
         return "reply"
     if message.scheduled_job_id is not None:
         return "followup"
+    if message.sent_by_id is not None:
+        return "rep message"
     return "message"
 

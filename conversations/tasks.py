@@ -20,7 +20,7 @@ from celery import shared_task
 from django.conf import settings
 from django.utils import timezone
 
-from conversations import followups, receipts, replies, services
+from conversations import followups, receipts, rep_messages, replies, services
 from conversations.models import WebhookDelivery
 from swiftex.db import DB_RETRY
 
@@ -90,13 +90,24 @@ def confirm_opt_out(self, *, message_id: int) -> None:
         send_reply.apply_async(kwargs={"reply_id": exc.reply_id}, countdown=exc.countdown)
 
 
+@shared_task(bind=True, ignore_result=True, **DB_RETRY)
+def send_rep_message(self, *, message_id: int) -> None:
+    try:
+        rep_messages.send(message_id)
+    except services.RetryLater as exc:
+        raise self.retry(countdown=exc.countdown, max_retries=None) from None  # capped by the message's attempts
+
+
 @shared_task(ignore_result=True)
 def reply_sweep() -> None:
-    """Answer messages whose debounce state was lost, and resume replies whose worker died."""
+    """Answer messages whose debounce state was lost, resume replies whose worker died,
+    and send reps' messages whose task never reached the broker."""
     for conversation_id in replies.orphaned_conversations():
         flush_replies.apply_async(kwargs={"conversation_id": conversation_id, "from_database": True})
     for reply_id in replies.unfinished_replies():
         send_reply.apply_async(kwargs={"reply_id": reply_id})
+    for message_id in rep_messages.never_published():
+        send_rep_message.apply_async(kwargs={"message_id": message_id})
 
 
 # --- Scheduled jobs (follow-up lane) -----------------------------------------------------------

@@ -39,12 +39,15 @@ INSTALLED_APPS = [
     "conversations",
     "crmsync",
     "routing",
+    "reps",
     "analytics",
 ]
 
 MIDDLEWARE = [
     "swiftex.metrics.RequestMetricsMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # Serves admin and rep-page assets from the app folders: no collectstatic, no web server in front needed.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -368,7 +371,17 @@ TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / "var" / "static"
+STATIC_ROOT = BASE_DIR / "var" / "static"  # `collectstatic` output; empty is fine, files are found in the apps
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # WhiteNoise warns on every start without it
+WHITENOISE_USE_FINDERS = True
+WHITENOISE_AUTOREFRESH = DEBUG
+
+# Rep pages (reps/): Django's own login, then the rep's leads.
+LOGIN_URL = "/accounts/login/"
+LOGIN_REDIRECT_URL = "/app/leads/"
+LOGOUT_REDIRECT_URL = "/accounts/login/"
+# How often the rep pages ask for news (new leads, messages, statuses); 0 turns live updates off.
+REP_PAGES_POLL_SECONDS = env_float("REP_PAGES_POLL_SECONDS", 4.0, minimum=0)
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
 ]

@@ -1,5 +1,5 @@
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
 
 from conversations import webhooks
 from leads.api import LeadBatchApi, LeadCreateApi, LeadDetailApi
@@ -16,4 +16,6 @@ urlpatterns = [
     path("webhooks/twilio/status", webhooks.twilio_status, name="webhook-twilio-status"),
     path("webhooks/twilio/inbound", webhooks.twilio_inbound, name="webhook-twilio-inbound"),
     path("admin/", admin.site.urls),
+    path("app/", include("reps.urls")),
+    path("accounts/", include("django.contrib.auth.urls")),
 ]
