@@ -10,7 +10,7 @@ from django.test import Client
 from django.utils import timezone
 
 from conversations.models import Channel, Conversation, Message
-from leads.models import Lead, LeadEvent
+from leads.models import Lead, LeadEvent, Organization
 from leads.services import LeadInput, lead_ingest
 from routing.models import Assignment, RoutingRule
 from swiftex.models import OutboxEvent
@@ -213,3 +213,18 @@ def test_escalated_lead_moves_to_the_new_owners_list(team_org):
     assert "Moving Lead" in login(ben).get("/app/leads/").content.decode()
     assert "Moving Lead" not in login(ana).get("/app/leads/").content.decode()
     assert Assignment.objects.get(lead=lead).rep == ben
+
+
+def test_make_up_demo_gives_a_login_that_opens_the_rep_pages(capsys):
+    from django.core.management import call_command
+
+    for _ in range(2):  # `make up` runs it every time
+        call_command("demo_organization")
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-1].startswith("swx_")  # the API key stays alone on the last line
+    password = next(line for line in reversed(lines) if "log in as demo / " in line).rsplit(" ", 1)[-1]
+    client = Client()
+    assert client.login(username="demo", password=password)
+    assert client.get("/app/leads/").status_code == 200
+    org = Organization.objects.get(name="Demo")
+    assert org.fallback_owner.user.username == "demo"
