@@ -77,6 +77,10 @@ class OrganizationAdmin(admin.ModelAdmin):
             "fields": ("timezone", "quiet_hours_enabled", ("business_hours_start", "business_hours_end"), "business_days",
                        "inactivity_timeout_hours"),
         }),
+        ("Lead routing", {
+            "description": "Which team gets a new lead is set under Routing › Routing rules; teams and reps under Routing too.",
+            "fields": ("fallback_owner", "escalation_minutes", "reps_see_only_own_leads"),
+        }),
         ("WhatsApp template", {
             "description": "For business-initiated WhatsApp messages (greetings, follow-ups) outside the 24-hour window.",
             "fields": ("whatsapp_template_name", "whatsapp_template_language", "whatsapp_template_has_parameter"),

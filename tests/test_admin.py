@@ -20,8 +20,9 @@ pytestmark = pytest.mark.django_db
 
 
 def change_form(org: Organization, **changes) -> dict:
-    data = {field.name: getattr(org, field.name) for field in Organization._meta.fields if field.editable and field.name != "id"}
-    data = {name: ("on" if value is True else "" if value is False else value) for name, value in data.items()}
+    # value_from_object: a foreign key's id (the fallback owner), as a browser posts it.
+    data = {field.name: field.value_from_object(org) for field in Organization._meta.fields if field.editable and field.name != "id"}
+    data = {name: ("on" if value is True else "" if value is False or value is None else value) for name, value in data.items()}
     for name in SECRET_FIELDS:
         data[name] = ""  # what the browser sends back: secrets are never rendered into the form
     return {**{k: v for k, v in data.items() if v != ""}, **changes}
