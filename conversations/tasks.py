@@ -25,20 +25,23 @@ from conversations.models import WebhookDelivery
 from swiftex.db import DB_RETRY
 
 
+def _retrying(task, service, *args, **kwargs) -> None:
+    """Run the service; a transient provider failure runs the task again after its backoff
+    (no retry cap here: the message's attempts are capped, SEND_MAX_ATTEMPTS)."""
+    try:
+        service(*args, **kwargs)
+    except services.RetryLater as exc:
+        raise task.retry(countdown=exc.countdown, max_retries=None) from None
+
+
 @shared_task(bind=True, ignore_result=True, **DB_RETRY)
 def first_touch(self, *, event_id: str, lead_id: int, published_at: str | None = None) -> None:
-    try:
-        services.first_touch(event_id=event_id, lead_id=lead_id, published_at=published_at)
-    except services.RetryLater as exc:
-        raise self.retry(countdown=exc.countdown, max_retries=None) from None  # capped by the message's attempts
+    _retrying(self, services.first_touch, event_id=event_id, lead_id=lead_id, published_at=published_at)
 
 
 @shared_task(bind=True, ignore_result=True, **DB_RETRY)
 def greeting_fallback(self, *, greeting_id: int) -> None:
-    try:
-        services.greeting_fallback(greeting_id=greeting_id)
-    except services.RetryLater as exc:
-        raise self.retry(countdown=exc.countdown, max_retries=None) from None  # capped by the message's attempts
+    _retrying(self, services.greeting_fallback, greeting_id=greeting_id)
 
 
 @shared_task(ignore_result=True, **DB_RETRY)
@@ -76,10 +79,7 @@ def flush_replies(self, *, conversation_id: int, from_database: bool = False) ->
 
 @shared_task(bind=True, ignore_result=True, **DB_RETRY)
 def send_reply(self, *, reply_id: int) -> None:
-    try:
-        replies.resume(reply_id)
-    except services.RetryLater as exc:
-        raise self.retry(countdown=exc.countdown, max_retries=None) from None  # capped by the message's attempts
+    _retrying(self, replies.resume, reply_id)
 
 
 @shared_task(bind=True, ignore_result=True, **DB_RETRY)
@@ -92,10 +92,7 @@ def confirm_opt_out(self, *, message_id: int) -> None:
 
 @shared_task(bind=True, ignore_result=True, **DB_RETRY)
 def send_rep_message(self, *, message_id: int) -> None:
-    try:
-        rep_messages.send(message_id)
-    except services.RetryLater as exc:
-        raise self.retry(countdown=exc.countdown, max_retries=None) from None  # capped by the message's attempts
+    _retrying(self, rep_messages.send, message_id)
 
 
 @shared_task(ignore_result=True)
@@ -122,7 +119,4 @@ def dispatch_scheduled_jobs() -> None:
 
 @shared_task(bind=True, ignore_result=True, **DB_RETRY)
 def run_scheduled_job(self, *, job_id: int) -> None:
-    try:
-        followups.run(job_id)
-    except services.RetryLater as exc:
-        raise self.retry(countdown=exc.countdown, max_retries=None) from None  # capped by the message's attempts
+    _retrying(self, followups.run, job_id)

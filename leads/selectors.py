@@ -57,6 +57,7 @@ def lead_detail(*, org: Organization, lead_id: int) -> dict | None:
         ],
         "greeting": _greeting(lead),
         "crm_sync": _crm_sync(lead),
+        "assignment": _assignment(lead),
         "messages": [
             {
                 "id": m.pk,
@@ -98,3 +99,13 @@ def _crm_sync(lead: Lead) -> dict | None:
         return None
     return {"state": sync.state, "crm": sync.adapter, "crm_id": sync.crm_id, "last_error": sync.last_error,
             "synced_at": sync.synced_at}
+
+
+def _assignment(lead: Lead) -> dict | None:
+    from routing.models import Assignment  # routing builds on leads, not the reverse
+
+    assignment = Assignment.objects.select_related("rep__user", "team").filter(lead=lead).first()
+    if assignment is None:
+        return None
+    return {"rep": str(assignment.rep) if assignment.rep else None, "team": assignment.team.name if assignment.team else None,
+            "assigned_at": assignment.assigned_at, "acted_at": assignment.acted_at}

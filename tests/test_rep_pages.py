@@ -10,7 +10,7 @@ from django.test import Client
 from django.utils import timezone
 
 from conversations.models import Channel, Conversation, Message
-from leads.models import Lead, LeadEvent, Organization
+from leads.models import ApiKey, Lead, LeadEvent, Organization
 from leads.services import LeadInput, lead_ingest
 from routing.models import Assignment, RoutingRule
 from swiftex.models import OutboxEvent
@@ -228,3 +228,11 @@ def test_make_up_demo_gives_a_login_that_opens_the_rep_pages(capsys):
     assert client.get("/app/leads/").status_code == 200
     org = Organization.objects.get(name="Demo")
     assert org.fallback_owner.user.username == "demo"
+
+
+def test_the_api_shows_who_holds_the_lead(team_org):
+    org, ana, *_ = team_org
+    _, key = ApiKey.issue(org)
+    lead = new_lead(org, "+14155550100")
+    body = Client(HTTP_AUTHORIZATION=f"Bearer {key}").get(f"/api/v1/leads/{lead.pk}").json()
+    assert body["assignment"]["rep"] == "Ana" and body["assignment"]["team"] == "Sales"
