@@ -26,6 +26,9 @@ from routing.models import Assignment, Notification, Rep, Team, TeamMember
 
 logger = logging.getLogger(__name__)
 
+# How often a lead that arrived while nobody in its team was available is offered again.
+UNASSIGNED_RETRY = timedelta(minutes=5)
+
 
 @dataclass
 class Pick:
@@ -53,12 +56,16 @@ def assign_new_lead(*, org: Organization, lead_id: int, source: str, campaign: s
     elif org.fallback_owner_id:
         pick.rep, data["via"] = Rep.objects.select_related("user").get(pk=org.fallback_owner_id), "fallback"
         data["reason"] = "nobody in the team was available" if rule else "no routing rule matched"
+    if pick.rep is not None:
+        escalate_at = _escalation_time(org, now) if rule else None
+    else:  # a team with nobody available now: look again until someone is
+        escalate_at = now + UNASSIGNED_RETRY if rule else None
     assignment = Assignment.objects.create(
         lead_id=lead_id, rep=pick.rep, team_id=rule.team_id if rule else None, rule_id=rule.id if rule else None,
-        assigned_at=now, escalate_at=_escalation_time(org, now) if pick.rep and rule else None,
+        assigned_at=now, escalate_at=escalate_at,
     )
     if pick.rep is None:
-        data["reason"] = "nobody in the team was available and no fallback owner is set"
+        data["reason"] = ("nobody in the team was available" if rule else "no routing rule matched") + " and no fallback owner is set"
         timeline.record(lead_id, ("lead.unassigned", data, now))
         return assignment
     timeline.record(lead_id, ("lead.assigned", {**data, "rep": str(pick.rep), "rep_id": pick.rep.pk}, now))
@@ -113,27 +120,33 @@ def escalate_due(*, limit: int = 200, now: datetime | None = None) -> int:
 
 
 def _escalate(assignment: Assignment, now: datetime) -> int:
+    """Move an overdue lead to a teammate, or give an unassigned lead its first owner."""
     lead, org, previous = assignment.lead, assignment.lead.organization, assignment.rep
     waited = int((now - assignment.assigned_at).total_seconds() // 60)
-    if lead.status not in Lead.OPEN_STATUSES or assignment.acted_at or assignment.team_id is None or org.escalation_minutes == 0:
+    stale = lead.status not in Lead.OPEN_STATUSES or assignment.acted_at or assignment.team_id is None
+    if stale or (previous is not None and org.escalation_minutes == 0):
         assignment.escalate_at = None
         assignment.save(update_fields=["escalate_at"])
         return 0
     pick = _next_rep(assignment.team_id, org, now, exclude={previous.pk} if previous else set())
+    if pick.rep is None and previous is None:
+        assignment.escalate_at = now + UNASSIGNED_RETRY  # still nobody: the lead waits, visibly unassigned
+        assignment.save(update_fields=["escalate_at"])
+        return 0
     if pick.rep is None:
         # Nobody to hand it to now; the current rep keeps it and a person sees why.
         assignment.escalate_at = None
         assignment.save(update_fields=["escalate_at"])
         timeline.record(lead.pk, ("lead.escalation_skipped", {
-            "rep": str(previous) if previous else None, "waited_minutes": waited,
-            "reason": "no other team member is available", "skipped": pick.skipped,
+            "rep": str(previous), "waited_minutes": waited, "reason": "no other team member is available", "skipped": pick.skipped,
         }, now))
         return 0
     assignment.rep, assignment.assigned_at, assignment.escalate_at = pick.rep, now, _escalation_time(org, now)
-    assignment.reassignments += 1
+    assignment.reassignments += 1 if previous else 0
     assignment.save(update_fields=["rep", "assigned_at", "escalate_at", "reassignments"])
     _record_reassignment(lead.pk, previous, pick.rep, {
-        "reason": "escalation", "waited_minutes": waited, "team": assignment.team.name, "skipped": pick.skipped,
+        "reason": "escalation" if previous else "nobody was available when it arrived", "waited_minutes": waited,
+        "team": assignment.team.name, "skipped": pick.skipped,
     }, now)
     return 1
 
@@ -143,8 +156,13 @@ def _record_reassignment(lead_id: int, previous: Rep | None, to: Rep, data: dict
         **data, "from": str(previous) if previous else None, "from_id": previous.pk if previous else None,
         "to": str(to), "to_id": to.pk,
     }, now))
-    why = f"after {data['waited_minutes']} min without action" if data["reason"] == "escalation" else f"by {data['by']}"
-    _notify(to, lead_id, f"Lead {lead_id} reassigned to you {why}", now)
+    if "by" in data:
+        why = f"reassigned to you by {data['by']}"
+    elif previous is not None:
+        why = f"reassigned to you after {data['waited_minutes']} min without action"
+    else:
+        why = f"assigned to you ({data['reason']}, {data['waited_minutes']} min ago)"
+    _notify(to, lead_id, f"Lead {lead_id} {why}", now)
 
 
 def _escalation_time(org: Organization, now: datetime) -> datetime | None:

@@ -271,3 +271,19 @@ def test_manual_reassignment_is_recorded_and_restarts_the_clock(org):
     assert assignment.rep == ben and assignment.escalate_at > timezone.now() + timedelta(minutes=29)
     entry = LeadEvent.objects.get(lead_id=assignment.lead_id, kind="lead.reassigned")
     assert entry.data.items() >= {"from": "Ana", "to": "Ben", "by": "boss", "reason": "manual"}.items()
+
+
+def test_a_lead_that_arrived_while_nobody_was_available_goes_to_the_first_rep_back(org):
+    start = timezone.now()
+    ana = make_rep(org, "ana", out_of_office_until=start + timedelta(minutes=7))
+    rule(org, make_team(org, "Sales", [ana]))
+    assignment = submit(org, at=start)
+    assert assignment.rep is None and assignment.escalate_at == start + timedelta(minutes=5)
+
+    assert services.escalate_due(now=start + timedelta(minutes=5)) == 0  # still away: asked again later
+    assert services.escalate_due(now=start + timedelta(minutes=10)) == 1
+    assignment.refresh_from_db()
+    assert assignment.rep == ana and assignment.reassignments == 0
+    entry = LeadEvent.objects.get(lead_id=assignment.lead_id, kind="lead.reassigned")
+    assert entry.data["reason"] == "nobody was available when it arrived" and entry.data["from"] is None
+    assert Notification.objects.filter(rep=ana, text__contains="assigned to you").exists()
