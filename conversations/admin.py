@@ -1,5 +1,6 @@
 """Admin: greetings, replies and messages with their provider outcome, follow-up sequences,
-scheduled jobs (with retry and cancel), and every webhook received."""
+scheduled jobs (with retry and cancel), and every webhook received. Each list is limited to
+the user's organization (swiftex/admin_tenancy.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from conversations.models import (
     Conversation, FollowUpSequence, FollowUpStep, Greeting, Message, Reply, ScheduledJob, WebhookDelivery,
 )
 from leads.models import validate_text_template
+from swiftex.admin_tenancy import TenantAdminMixin, TenantInlineMixin
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -25,14 +27,14 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
 
 @admin.register(Greeting)
-class GreetingAdmin(ReadOnlyAdmin):
+class GreetingAdmin(TenantAdminMixin, ReadOnlyAdmin):
     list_display = ("lead", "organization", "state", "text_source", "model_ms", "reason", "created_at")
     list_filter = ("state", "text_source", "organization")
     search_fields = ("lead__contact__phone", "lead__contact__email")
 
 
 @admin.register(Reply)
-class ReplyAdmin(ReadOnlyAdmin):
+class ReplyAdmin(TenantAdminMixin, ReadOnlyAdmin):
     list_display = ("pk", "conversation", "lead", "kind", "state", "text_source", "model_ms", "reason", "created_at")
     list_filter = ("kind", "state", "organization")
     list_select_related = ("conversation", "lead")
@@ -45,20 +47,20 @@ class ReplyAdmin(ReadOnlyAdmin):
 
 
 @admin.register(Message)
-class MessageAdmin(ReadOnlyAdmin):
+class MessageAdmin(TenantAdminMixin, ReadOnlyAdmin):
     list_display = ("pk", "organization", "direction", "channel", "status", "error_code", "error_title", "attempts", "created_at")
     list_filter = ("status", "channel", "direction", "organization")
     search_fields = ("provider_message_id", "conversation__contact__phone")
 
 
 @admin.register(Conversation)
-class ConversationAdmin(ReadOnlyAdmin):
+class ConversationAdmin(TenantAdminMixin, ReadOnlyAdmin):
     list_display = ("contact", "organization", "channel", "last_inbound_at", "created_at")
     list_filter = ("channel", "organization")
 
 
 @admin.register(WebhookDelivery)
-class WebhookDeliveryAdmin(ReadOnlyAdmin):
+class WebhookDeliveryAdmin(TenantAdminMixin, ReadOnlyAdmin):
     list_display = ("pk", "provider", "organization", "outcome", "detail", "received_at")
     list_filter = ("provider", "outcome")
 
@@ -78,8 +80,9 @@ class FollowUpStepForm(forms.ModelForm):
         return text
 
 
-class FollowUpStepInline(admin.TabularInline):
+class FollowUpStepInline(TenantInlineMixin, admin.TabularInline):
     model = FollowUpStep
+    tenant_path = "sequence__organization"
     form = FollowUpStepForm
     fields = ("position", "delay_minutes", "channel", "text", "use_ai", "template_name", "template_language")
     ordering = ("position",)
@@ -87,7 +90,7 @@ class FollowUpStepInline(admin.TabularInline):
 
 
 @admin.register(FollowUpSequence)
-class FollowUpSequenceAdmin(admin.ModelAdmin):
+class FollowUpSequenceAdmin(TenantAdminMixin, admin.ModelAdmin):
     list_display = ("name", "organization", "active", "step_count")
     list_filter = ("active", "organization")
     list_select_related = ("organization",)
@@ -105,7 +108,7 @@ class FollowUpSequenceAdmin(admin.ModelAdmin):
 
 
 @admin.register(ScheduledJob)
-class ScheduledJobAdmin(ReadOnlyAdmin):
+class ScheduledJobAdmin(TenantAdminMixin, ReadOnlyAdmin):
     """Jobs are written by the scheduler and workers; admins only retry or cancel them.
 
     Each action is one UPDATE whose WHERE re-checks the status on the job's own row (and,

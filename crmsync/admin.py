@@ -1,4 +1,5 @@
-"""Admin: contact syncs (filter by state for the failed and dead-lettered, retry action) and the push log."""
+"""Admin: contact syncs (filter by state for the failed and dead-lettered, retry action) and the push log,
+each limited to the user's organization (swiftex/admin_tenancy.py)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,11 @@ from django.contrib import admin, messages
 from conversations.admin import ReadOnlyAdmin
 from crmsync import queue
 from crmsync.models import ContactSync, CrmPush
+from swiftex.admin_tenancy import TenantAdminMixin
 
 
 @admin.register(ContactSync)
-class ContactSyncAdmin(ReadOnlyAdmin):
+class ContactSyncAdmin(TenantAdminMixin, ReadOnlyAdmin):
     """Rows are written by the sync; sales ops look at what failed and retry it once fixed."""
 
     list_display = ("contact", "organization", "state", "adapter", "crm_id", "attempts", "last_error", "changed_at", "synced_at")
@@ -38,7 +40,7 @@ class ContactSyncAdmin(ReadOnlyAdmin):
 
 
 @admin.register(CrmPush)
-class CrmPushAdmin(ReadOnlyAdmin):
+class CrmPushAdmin(TenantAdminMixin, ReadOnlyAdmin):
     list_display = ("at", "organization", "adapter", "outcome", "items", "status_code", "duration_ms", "detail")
     list_filter = ("outcome", "adapter", "organization")
     date_hierarchy = "at"
