@@ -1,16 +1,25 @@
-"""Admin for sales-ops: organizations (greeting, replies, follow-up hours, opt-out, credentials) and leads.
+"""Admin for sales ops: organizations (greeting, replies, follow-up hours, opt-out, routing,
+credentials), API keys, contacts and leads (with reassign, resend-greeting and CRM-retry actions).
 
 Credentials are write-only here: the form shows whether one is set, never its
-value, and leaving the field empty keeps the stored one.
+value, and leaving the field empty keeps the stored one. An API key's raw value
+is shown once, on the page right after it is created; only its hash is stored.
+Every admin here is limited to the user's organization (swiftex/admin_tenancy.py).
 """
 
 from __future__ import annotations
 
 from django import forms
-from django.contrib import admin
+from django.conf import settings
+from django.contrib import admin, messages
 from django.db import models
+from django.db.models import Q
+from django.template.response import TemplateResponse
+from django.utils import timezone
 
+from leads import admin_actions, admin_filters, auth
 from leads.models import ApiKey, Contact, Lead, LeadEvent, Organization, Submission
+from swiftex.admin_tenancy import TenantAdminMixin, TenantInlineMixin, scope_of
 
 SECRET_FIELDS = (
     "whatsapp_access_token", "whatsapp_app_secret", "whatsapp_verify_token", "twilio_auth_token", "hubspot_access_token",
@@ -28,6 +37,7 @@ class OrganizationForm(forms.ModelForm):
         required=False, choices=[(name, name) for name in SECRET_FIELDS], widget=forms.CheckboxSelectMultiple,
         help_text="Tick a credential to remove it.",
     )
+    editor_is_superuser = True  # OrganizationAdmin.get_form sets it per request
 
     class Meta:
         model = Organization
@@ -44,6 +54,9 @@ class OrganizationForm(forms.ModelForm):
             field.widget = forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"})
             field.required = False
             field.help_text = "Set — leave empty to keep it." if is_set else "Not set."
+        if owner := self.fields.get("fallback_owner"):
+            # Only this organization's reps can own its leads (a new organization has none yet).
+            owner.queryset = owner.queryset.filter(organization_id=self.instance.pk) if self.instance.pk else owner.queryset.none()
 
     def clean(self):
         cleaned = super().clean()
@@ -52,17 +65,30 @@ class OrganizationForm(forms.ModelForm):
                 cleaned[name] = ""
             elif not cleaned.get(name) and self.instance.pk:
                 cleaned[name] = getattr(self.instance, name)  # empty input keeps the stored secret
+        if not self.editor_is_superuser:
+            self._refuse_other_organizations_numbers(cleaned)
         return cleaned
+
+    def _refuse_other_organizations_numbers(self, cleaned: dict) -> None:
+        """Webhooks find their organization by these; an organization's admin claiming another
+        organization's number would have that organization's webhooks refused or misrouted."""
+        others = Organization.objects.exclude(pk=self.instance.pk)
+        pnid = cleaned.get("whatsapp_phone_number_id")
+        if pnid and others.filter(whatsapp_phone_number_id=pnid).exists():
+            self.add_error("whatsapp_phone_number_id", "Another organization already uses this WhatsApp phone number id; "
+                           "ask a Swiftex administrator if it is yours.")
+        sid, number = cleaned.get("twilio_account_sid"), cleaned.get("twilio_from_number")
+        if sid and number and others.filter(twilio_account_sid=sid, twilio_from_number=number).exists():
+            self.add_error("twilio_from_number", "Another organization already sends from this number on this Twilio account; "
+                           "ask a Swiftex administrator if it is yours.")
 
 
 @admin.register(Organization)
-class OrganizationAdmin(admin.ModelAdmin):
+class OrganizationAdmin(TenantAdminMixin, admin.ModelAdmin):
+    tenant_path = "pk"
     form = OrganizationForm
     list_display = ("name", "timezone", "whatsapp_phone_number_id", "twilio_from_number", "ai_model", "crm_adapter", "created_at")
     search_fields = ("name",)
-
-    def formfield_for_dbfield(self, db_field, request, **kwargs):
-        return super().formfield_for_dbfield(db_field, request, **_url_as_https(db_field, kwargs))
     # Every editable field appears in exactly one fieldset (tests/test_admin.py checks it),
     # grouped by what sales-ops come to change.
     fieldsets = (
@@ -98,30 +124,92 @@ class OrganizationAdmin(admin.ModelAdmin):
         ("Remove credentials", {"classes": ("collapse",), "fields": ("clear_secrets",)}),
     )
 
+    def formfield_for_dbfield(self, db_field, request, **kwargs):
+        return super().formfield_for_dbfield(db_field, request, **_url_as_https(db_field, kwargs))
 
-@admin.register(ApiKey)
-class ApiKeyAdmin(admin.ModelAdmin):
-    list_display = ("prefix", "name", "organization", "created_at", "revoked_at")
-    list_filter = ("organization",)
-    readonly_fields = ("prefix", "key_hash", "created_at")
-    fields = ("organization", "name", "prefix", "key_hash", "created_at", "revoked_at")
+    def get_form(self, request, obj=None, **kwargs):
+        form = super().get_form(request, obj, **kwargs)  # a fresh subclass per request
+        form.editor_is_superuser = request.user.is_superuser
+        return form
+
+    def get_readonly_fields(self, request, obj=None):
+        fields = tuple(super().get_readonly_fields(request, obj))
+        # The intake limit protects the platform, not the tenant: Swiftex staff set it.
+        return fields if request.user.is_superuser else (*fields, "ingest_rate_per_minute")
 
     def has_add_permission(self, request):
-        return False  # keys are issued by `create_organization` / `demo_organization`, shown once
+        return request.user.is_superuser and super().has_add_permission(request)
+
+    def has_delete_permission(self, request, obj=None):
+        # Deleting an organization deletes every lead, message and key it has.
+        return request.user.is_superuser and super().has_delete_permission(request, obj)
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(TenantAdminMixin, admin.ModelAdmin):
+    """Keys are created here (the raw key is shown once, on the next page) and revoked by the action."""
+
+    list_display = ("prefix", "name", "organization", "created_at", "revoked_at")
+    list_filter = ("organization",)
+    list_select_related = ("organization",)
+    readonly_fields = ("prefix", "created_at", "revoked_at")
+    actions = ["revoke"]
+
+    def get_fields(self, request, obj=None):
+        return ("organization", "name") if obj is None else ("organization", "name", "prefix", "created_at", "revoked_at")
+
+    def save_model(self, request, obj, form, change):
+        if change:
+            return super().save_model(request, obj, form, change)
+        scope = scope_of(request)
+        if not scope.everything:
+            obj.organization_id = scope.organization_id
+        issued, raw_key = ApiKey.issue(obj.organization, obj.name)
+        obj.pk = issued.pk
+        obj.refresh_from_db()  # the admin goes on with `obj` (history, the next page)
+        request._swiftex_issued_key = raw_key  # this request only: never stored, never in a message or cookie
+
+    def response_add(self, request, obj, post_url_continue=None):
+        raw_key = getattr(request, "_swiftex_issued_key", None)
+        if raw_key is None:
+            return super().response_add(request, obj, post_url_continue)
+        response = TemplateResponse(request, "admin/leads/apikey/issued.html", {
+            **self.admin_site.each_context(request), "title": "API key created", "opts": self.opts, "api_key": obj,
+            "raw_key": raw_key,
+        })
+        response["Cache-Control"] = "no-store"  # not kept by the browser's cache either
+        return response
+
+    @admin.action(description="Revoke (the key stops working)", permissions=["change"])
+    def revoke(self, request, queryset) -> None:
+        now = timezone.now()
+        selected = queryset.count()
+        revoked = queryset.filter(Q(revoked_at__isnull=True) | Q(revoked_at__gt=now)).update(revoked_at=now)
+        auth.clear_cache()  # this process forgets the key now; the others within API_KEY_CACHE_SECONDS
+        if revoked:
+            self.message_user(
+                request, f"{revoked} key(s) revoked: refused from now on (web processes that cached them refuse them "
+                f"within {settings.API_KEY_CACHE_SECONDS:g} s).", messages.SUCCESS,
+            )
+        if selected - revoked:
+            self.message_user(request, f"{selected - revoked} key(s) were already revoked; left as they are.", messages.INFO)
 
 
 @admin.register(Contact)
-class ContactAdmin(admin.ModelAdmin):
+class ContactAdmin(TenantAdminMixin, admin.ModelAdmin):
     list_display = ("__str__", "organization", "phone", "email", "consent", "consent_at", "created_at")
     list_filter = ("organization", "consent")
+    list_select_related = ("organization",)
     search_fields = ("phone", "email", "name")
+    show_full_result_count = False
     # Consent comes from the contact (the form's checkbox, an opt-out keyword), never from
     # an admin: ticking it back on for someone who wrote STOP would message them again.
     readonly_fields = ("consent", "consent_at")
 
 
-class LeadEventInline(admin.TabularInline):
+class LeadEventInline(TenantInlineMixin, admin.TabularInline):
     model = LeadEvent
+    tenant_path = "lead__organization"
     fields = ("occurred_at", "kind", "data")
     readonly_fields = fields
     extra = 0
@@ -131,19 +219,72 @@ class LeadEventInline(admin.TabularInline):
     def has_add_permission(self, request, obj=None):
         return False
 
+    def has_change_permission(self, request, obj=None):
+        return False
+
 
 @admin.register(Lead)
-class LeadAdmin(admin.ModelAdmin):
-    list_display = ("pk", "organization", "contact", "status", "source", "captured_at", "first_response_at")
-    list_filter = ("organization", "status", "source")
-    search_fields = ("contact__phone", "contact__email", "contact__name")
-    raw_id_fields = ("contact",)
-    readonly_fields = ("captured_at", "first_response_at", "created_at")
+class LeadAdmin(TenantAdminMixin, admin.ModelAdmin):
+    """The list stays fast at hundreds of thousands of leads (docs/admin.md has the measurements):
+    one query for the page with everything its columns show (list_select_related), no count of
+    the whole table, no facet counts, filters that use indexes or no query at all
+    (leads/admin_filters.py), and an exact indexed lookup when the search is a phone or e-mail."""
+
+    list_display = ("pk", "contact", "status", "source", "campaign", "owner", "greeting_state", "captured_at",
+                    "first_response_at", "organization")
+    list_select_related = ("organization", "contact", "assignment__rep__user", "greeting")
+    list_filter = ("status", admin_filters.SourceFilter, admin_filters.CampaignFilter, admin_filters.OwnerFilter,
+                   admin_filters.GreetingFilter, ("captured_at", admin.DateFieldListFilter), "organization")
+    search_fields = ("contact__name", "contact__phone", "contact__email")
+    search_help_text = "A whole phone number or e-mail address finds its lead at once; other text searches names, phones and e-mails."
+    show_full_result_count = False
+    show_facets = admin.ShowFacets.NEVER
+    fields = ("organization", "contact", "status", "source", "campaign", "routing", "captured_at", "first_response_at",
+              "closed_at", "created_at")
+    readonly_fields = ("contact", "captured_at", "first_response_at", "created_at")
     inlines = [LeadEventInline]
+    actions = [admin_actions.reassign, admin_actions.resend_greeting, admin_actions.retry_crm_sync]
+
+    def has_add_permission(self, request):
+        return False  # leads come in through the API: dedupe, routing and the greeting happen there
+
+    def get_list_display(self, request):
+        columns = super().get_list_display(request)
+        return columns if scope_of(request).everything else tuple(c for c in columns if c != "organization")
+
+    def get_search_results(self, request, queryset, search_term):
+        if search_term.strip():
+            scope = scope_of(request)
+            region = None if scope.everything else Organization.objects.filter(pk=scope.organization_id).values_list(
+                "phone_region", flat=True).first()  # a number typed without +country reads as the organization's
+            if exact := admin_filters.exact_contact_lookup(search_term, region):
+                if not scope.everything:  # the contact's unique index starts with its organization
+                    exact["contact__organization_id"] = scope.organization_id
+                return queryset.filter(**exact), False
+        return super().get_search_results(request, queryset, search_term)
+
+    @admin.display(description="owner", ordering="assignment__rep__user__first_name")
+    def owner(self, lead: Lead) -> str:
+        assignment = getattr(lead, "assignment", None)  # select_related: no query, None when unassigned
+        return str(assignment.rep) if assignment and assignment.rep else "—"
+
+    @admin.display(description="greeting", ordering="greeting__state")
+    def greeting_state(self, lead: Lead) -> str:
+        greeting = getattr(lead, "greeting", None)
+        return greeting.get_state_display() if greeting else "—"
 
 
 @admin.register(Submission)
-class SubmissionAdmin(admin.ModelAdmin):
+class SubmissionAdmin(TenantAdminMixin, admin.ModelAdmin):
+    """Submissions are kept exactly as received: visible, never edited."""
+
     list_display = ("pk", "organization", "lead", "source", "external_id", "received_at")
     list_filter = ("organization", "source")
-    raw_id_fields = ("contact", "lead")
+    list_select_related = ("organization", "lead")
+    show_full_result_count = False
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False

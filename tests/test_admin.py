@@ -1,20 +1,31 @@
 """Admin: sales-ops edit an organization's settings and credentials (secrets never render),
-follow-up sequences, and retry or cancel scheduled jobs."""
+follow-up sequences, scheduled jobs, reps with their logins, API keys shown once, and the leads
+list's actions (reassign, retry the CRM sync, resend a greeting only when it cannot double one).
+Tenancy (one organization's admin against another's ids) is in tests/test_admin_tenancy.py."""
 
 from __future__ import annotations
 
+import uuid
 from datetime import timedelta
 
 import pytest
+import responses
+from django.conf import settings
 from django.contrib import admin
 from django.contrib.admin.utils import flatten_fieldsets
-from django.contrib.auth.models import Permission
+from django.contrib.auth.models import Permission, User
 from django.utils import timezone
 
-from conversations.models import Conversation, FollowUpSequence, FollowUpStep, Message, ScheduledJob
+from conversations import services as conversation_services
+from conversations import tasks as conversation_tasks
+from conversations.models import Conversation, FollowUpSequence, FollowUpStep, Greeting, Message, ScheduledJob
+from crmsync.models import ContactSync
 from leads.admin import SECRET_FIELDS
-from leads.models import Contact, Lead, Organization
-from tests.factories import org_with_providers
+from leads.models import ApiKey, Lead, LeadEvent, Organization
+from routing.models import Assignment, Notification, Rep
+from tests.factories import PROVIDER_CREDENTIALS, make_rep, org_with_providers
+from tests.support import api_client, post_json
+from tests.test_admin_tenancy import a_lead
 
 pytestmark = pytest.mark.django_db
 
@@ -56,6 +67,9 @@ def test_a_bad_fallback_template_is_refused_with_the_placeholder_named(admin_cli
 @pytest.mark.parametrize("page", [
     "conversations/greeting", "conversations/message", "conversations/webhookdelivery", "leads/lead",
     "conversations/reply", "conversations/scheduledjob", "conversations/followupsequence", "leads/contact",
+    "leads/apikey", "leads/submission", "leads/organization", "crmsync/contactsync", "crmsync/crmpush", "routing/rep",
+    "routing/team", "routing/routingrule", "routing/assignment", "routing/notification", "routing/rep/add", "routing/team/add",
+    "routing/routingrule/add", "leads/apikey/add",
 ])
 def test_the_lists_render(admin_client, page):
     assert admin_client.get(f"/admin/{page}/").status_code == 200
@@ -128,11 +142,6 @@ def step_of():
     return make
 
 
-def a_lead(org: Organization) -> Lead:
-    contact = Contact.objects.create(organization=org, phone="+14155550123", consent=True, consent_at=timezone.now())
-    return Lead.objects.create(organization=org, contact=contact, source="web", captured_at=timezone.now())
-
-
 def a_job(lead: Lead, step: FollowUpStep | None, status: str, kind: str = ScheduledJob.Kind.FOLLOWUP) -> ScheduledJob:
     past = timezone.now() - timedelta(days=2)
     return ScheduledJob.objects.create(
@@ -193,3 +202,241 @@ def test_a_view_only_user_gets_neither_action(client, django_user_model):
     client.force_login(viewer)
     html = client.get("/admin/conversations/scheduledjob/").content.decode()
     assert 'value="retry_now"' not in html and 'value="cancel"' not in html
+
+
+# --- Reps, API keys, notifications ---------------------------------------------------------------
+
+
+def rep_form(org: Organization, **changes) -> dict:
+    return {
+        "username": "ana", "first_name": "Ana", "last_name": "Lima", "email": "ana@example.com",
+        "password1": "correct-horse-battery", "password2": "correct-horse-battery", "organization": org.pk, "role": "rep",
+        "max_open_leads": "5", "timezone": "", "working_hours_start": "09:00", "working_hours_end": "17:00",
+        "working_days": "1,2,3,4,5", "out_of_office_until_0": "", "out_of_office_until_1": "", "email_notifications": "on",
+        **changes,
+    }
+
+
+def test_creating_a_rep_creates_their_login_and_the_password_is_never_shown_back(admin_client):
+    org, _ = org_with_providers()
+    response = admin_client.post("/admin/routing/rep/add/", rep_form(org))
+    assert response.status_code == 302, response.context["adminform"].form.errors
+    rep = Rep.objects.select_related("user").get()
+    assert (rep.organization, rep.max_open_leads, rep.email_notifications) == (org, 5, True)
+    assert rep.user.check_password("correct-horse-battery") and not rep.user.is_staff
+    assert (rep.user.get_full_name(), rep.user.email) == ("Ana Lima", "ana@example.com")
+    page = admin_client.get(f"/admin/routing/rep/{rep.pk}/change/").content.decode()
+    assert "correct-horse-battery" not in page and rep.user.password not in page
+    listing = admin_client.get("/admin/routing/rep/").content.decode()
+    assert "Ana Lima" in listing and "open leads" in listing
+
+
+def test_a_taken_username_or_differing_passwords_are_refused_by_name(admin_client):
+    org, _ = org_with_providers()
+    User.objects.create_user("ana")
+    response = admin_client.post("/admin/routing/rep/add/", rep_form(org, password2="other"))
+    errors = response.context["adminform"].form.errors
+    assert errors["username"] == ["The username 'ana' is taken; choose another."] and errors["password2"] == ["The two passwords differ."]
+    assert not Rep.objects.exists()
+
+
+def test_a_reps_new_password_is_set_and_an_empty_one_keeps_the_old(admin_client):
+    org, _ = org_with_providers()
+    rep = make_rep(org, "ana")
+    form = {"first_name": "Ana", "last_name": "", "email": "", "login_enabled": "on", "new_password": "", "role": "rep",
+            "max_open_leads": "0", "working_days": "1,2,3", "out_of_office_until_0": "", "out_of_office_until_1": ""}
+    assert admin_client.post(f"/admin/routing/rep/{rep.pk}/change/", form).status_code == 302
+    rep.user.refresh_from_db()
+    assert rep.user.check_password("pw")
+    assert admin_client.post(f"/admin/routing/rep/{rep.pk}/change/", {**form, "new_password": "a-new-long-password"}).status_code == 302
+    rep.user.refresh_from_db()
+    assert rep.user.check_password("a-new-long-password")
+
+
+def test_an_api_key_is_shown_once_works_and_stops_working_when_revoked(admin_client):
+    org, _ = org_with_providers()
+    response = admin_client.post("/admin/leads/apikey/add/", {"organization": org.pk, "name": "website"})
+    assert response.status_code == 200 and "no-store" in response["Cache-Control"]
+    raw_key = response.context["raw_key"]
+    api_key = ApiKey.objects.get(name="website")
+    assert raw_key.startswith("swx_") and raw_key in response.content.decode()
+    assert api_key.key_hash == ApiKey.hash(raw_key) and raw_key not in str(ApiKey.objects.filter(pk=api_key.pk).values().get())
+    assert raw_key not in admin_client.get(f"/admin/leads/apikey/{api_key.pk}/change/").content.decode()
+    assert raw_key not in admin_client.get("/admin/leads/apikey/").content.decode()
+
+    lead = {"name": "Ana", "phone": "+14155550199", "source": "web"}
+    assert post_json(api_client(raw_key), "/api/v1/leads", lead).status_code == 201  # and now cached by the web process
+    page = admin_client.post("/admin/leads/apikey/", {"action": "revoke", "_selected_action": [api_key.pk]}, follow=True)
+    assert "1 key(s) revoked" in page.content.decode()
+    api_key.refresh_from_db()
+    assert api_key.revoked_at is not None
+    assert post_json(api_client(raw_key), "/api/v1/leads", {**lead, "phone": "+14155550198"}).status_code == 401
+
+
+def test_retry_email_requeues_only_failed_notifications(admin_client):
+    org, _ = org_with_providers()
+    rep = make_rep(org, "ana", email="ana@example.com")
+    lead = a_lead(org)
+    failed, sent = (Notification.objects.create(rep=rep, lead=lead, text="New lead", created_at=timezone.now(), email=state,
+                                                email_error="SMTP down" if state == "failed" else "") for state in ("failed", "sent"))
+    page = admin_client.post("/admin/routing/notification/", {"action": "retry_email", "_selected_action": [failed.pk, sent.pk]},
+                             follow=True).content.decode()
+    failed.refresh_from_db()
+    sent.refresh_from_db()
+    assert (failed.email, failed.email_error, sent.email) == ("pending", "", "sent")
+    assert "1 e-mail(s) queued again" in page and "1 notification(s) skipped" in page
+
+
+# --- Lead actions --------------------------------------------------------------------------------
+
+
+def lead_action(client, action: str, *leads: Lead, **extra) -> str:
+    response = client.post("/admin/leads/lead/", {"action": action, "_selected_action": [lead.pk for lead in leads], **extra},
+                           follow=True)
+    assert response.status_code == 200
+    return response.content.decode()
+
+
+def test_reassign_asks_for_a_rep_of_the_leads_organization_then_moves_the_leads(admin_client):
+    org, _ = org_with_providers()
+    ana, bob = make_rep(org, "ana"), make_rep(org, "bob")
+    other_org_rep = make_rep(org_with_providers()[0], "eve")
+    held, unassigned, already = a_lead(org, rep=ana), a_lead(org), a_lead(org, rep=bob)
+
+    choose = lead_action(admin_client, "reassign", held, unassigned, already)
+    assert "Bob" in choose and "Ana" in choose and "Eve" not in choose and 'name="apply"' in choose
+    refused = lead_action(admin_client, "reassign", held, apply="yes", rep=other_org_rep.pk)
+    assert "Select a valid choice" in refused
+    page = lead_action(admin_client, "reassign", held, unassigned, already, apply="yes", rep=bob.pk, reason="Ana is on leave")
+
+    assert set(Assignment.objects.values_list("lead_id", "rep_id")) == {(held.pk, bob.pk), (unassigned.pk, bob.pk), (already.pk, bob.pk)}
+    moved = LeadEvent.objects.get(lead=held, kind="lead.reassigned")
+    assert moved.data | {"by": "admin"} == moved.data and moved.data["reason"] == "Ana is on leave" and moved.data["from"] == "Ana"
+    assert Notification.objects.filter(rep=bob).count() == 2
+    assert "2 lead(s) reassigned to Bob" in page and f"already held by Bob, left as they are: {already.pk}" in page
+
+
+def test_reassign_refuses_leads_of_two_organizations_at_once(admin_client):
+    page = lead_action(admin_client, "reassign", a_lead(org_with_providers()[0]), a_lead(org_with_providers()[0]))
+    assert "belong to 2 organizations" in page
+
+
+def test_retry_crm_sync_requeues_failed_contacts_and_says_what_it_left(admin_client):
+    org, _ = org_with_providers()
+    dead, synced, never = a_lead(org), a_lead(org), a_lead(org)
+    for lead, state in ((dead, ContactSync.State.DEAD), (synced, ContactSync.State.SYNCED)):
+        ContactSync.objects.create(organization=org, contact=lead.contact, state=state, attempts=8,
+                                   next_attempt_at=timezone.now() + timedelta(days=1), changed_at=timezone.now())
+
+    page = lead_action(admin_client, "retry_crm_sync", dead, synced, never)
+
+    retried = ContactSync.objects.get(contact=dead.contact)
+    assert (retried.state, retried.attempts) == ("pending", 0) and retried.next_attempt_at <= timezone.now()
+    assert ContactSync.objects.get(contact=synced.contact).state == "synced"
+    assert LeadEvent.objects.get(lead=dead, kind="crm.retried").data["by"] == "admin"
+    assert not LeadEvent.objects.filter(lead__in=[synced, never], kind="crm.retried").exists()
+    assert f"CRM sync queued again for 1 lead(s): {dead.pk}" in page
+    assert f"lead(s) {synced.pk} is not failed or dead-lettered" in page and f"lead(s) {never.pk} were never queued" in page
+
+
+def test_the_leads_list_filters_by_owner_source_greeting_and_capture_date(admin_client):
+    org, _ = org_with_providers()
+    ana = make_rep(org, "ana")
+    mine, other = a_lead(org, rep=ana), a_lead(org)
+    Lead.objects.filter(pk=other.pk).update(source="facebook", captured_at=timezone.now() - timedelta(days=40))
+
+    def shown(**query) -> set[int]:
+        return {lead.pk for lead in admin_client.get("/admin/leads/lead/", query).context["cl"].result_list}
+
+    assert shown(owner=ana.pk) == {mine.pk}
+    assert shown(owner="none") == {other.pk}
+    assert shown(source="facebook") == {other.pk}
+    assert shown(campaign="") == {mine.pk, other.pk}
+    assert shown(greeting="none") == {mine.pk, other.pk}
+    today = timezone.localtime().replace(hour=0, minute=0, second=0, microsecond=0)  # as the "Past 7 days" link has it
+    assert shown(**{"captured_at__gte": str(today - timedelta(days=7)), "captured_at__lt": str(today + timedelta(days=1))}) == {mine.pk}
+    assert shown(q=mine.contact.phone) == {mine.pk}
+
+
+# --- Resend the greeting ---------------------------------------------------------------------------
+
+WA_URL = f"{settings.WHATSAPP_API_URL}/{PROVIDER_CREDENTIALS['whatsapp_phone_number_id']}/messages"
+
+
+@pytest.fixture
+def enqueued(monkeypatch, settings) -> list[dict]:
+    """First-touch tasks the resend queued (their kwargs), instead of RabbitMQ."""
+    settings.OPENAI_API_KEY = ""  # the organization's fallback text, no model call
+    calls: list[dict] = []
+    monkeypatch.setattr(conversation_tasks.first_touch, "apply_async", lambda kwargs, **options: calls.append(kwargs))
+    return calls
+
+
+def a_greeting(lead: Lead, state: str, *messages: dict) -> Greeting:
+    greeting = Greeting.objects.create(organization=lead.organization, lead=lead, state=state, text="Hi Ana")
+    for fields in messages:
+        conversation, _ = Conversation.objects.get_or_create(
+            organization=lead.organization, contact=lead.contact, channel=fields["channel"])
+        Message.objects.create(organization=lead.organization, conversation=conversation, lead=lead, greeting=greeting,
+                               direction="outbound", body="Hi Ana", **fields)
+    return greeting
+
+
+WA_UNDELIVERABLE = {"channel": "whatsapp", "status": "failed", "error_code": "131026", "provider_message_id": "wamid.X"}
+SMS_REFUSED = {"channel": "sms", "status": "failed", "error_code": "21610"}
+
+
+def test_a_failed_greeting_is_sent_again_once_through_the_first_touch(admin_client, enqueued, django_capture_on_commit_callbacks):
+    org, _ = org_with_providers()
+    lead = a_lead(org)
+    a_greeting(lead, Greeting.State.FAILED, WA_UNDELIVERABLE, SMS_REFUSED)
+
+    with django_capture_on_commit_callbacks(execute=True):  # the task is queued only once the reset committed
+        page = lead_action(admin_client, "resend_greeting", lead)
+
+    assert f"Greeting queued again for 1 lead(s): {lead.pk}" in page
+    assert not Greeting.objects.exists() and not Message.objects.exists()
+    requested = LeadEvent.objects.get(lead=lead, kind="greeting.resend_requested").data
+    assert requested["by"] == "admin" and requested["previous"]["state"] == "failed"
+    assert [m["error_code"] for m in requested["previous"]["messages"]] == ["131026", "21610"]
+    assert [call["lead_id"] for call in enqueued] == [lead.pk]
+    with responses.RequestsMock(assert_all_requests_are_fired=True) as provider:
+        provider.add(responses.POST, WA_URL, status=200, json={"messages": [{"id": "wamid.NEW"}]})
+        conversation_services.first_touch(**enqueued[0])
+        conversation_services.first_touch(event_id=str(uuid.uuid4()), lead_id=lead.pk)  # the original event, redelivered late
+        assert len(provider.calls) == 1
+    greeting = Greeting.objects.get(lead=lead)
+    assert greeting.state == "done" and list(greeting.messages.values_list("provider_message_id", flat=True)) == ["wamid.NEW"]
+
+
+def test_a_lead_never_greeted_or_skipped_is_queued(admin_client, enqueued, django_capture_on_commit_callbacks):
+    org, _ = org_with_providers()
+    never, skipped = a_lead(org), a_lead(org)
+    a_greeting(skipped, Greeting.State.SKIPPED)
+    with django_capture_on_commit_callbacks(execute=True):
+        lead_action(admin_client, "resend_greeting", never, skipped)
+    assert sorted(call["lead_id"] for call in enqueued) == [never.pk, skipped.pk]
+    assert not Greeting.objects.exists()
+
+
+@pytest.mark.parametrize("state, messages, lead_status, consent, why", [
+    ("done", [{"channel": "whatsapp", "status": "accepted"}], "contacted", True, "its greeting is accepted by a provider"),
+    ("sending", [{"channel": "whatsapp", "status": "sending"}], "new", True, "its greeting is sending"),
+    ("failed", [WA_UNDELIVERABLE, {"channel": "sms", "status": "queued"}], "new", True, "its sms message is queued"),
+    ("failed", [{**WA_UNDELIVERABLE, "error_code": "timeout"}], "new", True, "got no answer from the provider and may have arrived"),
+    ("failed", [{**WA_UNDELIVERABLE, "delivered_at": timezone.now()}], "new", True, "reported its failed whatsapp message as sent"),
+    ("failed", [WA_UNDELIVERABLE], "lost", True, "the lead is lost"),
+    ("failed", [WA_UNDELIVERABLE], "new", False, "has not opted in"),
+])
+def test_a_greeting_that_may_still_reach_the_lead_is_never_resent(admin_client, enqueued, django_capture_on_commit_callbacks,
+                                                                  state, messages, lead_status, consent, why):
+    org, _ = org_with_providers()
+    lead = a_lead(org, status=lead_status, consent=consent)
+    greeting = a_greeting(lead, state, *messages)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        page = lead_action(admin_client, "resend_greeting", lead)
+
+    assert f"Not resent, " in page and why in page and f"lead(s) {lead.pk}" in page
+    assert enqueued == [] and Greeting.objects.get().pk == greeting.pk and Message.objects.count() == len(messages)
+    assert not LeadEvent.objects.filter(kind="greeting.resend_requested").exists()
