@@ -3,13 +3,15 @@ organization; another organization's ids in URLs, forms, filters and actions get
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
-from datetime import timedelta
 
 import pytest
 from django.contrib.auth.models import User
 from django.core.management import call_command
+from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from conversations.models import FollowUpSequence, FollowUpStep, ScheduledJob
@@ -75,7 +77,7 @@ def world(name: str, **org_fields) -> World:
 def org_admin(org: Organization, username: str) -> User:
     """A manager of `org` made its admin the documented way (manage.py make_org_admin)."""
     make_rep(org, username, role=Rep.Role.MANAGER)
-    call_command("make_org_admin", username, stdout=open("/dev/null", "w"))
+    call_command("make_org_admin", username, stdout=io.StringIO())
     return User.objects.get(username=username)
 
 
@@ -246,16 +248,13 @@ def test_make_org_admin_refuses_a_user_of_another_organization(a, b):
 
 def test_make_org_admin_revoke_takes_admin_access_away(a):
     user = org_admin(a.org, "leaving")
-    call_command("make_org_admin", "leaving", "--revoke", stdout=open("/dev/null", "w"))
+    call_command("make_org_admin", "leaving", "--revoke", stdout=io.StringIO())
     user.refresh_from_db()
     assert not user.is_staff and not user.groups.exists()
     assert client_for(user).get("/admin/leads/lead/").status_code == 302  # to the login page
 
 
-def test_the_leads_list_costs_the_same_queries_for_3_or_30_leads(manager_a, a, django_assert_max_num_queries):
-    from django.db import connection
-    from django.test.utils import CaptureQueriesContext
-
+def test_the_leads_list_costs_the_same_queries_for_3_or_30_leads(manager_a, a):
     def count() -> int:
         with CaptureQueriesContext(connection) as queries:
             assert manager_a.get("/admin/leads/lead/").status_code == 200
@@ -268,3 +267,37 @@ def test_the_leads_list_costs_the_same_queries_for_3_or_30_leads(manager_a, a, d
         a_lead(a.org, rep=a.rep, team=a.team)
     assert count() == few
     assert few <= 12, few
+
+
+def test_a_rep_an_organization_admin_creates_is_in_their_organization(manager_a, a, b):
+    form = {"username": "new-rep", "first_name": "New", "last_name": "Rep", "email": "", "password1": "a-long-password-1",
+            "password2": "a-long-password-1", "organization": b.org.pk, "role": "rep", "max_open_leads": "0",
+            "working_days": "1,2,3,4,5", "out_of_office_until_0": "", "out_of_office_until_1": ""}
+    refused = manager_a.post("/admin/routing/rep/add/", form)
+    assert refused.status_code == 200 and "organization" in refused.context["adminform"].form.errors
+    assert manager_a.post("/admin/routing/rep/add/", {**form, "organization": a.org.pk}).status_code == 302
+    rep = Rep.objects.get(user__username="new-rep")
+    assert rep.organization == a.org and not rep.user.is_staff
+
+
+def test_editing_another_organizations_rule_from_the_list_changes_nothing(manager_a, a, b):
+    formset = {"form-TOTAL_FORMS": "1", "form-INITIAL_FORMS": "1", "form-0-id": b.rule.pk, "form-0-position": "99",
+               "form-0-active": "", "_save": "Save"}
+    manager_a.post("/admin/routing/routingrule/", formset)
+    b.rule.refresh_from_db()
+    assert (b.rule.position, b.rule.active) == (0, True)
+
+
+def test_an_organization_admin_cannot_change_another_admins_login(manager_a, a):
+    other_admin = org_admin(a.org, "acme-admin-2")
+    rep = other_admin.rep
+    page = manager_a.get(f"/admin/routing/rep/{rep.pk}/change/")
+    form = page.context["adminform"].form
+    assert all(form.fields[name].disabled for name in ("email", "new_password", "login_enabled", "role"))
+    manager_a.post(f"/admin/routing/rep/{rep.pk}/change/", {
+        "first_name": "Taken", "email": "attacker@example.com", "new_password": "attacker-password-1", "role": "rep",
+        "max_open_leads": "0", "working_days": "1,2,3", "out_of_office_until_0": "", "out_of_office_until_1": "",
+    })
+    other_admin.refresh_from_db()
+    rep.refresh_from_db()
+    assert other_admin.check_password("pw") and other_admin.email == "" and rep.role == Rep.Role.MANAGER
