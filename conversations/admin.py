@@ -25,6 +25,10 @@ class ReadOnlyAdmin(admin.ModelAdmin):
     def has_change_permission(self, request, obj=None):
         return False
 
+    def has_operate_permission(self, request) -> bool:
+        # Actions here change rows (retry, cancel), so they need the change permission the pages deny.
+        return request.user.has_perm(f"{self.opts.app_label}.change_{self.opts.model_name}")
+
 
 @admin.register(Greeting)
 class GreetingAdmin(TenantAdminMixin, ReadOnlyAdmin):
@@ -127,11 +131,6 @@ class ScheduledJobAdmin(TenantAdminMixin, ReadOnlyAdmin):
         # Cancel instead: deleting a job deletes its message (cascade), and a redelivered
         # `lead.greeted` could then schedule the same step again and send it twice.
         return False
-
-    def has_operate_permission(self, request) -> bool:
-        # The actions change jobs, so they need the change permission the read-only pages deny.
-        opts = self.opts
-        return request.user.has_perm(f"{opts.app_label}.change_{opts.model_name}")
 
     @admin.action(description="Retry now (failed or cancelled follow-ups)", permissions=["operate"])
     def retry_now(self, request, queryset) -> None:

@@ -30,7 +30,7 @@ from conversations import debounce, outbound, quiet_hours, timeline
 from conversations.models import CUSTOMER_SERVICE_WINDOW, Channel, Conversation, FollowUpStep, Message, ScheduledJob, window_open
 from conversations.providers import model
 from conversations.replies import conversation_history
-from conversations.services import release_db_connection, render_text
+from conversations.services import conversation_for, release_db_connection, render_text
 from leads import selectors
 from leads.models import Lead, Organization
 from swiftex.events import emit
@@ -270,9 +270,7 @@ def _run_followup(job: Job, org: Organization) -> None:
     if not outbound.channel_configured(org, step.channel):
         _finish(job, Job.Status.FAILED, f"{step.channel} is not configured for the organization")
         return
-    conversation, _ = Conversation.objects.get_or_create(
-        contact_id=lead.contact_id, channel=step.channel, defaults={"organization_id": org.pk}
-    )
+    conversation = conversation_for(lead, step.channel)
     composed = _compose(org, lead, step, conversation)
     if composed is None:
         _finish(job, Job.Status.FAILED, "outside the 24-hour window and no approved WhatsApp template to use")

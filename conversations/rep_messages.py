@@ -27,6 +27,7 @@ from django.utils import timezone
 from conversations import timeline
 from conversations.models import Channel, Conversation, Message
 from conversations.outbound import channel_configured, deliver
+from conversations.services import conversation_for
 from leads.models import Lead, Organization
 
 logger = logging.getLogger(__name__)
@@ -82,9 +83,7 @@ def queue(*, lead: Lead, rep, body: str, token: uuid.UUID, now: datetime | None 
         raise CannotSend(f"The message is {len(body)} characters; {opts.channel} takes at most {limit}.")
     if opts.template and not opts.template_takes_text:
         body = ""  # the template is sent as approved; nothing of the rep's text would reach the lead
-    conversation, _ = Conversation.objects.get_or_create(
-        contact_id=lead.contact_id, channel=opts.channel, defaults={"organization_id": lead.organization_id},
-    )
+    conversation = conversation_for(lead, opts.channel)
     with transaction.atomic():
         message, created = Message.objects.get_or_create(
             client_token=token,

@@ -279,7 +279,8 @@ def _insert_greeting(lead: Lead, *, state: str, now: datetime, reason: str = "",
     return row[0] if row else None
 
 
-def _conversation(lead: Lead, channel: str) -> Conversation:
+def conversation_for(lead: Lead, channel: str) -> Conversation:
+    """The contact's conversation on `channel`, created on first use."""
     conversation, _ = Conversation.objects.get_or_create(
         contact_id=lead.contact_id, channel=channel, defaults={"organization_id": lead.organization_id}
     )
@@ -321,7 +322,7 @@ def _since_capture(lead: Lead, at: datetime) -> float:
 
 def _new_message(greeting: Greeting, lead: Lead, channel: str, *, now: datetime) -> Message:
     """The greeting's message on `channel`, QUEUED: `_deliver` takes it from there."""
-    conversation = _conversation(lead, channel)
+    conversation = conversation_for(lead, channel)
     template, body = _what_to_send(lead.organization, channel, conversation.window_open(), greeting.text)
     return Message.objects.create(
         organization_id=lead.organization_id,

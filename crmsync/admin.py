@@ -25,10 +25,6 @@ class ContactSyncAdmin(TenantAdminMixin, ReadOnlyAdmin):
     def has_delete_permission(self, request, obj=None):
         return False  # a deleted row would silently stop the contact's sync; retry it instead
 
-    def has_operate_permission(self, request) -> bool:
-        opts = self.opts
-        return request.user.has_perm(f"{opts.app_label}.change_{opts.model_name}")
-
     @admin.action(description="Retry now (failed or dead-lettered)", permissions=["operate"])
     def retry_now(self, request, queryset) -> None:
         retried = queue.retry_now(list(queryset.values_list("pk", flat=True)))

@@ -96,8 +96,7 @@ def version(lead: Lead) -> str:
         n=Max("pk"), s=Max("sent_at"), d=Max("delivered_at"), r=Max("read_at"), f=Max("failed_at"),
     )
     stamp = "|".join(str(value.timestamp() if hasattr(value, "timestamp") else value) for value in messages.values())
-    status = Lead.objects.filter(pk=lead.pk).values_list("status", flat=True).first()
-    return f"{events}:{stamp}:{status}"
+    return f"{events}:{stamp}:{lead.status}"  # `lead` was read for this request
 
 
 def lead_page(lead: Lead) -> dict:

@@ -57,13 +57,13 @@ def _filters(request: HttpRequest) -> selectors.Filters:
 def lead_list(request: HttpRequest) -> HttpResponse:
     filters = _filters(request)
     page = Paginator(selectors.lead_list(request.rep, filters), selectors.PAGE_SIZE).get_page(request.GET.get("page"))
-    context = {
-        "page": page, "filters": filters, "waiting": selectors.last_inbound_leads([lead.pk for lead in page]),
-        "statuses": Lead.Status.choices, "sources": selectors.sources(request.rep),
+    rows = {"page": page, "filters": filters, "waiting": selectors.last_inbound_leads([lead.pk for lead in page])}
+    if request.GET.get("partial"):  # the list's own refresh: the rows alone
+        return render(request, "reps/_lead_rows.html", rows)
+    return render(request, "reps/lead_list.html", {
+        **rows, "statuses": Lead.Status.choices, "sources": selectors.sources(request.rep),
         "can_see_everyone": selectors.can_see_everyone(request.rep), **_chrome(request),
-    }
-    template = "reps/_lead_rows.html" if request.GET.get("partial") else "reps/lead_list.html"
-    return render(request, template, context)
+    })
 
 
 def _lead_or_404(request: HttpRequest, lead_id: int) -> Lead:
@@ -78,7 +78,9 @@ def _lead_or_404(request: HttpRequest, lead_id: int) -> Lead:
 def lead_detail(request: HttpRequest, lead_id: int) -> HttpResponse:
     lead = _lead_or_404(request, lead_id)
     Notification.objects.filter(rep=request.rep, lead=lead, read_at__isnull=True).update(read_at=timezone.now())
-    return render(request, "reps/lead_detail.html", {**_lead_context(lead), "token": uuid.uuid4(), **_chrome(request)})
+    return render(request, "reps/lead_detail.html", {
+        **_lead_context(lead), "reply": options(lead), "token": uuid.uuid4(), **_chrome(request),
+    })
 
 
 @require_GET
@@ -89,8 +91,7 @@ def lead_live(request: HttpRequest, lead_id: int) -> HttpResponse:
     version = selectors.version(lead)
     if request.GET.get("v") == version:
         return HttpResponse(status=204)
-    lead.refresh_from_db(fields=["status", "first_response_at", "closed_at"])
-    response = render(request, "reps/_lead_live.html", _lead_context(lead))
+    response = render(request, "reps/_lead_live.html", _lead_context(lead, version))
     response["X-Version"] = version
     return response
 
@@ -134,10 +135,11 @@ def notifications(request: HttpRequest) -> HttpResponse:
     return render(request, "reps/notifications.html", {"items": items, **_chrome(request)})
 
 
-def _lead_context(lead: Lead) -> dict:
+def _lead_context(lead: Lead, version: str | None = None) -> dict:
+    """What the live part of the lead page shows (the reply box is outside it)."""
     return {
         "lead": lead, "contact": lead.contact, "assignment": getattr(lead, "assignment", None),
-        "reply": options(lead), "version": selectors.version(lead), "statuses": Lead.Status.choices,
+        "version": version or selectors.version(lead), "statuses": Lead.Status.choices,
         **selectors.lead_page(lead),
     }
 
