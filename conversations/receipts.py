@@ -127,12 +127,11 @@ def apply_pending(*, batch_size: int = 500, max_batches: int = 20) -> int:
             fresh.sort(key=lambda row: (row.channel, row.provider_message_id))
             try:
                 with transaction.atomic():
-                    for row in fresh:
-                        apply_status(row.organization, _report(row))
+                    applied = [(row, apply_status(row.organization, _report(row))) for row in fresh]
             except Exception:  # noqa: BLE001 - isolated below
                 logger.exception("applying %d statuses failed; retrying them one at a time", len(fresh))
-                for row in fresh:
-                    _apply_alone(row)
+                applied = [(row, _apply_alone(row)) for row in fresh]
+            _tell_analytics(applied)
             StatusReceipt.objects.filter(pk__in=[row.pk for row in rows]).delete()
             transaction.on_commit(lambda keys=fingerprints: _remember(keys))
         done += len(rows)
@@ -145,10 +144,10 @@ def _fingerprint(row: StatusReceipt) -> str:
     return swx_redis.key("status", row.channel, row.provider_message_id, row.status)
 
 
-def _apply_alone(row: StatusReceipt) -> None:
+def _apply_alone(row: StatusReceipt) -> Applied | None:
     try:
         with transaction.atomic():
-            apply_status(row.organization, _report(row))
+            return apply_status(row.organization, _report(row))
     except (OperationalError, InterfaceError):
         raise  # the database, not the row: roll back and keep every row for the next run
     except Exception as exc:  # noqa: BLE001 - kept for a human, not retried forever
@@ -157,6 +156,18 @@ def _apply_alone(row: StatusReceipt) -> None:
             provider=row.channel, organization=row.organization, outcome=WebhookDelivery.Outcome.FAILED,
             detail=f"{type(exc).__name__}: {exc}"[:300], body=str(_report(row)),
         )
+        return None
+
+
+def _tell_analytics(applied: list[tuple[StatusReceipt, Applied | None]]) -> None:
+    """One `message.statuses` event per batch for the leads whose messages were delivered or read.
+
+    Receipts are the busiest stream (up to three per message); an event each
+    would triple the relay's traffic for facts that are not urgent.
+    """
+    lead_ids = sorted({a.lead_id for row, a in applied if a is not None and a.lead_id is not None and row.status in ("delivered", "read")})
+    if lead_ids:
+        emit("message.statuses", organization_id=None, data={"lead_ids": lead_ids})
 
 
 def _report(row: StatusReceipt) -> StatusReport:

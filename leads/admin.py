@@ -107,6 +107,10 @@ class OrganizationAdmin(TenantAdminMixin, admin.ModelAdmin):
             "description": "Which team gets a new lead is set under Routing › Routing rules; teams and reps under Routing too.",
             "fields": ("fallback_owner", "escalation_minutes", "reps_see_only_own_leads"),
         }),
+        ("Speed-to-lead analytics", {
+            "description": "The dashboard is at /app/analytics/ for managers.",
+            "fields": ("first_response_target_seconds",),
+        }),
         ("WhatsApp template", {
             "description": "For business-initiated WhatsApp messages (greetings, follow-ups) outside the 24-hour window.",
             "fields": ("whatsapp_template_name", "whatsapp_template_language", "whatsapp_template_has_parameter"),

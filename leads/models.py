@@ -209,6 +209,11 @@ class Organization(models.Model):
     reps_see_only_own_leads = models.BooleanField(
         default=False, help_text="Reps see only the leads assigned to them; managers always see every lead.",
     )
+    first_response_target_seconds = models.PositiveIntegerField(
+        default=60, validators=[MinValueValidator(1), MaxValueValidator(7 * 24 * 3600)],
+        help_text="Speed-to-lead target: a lead not answered within this many seconds of capture is an SLA breach "
+        "on the analytics dashboard.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     def __str__(self) -> str:

@@ -62,7 +62,7 @@ def lead_list(request: HttpRequest) -> HttpResponse:
         return render(request, "reps/_lead_rows.html", rows)
     return render(request, "reps/lead_list.html", {
         **rows, "statuses": Lead.Status.choices, "sources": selectors.sources(request.rep),
-        "can_see_everyone": selectors.can_see_everyone(request.rep), **_chrome(request),
+        "can_see_everyone": selectors.can_see_everyone(request.rep), **chrome(request),
     })
 
 
@@ -79,7 +79,7 @@ def lead_detail(request: HttpRequest, lead_id: int) -> HttpResponse:
     lead = _lead_or_404(request, lead_id)
     Notification.objects.filter(rep=request.rep, lead=lead, read_at__isnull=True).update(read_at=timezone.now())
     return render(request, "reps/lead_detail.html", {
-        **_lead_context(lead), "reply": options(lead), "token": uuid.uuid4(), **_chrome(request),
+        **_lead_context(lead), "reply": options(lead), "token": uuid.uuid4(), **chrome(request),
     })
 
 
@@ -132,7 +132,7 @@ def lead_status(request: HttpRequest, lead_id: int) -> HttpResponse:
 def notifications(request: HttpRequest) -> HttpResponse:
     items = list(Notification.objects.filter(rep=request.rep).order_by("-created_at")[:100])
     Notification.objects.filter(rep=request.rep, read_at__isnull=True).update(read_at=timezone.now())
-    return render(request, "reps/notifications.html", {"items": items, **_chrome(request)})
+    return render(request, "reps/notifications.html", {"items": items, **chrome(request)})
 
 
 def _lead_context(lead: Lead, version: str | None = None) -> dict:
@@ -144,7 +144,7 @@ def _lead_context(lead: Lead, version: str | None = None) -> dict:
     }
 
 
-def _chrome(request: HttpRequest) -> dict:
+def chrome(request: HttpRequest) -> dict:
     """What every page's header shows."""
     return {
         "rep": request.rep,

@@ -23,6 +23,7 @@ from leads.models import Lead, Organization
 from routing import rules as routing_rules
 from routing import selectors
 from routing.models import Assignment, Notification, Rep, Team, TeamMember
+from swiftex.events import emit
 
 logger = logging.getLogger(__name__)
 
@@ -163,6 +164,7 @@ def _record_reassignment(lead_id: int, previous: Rep | None, to: Rep, data: dict
     else:
         why = f"assigned to you ({data['reason']}, {data['waited_minutes']} min ago)"
     _notify(to, lead_id, f"Lead {lead_id} {why}", now)
+    emit("lead.reassigned", organization_id=to.organization_id, data={"lead_id": lead_id, "rep_id": to.pk})
 
 
 def _escalation_time(org: Organization, now: datetime) -> datetime | None:

@@ -16,6 +16,7 @@ urlpatterns = [
     path("webhooks/twilio/status", webhooks.twilio_status, name="webhook-twilio-status"),
     path("webhooks/twilio/inbound", webhooks.twilio_inbound, name="webhook-twilio-inbound"),
     path("admin/", admin.site.urls),
+    path("app/analytics/", include("analytics.urls")),
     path("app/", include("reps.urls")),
     path("accounts/", include("django.contrib.auth.urls")),
 ]

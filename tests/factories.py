@@ -50,3 +50,40 @@ def make_team(org: Organization, name: str, reps, *, distribution: str = "round_
     for i, rep in enumerate(reps):
         TeamMember.objects.create(team=team, rep=rep, weight=weights[i] if weights else 1)
     return team
+
+
+def make_lead_history(org: Organization, phone: str, *, at, response_ms=None, channel: str = "whatsapp", source: str = "website",
+                      campaign: str = "", delivered: bool = False, read: bool = False, replied: bool = False,
+                      qualified: bool = False, rep=None, name: str = "Ana", consent: bool = True):
+    """A lead captured at `at` whose story is already in the database (answered, delivered, ...),
+    as the conversation engine would have left it; analytics facts are not refreshed."""
+    from datetime import timedelta
+
+    from conversations.models import Conversation, Message
+    from leads.models import Lead, LeadEvent
+    from leads.services import LeadInput, lead_ingest
+    from routing.models import Assignment
+
+    result = lead_ingest(org=org, data=LeadInput(source=source, campaign=campaign, phone=phone, name=name, consent=consent),
+                         payload={}, received_at=at)
+    lead = Lead.objects.get(pk=result.lead_id)
+    if rep is not None:
+        Assignment.objects.update_or_create(lead=lead, defaults={"rep": rep, "assigned_at": at})
+    if response_ms is None:
+        return lead
+    answered = at + timedelta(milliseconds=response_ms)
+    Lead.objects.filter(pk=lead.pk).update(first_response_at=answered, status=Lead.Status.CONTACTED)
+    conversation, _ = Conversation.objects.get_or_create(contact=lead.contact, channel=channel, defaults={"organization": org})
+    later = answered + timedelta(seconds=2)
+    Message.objects.create(
+        organization=org, conversation=conversation, lead=lead, direction="outbound", channel=channel, body="Hi",
+        status="read" if read else "delivered" if delivered else "accepted", created_at=at, accepted_at=answered,
+        delivered_at=later if delivered else None, read_at=later if read else None,
+    )
+    if replied:
+        Message.objects.create(organization=org, conversation=conversation, lead=lead, direction="inbound", channel=channel,
+                               body="Hello!", status="received", created_at=later)
+    if qualified:
+        Lead.objects.filter(pk=lead.pk).update(status=Lead.Status.QUALIFIED)
+        LeadEvent.objects.create(lead=lead, kind="lead.status_changed", data={"from": "contacted", "to": "qualified"}, occurred_at=later)
+    return lead
