@@ -102,7 +102,11 @@ first_response AS (
     SELECT pg_notify('{OUTBOX_CHANNEL}', '') FROM outbox
 )"""
 
-FIRST_RESPONSE = "WITH " + _FIRST_RESPONSE_CTES + "\nSELECT count(*) FROM wake"
+# Returns one row: the lead's captured_at if this statement set its first response
+# (else NULL), and the wake-up count (a SELECT CTE only runs when something reads it).
+_FIRST_RESPONSE_RESULT = "\nSELECT (SELECT captured_at FROM first_response), (SELECT count(*) FROM wake)"
+
+FIRST_RESPONSE = "WITH " + _FIRST_RESPONSE_CTES + _FIRST_RESPONSE_RESULT
 
 # A message failed meanwhile (a `failed` status that came first, or the sweep)
 # keeps its failure; the provider's id and time are still recorded.
@@ -119,4 +123,4 @@ WITH m AS (
     RETURNING id
 ), accepted AS (
     INSERT INTO {_EVENT} (lead_id, kind, data, occurred_at) VALUES (%(lead_id)s, 'message.accepted', %(data)s::jsonb, %(now)s)
-), """ + _FIRST_RESPONSE_CTES + "\nSELECT count(*) FROM wake"
+), """ + _FIRST_RESPONSE_CTES + _FIRST_RESPONSE_RESULT

@@ -24,6 +24,7 @@ from conversations.services import (
     CALLBACK_PREFIX, fail_message, release_db_connection, settle_failed_attempt, status_callback_url, take_for_sending,
 )
 from leads.models import Contact, Organization
+from swiftex import metrics
 from swiftex.db import prepared_cursor
 
 logger = logging.getLogger(__name__)
@@ -107,6 +108,11 @@ def _accepted(message: Message, provider_message_id: str) -> None:
             Reply.objects.filter(pk=message.reply_id, state=Reply.State.SENDING).update(state=Reply.State.DONE)
         data = {"channel": message.channel, "provider_message_id": provider_message_id, "what": _what(message)}
         timeline.record(message.lead_id, ("message.accepted", data, now))
+    metrics.MESSAGES_ACCEPTED.labels(channel=message.channel, kind=_KIND.get(data["what"], data["what"])).inc()
+
+
+# The timeline's words for what a message carried, as short metric labels.
+_KIND = {"rep message": "rep", "message": "other"}
 
 
 def _what(message: Message) -> str:

@@ -40,6 +40,7 @@ from conversations.models import window_open as whatsapp_window_open
 from conversations.providers import ProviderError, model, twilio, whatsapp
 from leads import selectors
 from leads.models import Contact, Lead, Organization
+from swiftex import metrics
 from swiftex.db import prepared_cursor
 from swiftex.events import emit
 
@@ -453,6 +454,8 @@ def _accepted(message: Message, lead: Lead, provider_message_id: str) -> None:
             "provider_message_id": provider_message_id, "message_id": message.pk, "greeting_id": message.greeting_id,
             "lead_id": lead.pk, "data": json.dumps(data), "now": now, "now_iso": now.isoformat(),
         })
+        _observe_first_response(cursor, now)
+    metrics.MESSAGES_ACCEPTED.labels(channel=message.channel, kind="greeting").inc()
 
 
 def greeting_went_out(greeting_id: int) -> None:
@@ -465,6 +468,15 @@ def mark_first_response(lead_id: int, at: datetime) -> None:
     """Set the lead's first response (once), move it from new to contacted, raise lead.status_changed."""
     with prepared_cursor() as cursor:
         cursor.execute(greeting_sql.FIRST_RESPONSE, {"lead_id": lead_id, "now": at, "now_iso": at.isoformat()})
+        _observe_first_response(cursor, at)
+
+
+def _observe_first_response(cursor, at: datetime) -> None:
+    """After ACCEPTED or FIRST_RESPONSE: time capture -> first response, if that statement set it
+    (once per lead, whichever path got there first)."""
+    captured_at = cursor.fetchone()[0]
+    if captured_at is not None:
+        metrics.FIRST_RESPONSE.observe((at - captured_at).total_seconds())
 
 
 def fail_message(message: Message, exc: ProviderError, *, now: datetime | None = None) -> bool:
@@ -487,6 +499,8 @@ def message_failed(message: Message) -> None:
     """Inside the transaction that failed an outbound message: tell subscribers (the
     conversations subscriber sends a failed WhatsApp greeting by SMS), and mark the
     greeting failed when no channel is left, or the reply or follow-up it carried."""
+    channel, code = message.channel, message.error_code
+    transaction.on_commit(lambda: metrics.message_failed(channel, code))
     emit(
         "message.failed",
         organization_id=message.organization_id,

@@ -3,7 +3,8 @@
 Settings come from Django settings under the `CELERY_` namespace. Task queues
 and lanes are declared in `settings.SWIFTEX_LANES`; this module turns them into
 kombu queues and installs the event-consumer step that lets a lane's worker
-also consume its subscribers' event queues (see `swiftex/events/consumer.py`).
+also consume its subscribers' event queues (see `swiftex/events/consumer.py`),
+and counts task failures and retries per task for /metrics (swiftex/metrics.py).
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from __future__ import annotations
 import os
 
 import click
-from celery import Celery, bootsteps
+from celery import Celery, bootsteps, signals
+
+from swiftex import metrics
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "swiftex.settings")
 
@@ -45,6 +48,16 @@ class PromptShutdown(bootsteps.StartStopStep):
 
 def _noop() -> None:
     pass
+
+
+@signals.task_failure.connect
+def _count_failure(sender=None, **_) -> None:
+    metrics.TASK_FAILURES.labels(task=sender.name).inc()
+
+
+@signals.task_retry.connect
+def _count_retry(sender=None, **_) -> None:
+    metrics.TASK_RETRIES.labels(task=sender.name).inc()
 
 
 def _install_steps() -> None:

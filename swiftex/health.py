@@ -9,8 +9,8 @@ from django.db import connection
 from django.http import HttpResponse, JsonResponse
 from kombu import Connection
 
-from swiftex import metrics
 from swiftex import redis as swx_redis
+from swiftex import scrape
 
 logger = logging.getLogger(__name__)
 
@@ -53,4 +53,4 @@ def readyz(request):
 
 
 def metrics_view(request):
-    return HttpResponse(metrics.render(), content_type="text/plain; version=0.0.4; charset=utf-8")
+    return HttpResponse(scrape.render(), content_type="text/plain; version=0.0.4; charset=utf-8")

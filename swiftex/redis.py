@@ -66,3 +66,15 @@ def ping() -> bool:
         return bool(get_redis_connection("default").ping())
     except UNAVAILABLE_ERRORS:
         return False
+
+
+def available() -> bool:
+    """Whether Redis answers now, through the breaker: while it is open the answer is no
+    without a call, and a failed ping opens it (this process's callers fall back too)."""
+    try:
+        return bool(client().ping())
+    except RedisUnavailable:
+        return False
+    except UNAVAILABLE_ERRORS as exc:
+        breaker.trip(exc)
+        return False

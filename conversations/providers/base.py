@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import threading
+import time
 import urllib.request
 from dataclasses import dataclass
 
 import requests
 import urllib3
 from django.conf import settings
+
+from swiftex import metrics
 
 USER_AGENT = "Swiftex/1.0 (+first-touch)"
 
@@ -76,19 +79,30 @@ def post(provider: str, url: str, **kwargs) -> requests.Response:
     Only a failure to connect proves the provider never saw the request (safe
     to resend). Anything after the request went out (a reset, a read timeout,
     a broken answer) may hide an accepted message: `maybe_delivered`.
+    Every call is timed in swiftex_provider_call_duration_seconds.
     """
+    started = time.perf_counter()
     try:
-        return session().post(url, timeout=timeout(), allow_redirects=False, **kwargs)
-    except requests.ConnectTimeout as exc:
-        raise ProviderError(provider, f"connect timeout: {exc}", permanent=False) from exc
-    except requests.ConnectionError as exc:
-        if _never_connected(exc):
-            raise ProviderError(provider, f"could not connect: {type(exc).__name__}", permanent=False) from exc
-        raise ProviderError(provider, "connection lost after sending", permanent=False, maybe_delivered=True) from exc
-    except requests.Timeout as exc:
-        raise ProviderError(provider, "no answer within the read timeout", permanent=False, maybe_delivered=True) from exc
+        response = session().post(url, timeout=timeout(), allow_redirects=False, **kwargs)
     except requests.RequestException as exc:
-        raise ProviderError(provider, f"broken answer: {type(exc).__name__}", permanent=False, maybe_delivered=True) from exc
+        outcome, error = _network_error(provider, exc)
+        metrics.provider_unanswered(provider, started, outcome)
+        raise error from exc
+    metrics.provider_answered(provider, started, response.status_code)
+    return response
+
+
+def _network_error(provider: str, exc: requests.RequestException) -> tuple[str, ProviderError]:
+    """(metric outcome, error) for a call that got no HTTP answer."""
+    if isinstance(exc, requests.ConnectTimeout):
+        return "timeout", ProviderError(provider, f"connect timeout: {exc}", permanent=False)
+    if isinstance(exc, requests.ConnectionError):
+        if _never_connected(exc):
+            return "network_error", ProviderError(provider, f"could not connect: {type(exc).__name__}", permanent=False)
+        return "network_error", ProviderError(provider, "connection lost after sending", permanent=False, maybe_delivered=True)
+    if isinstance(exc, requests.Timeout):
+        return "timeout", ProviderError(provider, "no answer within the read timeout", permanent=False, maybe_delivered=True)
+    return "network_error", ProviderError(provider, f"broken answer: {type(exc).__name__}", permanent=False, maybe_delivered=True)
 
 
 def _never_connected(exc: requests.ConnectionError) -> bool:
@@ -109,7 +123,9 @@ def classify(provider: str, response: requests.Response, *, code: object, title:
     """A provider's error answer as a ProviderError: its own codes first, then HTTP status.
 
     5xx and 429 may pass; any other 4xx means the same request will be refused again.
+    Counted in swiftex_provider_errors_total by the provider's code, else the HTTP status.
     """
+    metrics.provider_error(provider, response.status_code if code is None else code)
     if code in permanent_codes:
         permanent = True
     elif code in transient_codes or response.status_code >= 500 or response.status_code == 429:

@@ -17,6 +17,9 @@ from concurrent.futures import TimeoutError as FutureTimeout
 import openai
 from django.conf import settings
 
+from swiftex import metrics
+
+PROVIDER = "openai"
 MAX_GREETING_CHARS = 600
 
 _clients: dict[tuple[str, str, float], openai.OpenAI] = {}
@@ -87,11 +90,21 @@ def _complete(client: openai.OpenAI, model: str, messages: list[dict]) -> str:
     # out: `chat.completions.create` spends ~1.2 ms of CPU per call validating the
     # typed parameters and building pydantic models (profiled), a third of a
     # greeting's CPU for two strings we already know are well-formed.
-    completion = client.post(
-        "/chat/completions",
-        body={"model": model, "messages": messages, "max_tokens": 160, "temperature": 0.7},
-        cast_to=object,
-    )
+    started = time.perf_counter()
+    try:
+        completion = client.post(
+            "/chat/completions",
+            body={"model": model, "messages": messages, "max_tokens": 160, "temperature": 0.7},
+            cast_to=object,
+        )
+    except openai.APIStatusError as exc:
+        metrics.provider_answered(PROVIDER, started, exc.status_code)
+        metrics.provider_error(PROVIDER, exc.status_code)
+        raise
+    except openai.APIConnectionError as exc:  # APITimeoutError is one
+        metrics.provider_unanswered(PROVIDER, started, "timeout" if isinstance(exc, openai.APITimeoutError) else "network_error")
+        raise
+    metrics.provider_answered(PROVIDER, started, 200)
     try:
         return completion["choices"][0]["message"]["content"] or ""
     except (KeyError, IndexError, TypeError):

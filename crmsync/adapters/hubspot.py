@@ -22,6 +22,7 @@ from conversations.providers.base import ProviderError, post, retry_after_second
 from crmsync.adapters.base import (
     MAX_BATCH, Accepted, AccountRefused, BatchRefused, Outcome, RateLimited, Refused, Snapshot, Transient, iso,
 )
+from swiftex import metrics
 
 PROVIDER = "hubspot"
 DAILY_PAUSE_SECONDS = 3600.0
@@ -85,6 +86,7 @@ class HubSpot:
         body = _json(response)
         if status in (200, 201, 207):
             return _outcomes(snapshots, inputs, body)
+        metrics.provider_error(PROVIDER, status)
         message = _message(body, status)
         if status == 429:
             daily = body.get("policyName") == "DAILY"  # the day's allowance is spent: hours, not seconds

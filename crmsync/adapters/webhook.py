@@ -26,6 +26,7 @@ from conversations.providers.base import ProviderError, post, retry_after_second
 from crmsync.adapters.base import (
     MAX_BATCH, Accepted, AccountRefused, BatchRefused, Outcome, RateLimited, Snapshot, Transient, iso,
 )
+from swiftex import metrics
 
 PROVIDER = "crm_webhook"
 SIGNATURE_HEADER = "X-Swiftex-Signature"
@@ -66,6 +67,7 @@ class SignedWebhook:
         status = response.status_code
         if 200 <= status < 300:
             return {s.sync_id: Accepted(str(s.contact_id)) for s in snapshots}
+        metrics.provider_error(PROVIDER, status)
         message = f"HTTP {status}: {response.text[:200]}".strip(": ")
         if status == 429:
             raise RateLimited(message, status_code=status, retry_after=retry_after_seconds(response) or 1.0)
