@@ -4,6 +4,10 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 export PORT ?= 8000
+# Every process `make up` starts (web workers, lanes, relay, scheduler) writes its
+# Prometheus samples here and the web's /metrics merges them; emptied at each
+# `make up`, so counters start from zero with the processes (docs/observability.md).
+METRICS_DIR ?= $(CURDIR)/var/prometheus
 
 .PHONY: up test install services browser db bench bench-followups bench-crmsync chaos clean-venv
 
@@ -41,7 +45,8 @@ ifeq ($(FAKE_PROVIDERS),1)
 	@echo "[demo] fake providers on 127.0.0.1:$(FAKES_PORT): see what was sent with curl -s http://127.0.0.1:$(FAKES_PORT)/_fake/requests?provider=whatsapp, the CRM with curl -s http://127.0.0.1:$(FAKES_PORT)/_fake/hubspot/contacts"
 	@{ cat Procfile; echo "fakes: exec python -m fakes --port $(FAKES_PORT) --webhook-url http://127.0.0.1:$$PORT --whatsapp-app-secret $$WHATSAPP_APP_SECRET --twilio-auth-token $$TWILIO_AUTH_TOKEN"; } > $(PROCFILE)
 endif
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/honcho start -f $(PROCFILE) -d $(CURDIR)
+	@rm -rf "$(METRICS_DIR)" && mkdir -p "$(METRICS_DIR)"
+	PROMETHEUS_MULTIPROC_DIR="$(METRICS_DIR)" PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/honcho start -f $(PROCFILE) -d $(CURDIR)
 
 ## test: the whole suite against real PostgreSQL, Redis and RabbitMQ (and real Chromium for the browser tests)
 test: install services browser

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -200,6 +201,9 @@ class Stack:
         # run in their own sessions: turn it into an exception `finally` sees.
         signal.signal(signal.SIGTERM, _raise_interrupt)
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        # Every process below writes its Prometheus samples here; the run's counters start at zero.
+        shutil.rmtree(self.env["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
+        os.makedirs(self.env["PROMETHEUS_MULTIPROC_DIR"])
         self._spawn("fakes", FAKES)
         self._wait_for_line("fakes", b"fake providers listening")
         for name, argv in PROCESSES.items():

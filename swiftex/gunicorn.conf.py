@@ -1,7 +1,6 @@
 """gunicorn settings for the web process (`make up`, benchmarks)."""
 
 import os
-import shutil
 from pathlib import Path
 
 bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"
@@ -14,12 +13,14 @@ keepalive = 5
 accesslog = os.environ.get("WEB_ACCESS_LOG") or None
 errorlog = "-"
 
-# Several worker processes: Prometheus counters are merged from files at scrape.
+# Several processes: Prometheus counters are merged from files at scrape. The lanes,
+# relay and scheduler of the host write to the same directory, so it is wiped by
+# whoever starts them all (`make up`, bench/stack.py, tests/support.py), never here:
+# a web restarting alone must not erase the workers' counters.
 _metrics_dir = Path(os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(Path(__file__).resolve().parent.parent / "var" / "prometheus")))
 
 
 def on_starting(server):
-    shutil.rmtree(_metrics_dir, ignore_errors=True)
     _metrics_dir.mkdir(parents=True, exist_ok=True)
 
 

@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -121,7 +122,7 @@ class ManagedProcess:
     @classmethod
     def web(cls, port: int, log_dir: Path, env: dict | None = None) -> ManagedProcess:
         argv = ["-m", "gunicorn", "swiftex.wsgi", "-c", "swiftex/gunicorn.conf.py"]
-        env = {"PORT": str(port), "WEB_WORKERS": "1", "PROMETHEUS_MULTIPROC_DIR": str(log_dir / "prometheus"), **(env or {})}
+        env = {"PORT": str(port), "WEB_WORKERS": "1", **(env or {})}
         return cls("web", argv, b"Booting worker", log_dir / f"web-{time.monotonic_ns()}.log", env)
 
     def start(self) -> ManagedProcess:
@@ -155,8 +156,9 @@ class ManagedProcess:
 
 class Stack:
     """Web, relay, the first-touch, conversations and follow-up lanes and (unless
-    `scheduler=False`) the scheduler, sharing one environment pointed at the fakes:
-    one deployment."""
+    `scheduler=False`) the scheduler, sharing one environment pointed at the fakes
+    and one Prometheus directory, empty at start (the web's /metrics merges every
+    process's samples): one deployment, one host."""
 
     def __init__(self, fakes, log_dir, *, scheduler: bool = True, lanes: tuple[str, ...] = ("conversations", "followups"),
                  env: dict | None = None) -> None:
@@ -166,7 +168,11 @@ class Stack:
         self.log_dir = log_dir
         # Every test's organization has the same WhatsApp number: no cache may carry
         # the previous test's tenant into the next one.
-        self.env = {**fakes.env(), "PUBLIC_BASE_URL": self.url, "ORGANIZATION_CACHE_SECONDS": "0", **(env or {})}
+        metrics_dir = log_dir / "prometheus"
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        metrics_dir.mkdir(parents=True)
+        self.env = {**fakes.env(), "PUBLIC_BASE_URL": self.url, "ORGANIZATION_CACHE_SECONDS": "0",
+                    "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir), **(env or {})}
         self.web = ManagedProcess.web(self.port, log_dir, self.env).start()
         self.relay = ManagedProcess.relay(log_dir, self.env).start()
         self.lane = ManagedProcess.lane("first_touch", log_dir, self.env).start()

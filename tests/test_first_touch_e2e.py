@@ -9,6 +9,7 @@ import time
 
 import pytest
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 from conversations.models import Greeting, Message
 from leads.models import Lead, LeadEvent
@@ -75,6 +76,27 @@ def test_a_lead_gets_one_whatsapp_greeting_statuses_flow_back_and_the_timeline_s
     steps = {entry["kind"]: entry["data"].get("since_capture_ms") for entry in detail["timeline"]}
     assert steps["event.published"] <= steps["first_touch.started"] <= steps["greeting.composed"] <= steps["message.accepted"]
     assert not sms_sends(stack.fakes, "+14155550101")
+
+
+def test_the_webs_metrics_merge_what_the_lanes_observed(e2e):
+    """The greeting is timed in the first-touch lane, another process: its samples reach the
+    web's /metrics through the shared PROMETHEUS_MULTIPROC_DIR."""
+    stack, key = e2e
+    submit(stack, key, "+14155550109")
+
+    def merged() -> dict:
+        text = requests.get(f"{stack.url}/metrics", timeout=10).text
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value for f in text_string_to_metric_families(text) for s in f.samples}
+
+    def greeted(samples: dict) -> bool:
+        return samples.get(("swiftex_first_response_seconds_count", ()), 0) >= 1 and samples.get(
+            ("swiftex_provider_call_duration_seconds_count", (("outcome", "ok"), ("provider", "whatsapp"))), 0) >= 1
+
+    samples = wait_until(lambda: (lambda s: s if greeted(s) else None)(merged()), timeout=TIMEOUT, what="the lane's samples on /metrics")
+    assert samples[("swiftex_provider_call_duration_seconds_count", (("outcome", "ok"), ("provider", "openai")))] >= 1
+    assert samples[("swiftex_messages_accepted_total", (("channel", "whatsapp"), ("kind", "greeting")))] >= 1
+    assert samples[("swiftex_broker_up", ())] == 1
+    assert samples[("swiftex_queue_consumers", (("queue", "first_touch"),))] >= 1
 
 
 def test_a_number_not_on_whatsapp_gets_exactly_one_sms(e2e):
