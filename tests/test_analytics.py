@@ -282,3 +282,16 @@ def test_a_rep_status_change_and_a_batch_of_receipts_reach_the_facts(seeded):
     assert deliver_outbox("message.statuses").payload == {"lead_ids": [first.pk]}  # "sent" changes no fact
     fact = LeadFact.objects.get(lead=first)
     assert fact.read_at == fact.delivered_at == read_at
+
+
+def test_rebuild_backfills_leads_from_before_analytics_and_resets_drifted_rollups():
+    from django.core.management import call_command
+
+    org, _ = org_with_key()
+    ids = [make_lead_history(org, phone(), at=MONDAY, response_ms=600 * (i + 1)).pk for i in range(3)]
+    call_command("analytics_rebuild", organization=org.pk, stdout=io.StringIO())
+    assert LeadFact.objects.filter(lead_id__in=ids).count() == 3 and stats(org)["greeted"] == 3
+
+    HourlyStat.objects.filter(organization=org).update(leads=99)  # drifted, e.g. edited by hand
+    call_command("analytics_rebuild", organization=org.pk, since=dt.date(2026, 11, 16), reset=True, stdout=io.StringIO())
+    assert stats(org)["leads"] == 3
