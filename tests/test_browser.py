@@ -2,13 +2,16 @@
 
 A rep logs in, sees a new lead appear without reloading, opens its timeline and
 replies; the reply reaches the fake WhatsApp. An admin creates a routing rule
-and a follow-up sequence in Django admin. Screenshots of the pages are saved
+and a follow-up sequence in Django admin. A manager opens the speed-to-lead
+dashboard over a seeded week plus live leads that went through the pipeline. Screenshots of the pages are saved
 under docs/screenshots/ (linked from README), so they show the current code.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import os
+import random
 import re
 import shutil
 from pathlib import Path
@@ -16,10 +19,12 @@ from pathlib import Path
 import pytest
 import requests
 
+from analytics import services as analytics
+from analytics.models import LeadFact
 from conversations.models import FollowUpSequence, FollowUpStep, Message
 from leads.models import Lead
 from routing.models import RoutingRule
-from tests.factories import make_rep, make_team, org_with_providers
+from tests.factories import make_lead_history, make_rep, make_team, org_with_providers
 from tests.support import ROOT, Stack, contact_writes, wait_until
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
@@ -36,7 +41,8 @@ TIMEOUT_MS = 30_000
 
 @pytest.fixture(scope="module")
 def stack(django_db_setup, django_db_blocker, fake_providers, tmp_path_factory):
-    running = Stack(fake_providers, tmp_path_factory.mktemp("browser"), env={"REP_PAGES_POLL_SECONDS": "1"})
+    running = Stack(fake_providers, tmp_path_factory.mktemp("browser"), lanes=("conversations", "followups", "bulk"),
+                    env={"REP_PAGES_POLL_SECONDS": "1"})
     yield running
     running.stop()
 
@@ -155,3 +161,50 @@ def test_an_admin_creates_a_routing_rule_and_a_follow_up_sequence(stack, browser
     step = FollowUpStep.objects.get(sequence__name="Open-house nurture")
     assert step.delay_minutes == 1440 and FollowUpSequence.objects.get(name="Open-house nurture").organization == org
     page.close()
+
+
+def test_a_manager_reads_speed_to_lead_over_a_seeded_week_and_live_leads(stack, fakes, browser):
+    fakes.configure(webhook_url=stack.url)
+    org, key = org_with_providers(name="Casa Verde Realty", quiet_hours_enabled=False, first_response_target_seconds=5)
+    reps = [make_rep(org, name) for name in ("bruno", "carla", "diego")]
+    make_rep(org, "olivia", role="manager")
+    seed_week(org, reps)
+
+    live = []
+    for i in range(3):  # through the whole pipeline: API, relay, first touch, fake WhatsApp, receipts, bulk lane
+        body = {"name": f"Live lead {i}", "phone": f"+1415555090{i}", "source": "website", "campaign": "spring-open-house", "consent": True}
+        response = requests.post(f"{stack.url}/api/v1/leads", json=body, headers={"Authorization": f"Bearer {key}"}, timeout=10)
+        assert response.status_code == 201, response.text
+        live.append(response.json()["id"])
+    wait_until(lambda: LeadFact.objects.filter(lead_id__in=live, first_response_ms__isnull=False, delivered_at__isnull=False).count() == 3,
+               timeout=45, what="the live leads' facts, greeted and delivered")
+
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.set_default_timeout(TIMEOUT_MS)
+    log_in(page, stack.url, "olivia")
+    page.wait_for_url(re.compile(r"/app/leads/"))
+    page.click("text=Speed to lead")
+    page.wait_for_selector("svg.chart")
+    assert page.locator(".kpi strong").first.inner_text() == str(LeadFact.objects.filter(organization=org).count())
+    assert page.locator("table.data caption", has_text="By rep").count() == 1
+    shot(page, "analytics-dashboard.png")
+    page.close()
+
+
+def seed_week(org, reps) -> None:
+    """A week of history, as the pipeline would have left it (consent off, so the running lanes greet none of it again)."""
+    rng = random.Random(7)
+    today = dt.datetime.now(dt.timezone.utc).replace(minute=0, second=0, microsecond=0)
+    ids = []
+    for n in range(220):
+        at = today - dt.timedelta(hours=rng.randrange(0, 6 * 24), minutes=rng.randrange(60))  # inside the default 7 days
+        answered = rng.random() > 0.04
+        response_ms = int(rng.lognormvariate(7.0, 0.35)) + (rng.choice([0, 0, 0, 2500, 40_000]) if rng.random() < 0.1 else 0)
+        ids.append(make_lead_history(
+            org, f"+1415666{n:04d}", at=at, name=f"Seeded {n}", consent=False,
+            response_ms=response_ms if answered else None, channel="sms" if rng.random() < 0.12 else "whatsapp",
+            source=rng.choice(["website", "website", "google-ads", "partner"]), campaign=rng.choice(["spring-open-house", "", "retargeting"]),
+            delivered=answered and rng.random() < 0.93, read=answered and rng.random() < 0.6, replied=answered and rng.random() < 0.35,
+            qualified=answered and rng.random() < 0.12, rep=rng.choice(reps),
+        ).pk)
+    analytics.refresh(ids)
