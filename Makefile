@@ -9,7 +9,7 @@ export PORT ?= 8000
 # `make up`, so counters start from zero with the processes (docs/observability.md).
 METRICS_DIR ?= $(CURDIR)/var/prometheus
 
-.PHONY: up test install services browser db bench bench-followups bench-crmsync chaos clean-venv
+.PHONY: up test install services browser db bench bench-followups bench-crmsync bench-analytics chaos clean-venv
 
 # `make up FAKE_PROVIDERS=1`: also run the fake provider server (fakes/) on
 # 127.0.0.1:8900 and point OpenAI, WhatsApp, Twilio and HubSpot at it, with
@@ -63,6 +63,10 @@ bench: db
 ## bench-followups: thousands of due follow-ups beside new leads; the greeting's p99 must stay within 10% (writes bench/results/followups.json)
 bench-followups: db
 	$(PY) bench/followups.py
+
+## bench-analytics: the dashboard's queries over 1,000,000 seeded leads and the analytics consumer's throughput (writes bench/results/analytics.json)
+bench-analytics: db
+	$(PY) bench/analytics.py
 
 ## bench-crmsync: 5,000 leads in a minute synced to a fake HubSpot allowing 10 req/s (writes bench/results/crmsync.json)
 bench-crmsync: db
