@@ -170,17 +170,19 @@ def breakdown(org: Organization, rng: Range, dimension: str, *, now: dt.datetime
     rows = _rows(
         f"SELECT {column}, count(*), count(first_response_ms), {_PERCENTILE_SQL}, "
         f"count(*) FILTER (WHERE first_response_ms <= 5000), count(*) FILTER (WHERE first_response_ms <= 60000), "
+        f"count(*) FILTER (WHERE first_response_ms <= 300000), "
         f"{_BREACH_COUNT} FROM {_FACT} WHERE {_IN_RANGE} GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT %(limit)s",
         _range_params(org, rng, limit=limit, **_breach_params(org, now)),
     )
     names = _rep_names([row[0] for row in rows]) if dimension == "rep" else {}
     result = []
-    for key, leads, answered, percentiles, within_5s, within_60s, breaches in rows:
+    for key, leads, answered, percentiles, within_5s, within_60s, within_5m, breaches in rows:
         p50, p95, p99 = percentiles or (None, None, None)
         label = names.get(key, "Unassigned") if dimension == "rep" else (key or "(none)")
         result.append({
             "label": label, "leads": leads, "answered": answered, "p50": p50, "p95": p95, "p99": p99,
-            "within_5s_share": _share(within_5s, leads), "within_60s_share": _share(within_60s, leads), "breaches": breaches,
+            "within_5s_share": _share(within_5s, leads), "within_60s_share": _share(within_60s, leads),
+            "within_5m_share": _share(within_5m, leads), "breaches": breaches,
         })
     return result
 

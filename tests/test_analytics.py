@@ -186,6 +186,7 @@ def test_breakdowns_histogram_trend_and_breaches():
     assert [row["label"] for row in tables["source"]] == ["google", "partner"]  # busiest first
     google = tables["source"][0]
     assert (google["leads"], google["answered"], google["p50"], google["breaches"]) == (2, 2, 4900.0, 1)
+    assert (google["within_5s_share"], google["within_60s_share"], google["within_5m_share"]) == (0.5, 1.0, 1.0)
     assert [(row["label"], row["leads"]) for row in tables["campaign"]] == [("(none)", 3)]
     assert {row["label"]: row["leads"] for row in tables["rep"]} == {"Unassigned": 2, "Ana": 1}
     assert {row["label"]: row["leads"] for row in tables["channel"]} == {"whatsapp": 1, "sms": 1, "(none)": 1}
