@@ -14,13 +14,13 @@ import datetime as dt
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
-from django.db import connection
 from django.utils import timezone
 
 from analytics.models import HourlyStat, LeadFact
 from conversations.models import Greeting
 from leads.models import Contact, Lead, Organization
 from routing.models import Rep
+from swiftex.db import fetch_rows
 
 MAX_RANGE_DAYS = 92
 DEFAULT_RANGE_DAYS = 7
@@ -83,11 +83,6 @@ def _day(value: str | None, name: str) -> dt.date | None:
         raise BadRange(f"“{value[:20]}” is not a date for “{name}”; use YYYY-MM-DD.") from None
 
 
-def _rows(sql: str, params: dict) -> list[tuple]:
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        return cursor.fetchall()
-
 
 def _range_params(org: Organization, rng: Range, **extra) -> dict:
     return {"org": org.pk, "start": rng.start, "end": rng.end, "tz": str(rng.tz), **extra}
@@ -101,12 +96,12 @@ _HOURS_IN_RANGE = "organization_id = %(org)s AND hour >= %(start)s AND hour < %(
 def summary(org: Organization, rng: Range, *, now: dt.datetime | None = None) -> dict:
     """The headline: counts, the share answered within 5 s / 60 s / 5 min, exact percentiles, SLA breaches."""
     counted = ("leads", "greeted", "delivered", "read", "replied", "qualified", "within_5s", "within_60s", "within_5m")
-    (totals,) = _rows(
+    (totals,) = fetch_rows(
         f"SELECT {', '.join(f'COALESCE(sum({name}), 0)' for name in counted)} FROM {_STAT} WHERE {_HOURS_IN_RANGE}",
         _range_params(org, rng),
     )
     result = dict(zip(counted, totals))
-    (row,) = _rows(
+    (row,) = fetch_rows(
         f"SELECT {_PERCENTILE_SQL}, {_BREACH_COUNT} FROM {_FACT} WHERE {_IN_RANGE}",
         _range_params(org, rng, **_breach_params(org, now)),
     )
@@ -126,7 +121,7 @@ def funnel(totals: dict) -> list[dict]:
 
 def histogram(org: Organization, rng: Range) -> list[dict]:
     """How many answered leads fell in each first-response band."""
-    counts = dict(_rows(
+    counts = dict(fetch_rows(
         f"SELECT width_bucket(first_response_ms, %(bounds)s::int[]), count(*) FROM {_FACT} "
         f"WHERE {_IN_RANGE} AND first_response_ms IS NOT NULL GROUP BY 1",
         _range_params(org, rng, bounds=list(HISTOGRAM_BOUNDS_MS)),
@@ -141,13 +136,13 @@ def trend(org: Organization, rng: Range) -> list[dict]:
     """Per hour (ranges up to 2 days) or per local day: leads per minute and first-response percentiles."""
     bucket = rng.bucket
     params = _range_params(org, rng, bucket=bucket)
-    counts = dict(_rows(
+    counts = dict(fetch_rows(
         f"SELECT date_trunc(%(bucket)s, hour AT TIME ZONE %(tz)s), sum(leads) FROM {_STAT} "
         f"WHERE {_HOURS_IN_RANGE} GROUP BY 1",
         params,
     ))
     percentiles = {
-        at: values for at, values in _rows(
+        at: values for at, values in fetch_rows(
             f"SELECT date_trunc(%(bucket)s, captured_at AT TIME ZONE %(tz)s), {_PERCENTILE_SQL} FROM {_FACT} "
             f"WHERE {_IN_RANGE} AND first_response_ms IS NOT NULL GROUP BY 1",
             params,
@@ -167,7 +162,7 @@ def trend(org: Organization, rng: Range) -> list[dict]:
 def breakdown(org: Organization, rng: Range, dimension: str, *, now: dt.datetime | None = None, limit: int = 20) -> list[dict]:
     """First-response distribution per source, campaign, channel or rep: the busiest `limit` first."""
     column = BREAKDOWNS[dimension]
-    rows = _rows(
+    rows = fetch_rows(
         f"SELECT {column}, count(*), count(first_response_ms), {_PERCENTILE_SQL}, "
         f"count(*) FILTER (WHERE first_response_ms <= 5000), count(*) FILTER (WHERE first_response_ms <= 60000), "
         f"count(*) FILTER (WHERE first_response_ms <= 300000), "
@@ -189,7 +184,7 @@ def breakdown(org: Organization, rng: Range, dimension: str, *, now: dt.datetime
 
 def breaches(org: Organization, rng: Range, *, now: dt.datetime | None = None, limit: int = 25) -> list[dict]:
     """The latest leads not answered within the organization's target, with the greeting's reason when it has one."""
-    rows = _rows(
+    rows = fetch_rows(
         f"SELECT f.lead_id, f.captured_at, f.source, f.campaign, f.first_response_ms, contact.name, greeting.state, greeting.reason "
         f"FROM (SELECT * FROM {_FACT} WHERE {_IN_RANGE} AND {_BREACHED} ORDER BY captured_at DESC, lead_id DESC LIMIT %(limit)s) AS f "
         f"JOIN {Lead._meta.db_table} AS lead ON lead.id = f.lead_id "

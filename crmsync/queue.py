@@ -12,21 +12,16 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import connection
 
 from conversations.models import Message
 from crmsync.adapters.base import Snapshot
 from crmsync.models import ContactSync
 from leads.models import Contact, Lead, Organization
+from swiftex.db import fetch_rows
 
 _SYNC = ContactSync._meta.db_table
 State = ContactSync.State
 
-
-def _rows(sql: str, params: dict | list) -> list[tuple]:
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        return cursor.fetchall() if cursor.description else []
 
 
 def mark_changed(lead_ids: list[int] = (), contact_ids: list[int] = ()) -> int:
@@ -41,7 +36,7 @@ def mark_changed(lead_ids: list[int] = (), contact_ids: list[int] = ()) -> int:
     """
     if not lead_ids and not contact_ids:
         return 0
-    return len(_rows(
+    return len(fetch_rows(
         f"""
         INSERT INTO {_SYNC} AS s (organization_id, contact_id, state, version, synced_version, next_attempt_at,
                                   attempts, adapter, crm_id, id_property, id_value, last_error, changed_at)
@@ -66,7 +61,7 @@ def mark_changed(lead_ids: list[int] = (), contact_ids: list[int] = ()) -> int:
 
 def due_by_organization() -> list[tuple[int, int]]:
     """(organization id, contacts due) for every organization with something to push."""
-    return _rows(
+    return fetch_rows(
         f"SELECT s.organization_id, count(*) FROM {_SYNC} s JOIN {Organization._meta.db_table} o ON o.id = s.organization_id "
         "WHERE s.state = 'pending' AND s.next_attempt_at <= now() AND o.crm_adapter <> '' GROUP BY s.organization_id",
         [],
@@ -75,7 +70,7 @@ def due_by_organization() -> list[tuple[int, int]]:
 
 def reap_stuck() -> int:
     """IN_FLIGHT past the lease (its worker died mid-push): back to PENDING."""
-    return len(_rows(
+    return len(fetch_rows(
         f"""
         UPDATE {_SYNC} SET state = 'pending', claimed_at = NULL, pushing_version = NULL, next_attempt_at = now()
         WHERE id IN (SELECT id FROM {_SYNC} WHERE state = 'in_flight' AND claimed_at < now() - %s
@@ -93,7 +88,7 @@ def claim(organization_id: int, limit: int) -> tuple[list[int], datetime | None]
     match: a push that outlived its lease (its rows reaped and claimed again)
     can no longer overwrite what the newer push settles.
     """
-    rows = _rows(
+    rows = fetch_rows(
         f"""
         UPDATE {_SYNC} SET state = 'in_flight', claimed_at = now(), pushing_version = version
         WHERE id IN (SELECT id FROM {_SYNC}
@@ -111,7 +106,7 @@ def pin_ids(adapter: str, claimed_at: datetime, pins: list[tuple[int, str, str]]
     first request: a retry after a lost answer must name the record the same way."""
     if not pins:
         return
-    _rows(
+    fetch_rows(
         f"""
         UPDATE {_SYNC} s SET id_property = p.prop, id_value = p.value, adapter = %(adapter)s
         FROM unnest(%(ids)s::bigint[], %(props)s::text[], %(values)s::text[]) AS p(id, prop, value)
@@ -124,7 +119,7 @@ def pin_ids(adapter: str, claimed_at: datetime, pins: list[tuple[int, str, str]]
 
 def snapshots(sync_ids: list[int]) -> list[Snapshot]:
     """Each claimed contact as it is now, with its latest lead and first reply."""
-    rows = _rows(
+    rows = fetch_rows(
         f"""
         SELECT s.id, c.id, lead.id, c.name, c.email, c.phone, c.consent, lead.status, lead.source, lead.campaign,
                lead.captured_at, lead.first_response_at, reply.at, s.id_property, s.id_value, s.adapter, s.version
@@ -153,7 +148,7 @@ def settle_accepted(adapter: str, claimed_at: datetime, accepted: list[tuple[int
     if not accepted:
         return []
     accepted = sorted(accepted)
-    return _rows(
+    return fetch_rows(
         f"""
         UPDATE {_SYNC} s SET
             state = CASE WHEN s.version > s.pushing_version THEN 'pending' ELSE 'synced' END,
@@ -175,7 +170,7 @@ def settle_refused(adapter: str, claimed_at: datetime, refused: list[tuple[int, 
     if not refused:
         return []
     refused = sorted(refused)
-    return [row[0] for row in _rows(
+    return [row[0] for row in fetch_rows(
         f"""
         UPDATE {_SYNC} s SET
             state = CASE WHEN s.version > s.pushing_version THEN 'pending' ELSE 'failed' END,
@@ -197,7 +192,7 @@ def retry_later(sync_ids: list[int], claimed_at: datetime, *, error: str, after:
     returns the ids dead-lettered now."""
     if not sync_ids:
         return []
-    rows = _rows(
+    rows = fetch_rows(
         f"""
         UPDATE {_SYNC} s SET
             attempts = s.attempts + %(counted)s,
@@ -218,7 +213,7 @@ def retry_later(sync_ids: list[int], claimed_at: datetime, *, error: str, after:
 
 def retry_now(sync_ids: list[int]) -> int:
     """An admin's retry of failed or dead-lettered contacts: PENDING at once, attempts reset."""
-    return len(_rows(
+    return len(fetch_rows(
         f"UPDATE {_SYNC} SET state = 'pending', attempts = 0, next_attempt_at = now() "
         "WHERE id = ANY(%s) AND state IN ('failed', 'dead') RETURNING id",
         [sync_ids],

@@ -2,6 +2,7 @@
 
 - `prepared_cursor()`: the cursor for the hot path's hand-written SQL (ingest,
   the first touch, status webhooks).
+- `fetch_rows()`: the rows of a hand-written query (reports, queues).
 - `connect_params()`: direct psycopg connections, for the few places that must
   not use Django's pool (creating the database, the relay's LISTEN connection).
 """
@@ -32,6 +33,13 @@ def prepared_cursor():
     connection.ensure_connection()
     with connection.wrap_database_errors:
         return connection._prepare_cursor(ServerBindingCursor(connection.connection))
+
+
+def fetch_rows(sql: str, params: dict | list) -> list[tuple]:
+    """Run hand-written SQL on Django's connection; its rows ([] for a statement that returns none)."""
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchall() if cursor.description else []
 
 
 def connect_params(dbname: str | None = None) -> dict:

@@ -92,7 +92,11 @@ def test_the_webs_metrics_merge_what_the_lanes_observed(e2e):
         return samples.get(("swiftex_first_response_seconds_count", ()), 0) >= 1 and samples.get(
             ("swiftex_provider_call_duration_seconds_count", (("outcome", "ok"), ("provider", "whatsapp"))), 0) >= 1
 
-    samples = wait_until(lambda: (lambda s: s if greeted(s) else None)(merged()), timeout=TIMEOUT, what="the lane's samples on /metrics")
+    def merged_once_greeted() -> dict | None:
+        samples = merged()
+        return samples if greeted(samples) else None
+
+    samples = wait_until(merged_once_greeted, timeout=TIMEOUT, what="the lane's samples on /metrics")
     assert samples[("swiftex_provider_call_duration_seconds_count", (("outcome", "ok"), ("provider", "openai")))] >= 1
     assert samples[("swiftex_messages_accepted_total", (("channel", "whatsapp"), ("kind", "greeting")))] >= 1
     assert samples[("swiftex_broker_up", ())] == 1
