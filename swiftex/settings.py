@@ -41,6 +41,9 @@ INSTALLED_APPS = [
     "routing",
     "reps",
     "analytics",
+    "metaleads",
+    "webforms",
+    "imports",
 ]
 
 MIDDLEWARE = [
@@ -201,6 +204,10 @@ CELERY_TASK_ROUTES = {
     "routing.tasks.*": {"queue": "bulk"},
     "swiftex.tasks.*": {"queue": "bulk"},
     "leads.tasks.*": {"queue": "bulk"},
+    # A Meta lead is a live lead: its Graph fetch is part of the first touch.
+    "metaleads.tasks.fetch_lead": {"queue": "first_touch"},
+    "metaleads.tasks.*": {"queue": "bulk"},
+    "imports.tasks.*": {"queue": "bulk"},
 }
 # How often the scheduler looks for greetings that never got a `sent` status.
 GREETING_SWEEP_SECONDS = env_float("GREETING_SWEEP_SECONDS", 5.0, minimum=0.5)
@@ -322,6 +329,9 @@ HUBSPOT_ACCESS_TOKEN = env_str("HUBSPOT_ACCESS_TOKEN")
 # Where providers reach this deployment (Twilio status callbacks are sent to
 # it, and their signatures are computed over it).
 PUBLIC_BASE_URL = env_url("PUBLIC_BASE_URL", "http://127.0.0.1:8000", schemes=("http", "https"))
+
+# --- Lead sources beyond the API: Meta Lead Ads, web forms, CSV import --------
+# (metaleads/, webforms/, imports/). Section owned by those apps.
 
 # --- E-mail (reps' notifications) -------------------------------------------------
 # Printed to the console unless an SMTP server is configured.

@@ -15,6 +15,8 @@ urlpatterns = [
     path("webhooks/whatsapp", webhooks.whatsapp, name="webhook-whatsapp"),
     path("webhooks/twilio/status", webhooks.twilio_status, name="webhook-twilio-status"),
     path("webhooks/twilio/inbound", webhooks.twilio_inbound, name="webhook-twilio-inbound"),
+    path("webhooks/meta/", include("metaleads.urls")),
+    path("f/", include("webforms.urls")),
     path("admin/", admin.site.urls),
     path("app/analytics/", include("analytics.urls")),
     path("app/", include("reps.urls")),

@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class MetaLeadsConfig(AppConfig):
+    name = "metaleads"
+    verbose_name = "Meta Lead Ads"

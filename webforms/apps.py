@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class WebFormsConfig(AppConfig):
+    name = "webforms"
+    verbose_name = "Web forms"
