@@ -153,14 +153,25 @@ class OrganizationAdmin(TenantAdminMixin, admin.ModelAdmin):
 class ApiKeyAdmin(TenantAdminMixin, admin.ModelAdmin):
     """Keys are created here (the raw key is shown once, on the next page) and revoked by the action."""
 
-    list_display = ("prefix", "name", "organization", "created_at", "revoked_at")
+    list_display = ("prefix", "name", "source_or_any", "organization", "created_at", "revoked_at")
     list_filter = ("organization",)
     list_select_related = ("organization",)
     readonly_fields = ("prefix", "created_at", "revoked_at")
     actions = ["revoke"]
 
     def get_fields(self, request, obj=None):
-        return ("organization", "name") if obj is None else ("organization", "name", "prefix", "created_at", "revoked_at")
+        if obj is None:
+            return ("organization", "name", "source")
+        return ("organization", "name", "source", "prefix", "created_at", "revoked_at")
+
+    def get_readonly_fields(self, request, obj=None):
+        # A partner's external_ids are unique within its source: moving a live key to
+        # another source would let its retries create second leads. Issue a new key instead.
+        return self.readonly_fields + (("source",) if obj else ())
+
+    @admin.display(description="Source", ordering="source")
+    def source_or_any(self, key: ApiKey) -> str:
+        return key.source or "any (from the body)"
 
     def save_model(self, request, obj, form, change):
         if change:
@@ -168,7 +179,7 @@ class ApiKeyAdmin(TenantAdminMixin, admin.ModelAdmin):
         scope = scope_of(request)
         if not scope.everything:
             obj.organization_id = scope.organization_id
-        issued, raw_key = ApiKey.issue(obj.organization, obj.name)
+        issued, raw_key = ApiKey.issue(obj.organization, obj.name, obj.source)
         obj.pk = issued.pk
         obj.refresh_from_db()  # the admin goes on with `obj` (history, the next page)
         request._swiftex_issued_key = raw_key  # this request only: never stored, never in a message or cookie

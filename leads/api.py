@@ -48,6 +48,10 @@ def _rate_limited(org, cost: int) -> Response | None:
     )
 
 
+def _serializer_context(request) -> dict:
+    return {"phone_region": request.auth.phone_region, "pinned_source": request.user.pinned_source}
+
+
 def _idempotency_key(request) -> str | None:
     key = request.META.get(IDEMPOTENCY_HEADER, "").strip()
     return key or None
@@ -81,7 +85,7 @@ class LeadCreateApi(APIView):
         if limited := _rate_limited(org, 1):
             return limited
         body = json_object(request)
-        serializer = LeadSerializer(data=body, context={"phone_region": org.phone_region})
+        serializer = LeadSerializer(data=body, context=_serializer_context(request))
         serializer.is_valid(raise_exception=True)
 
         def work():
@@ -112,7 +116,8 @@ class LeadBatchApi(APIView):
         def work():
             # A batch is stored all or nothing: one transaction, each lead in a savepoint.
             with transaction.atomic():
-                results = [{"index": index, **self._one(org, item, received_at)} for index, item in enumerate(items)]
+                context = _serializer_context(request)
+                results = [{"index": index, **self._one(org, item, context, received_at)} for index, item in enumerate(items)]
             codes = [r["http_status"] for r in results]
             summary = {"created": codes.count(201), "deduplicated": codes.count(200), "invalid": codes.count(400)}
             return status.HTTP_200_OK, {"results": results, "summary": summary}
@@ -120,10 +125,10 @@ class LeadBatchApi(APIView):
         return _run_idempotent(request, org, body, work)
 
     @staticmethod
-    def _one(org, item, received_at) -> dict:
+    def _one(org, item, context: dict, received_at) -> dict:
         if not isinstance(item, dict):
             return {"http_status": 400, "errors": {"body": ["Each lead must be a JSON object."]}}
-        serializer = LeadSerializer(data=item, context={"phone_region": org.phone_region})
+        serializer = LeadSerializer(data=item, context=context)
         if not serializer.is_valid():
             metrics.INGEST_REJECTED.labels(reason="invalid").inc()
             return {"http_status": 400, "errors": serializer.errors}

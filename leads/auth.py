@@ -16,32 +16,34 @@ from swiftex.ttlcache import TTLCache
 
 
 class OrganizationPrincipal:
-    """Stands in for `request.user` on API requests: the caller is an organization."""
+    """Stands in for `request.user` on API requests: the caller is an organization,
+    through one of its keys (`pinned_source` is that key's source, or "")."""
 
     is_authenticated = True
     is_anonymous = False
 
-    def __init__(self, org: Organization) -> None:
+    def __init__(self, org: Organization, pinned_source: str = "") -> None:
         self.organization = org
+        self.pinned_source = pinned_source
 
 
 # Unknown keys are cached too: a client retrying with a bad key costs no queries.
-_cache: TTLCache[Organization | None] = TTLCache(lambda: settings.API_KEY_CACHE_SECONDS, keep_none=True)
+_cache: TTLCache[ApiKey | None] = TTLCache(lambda: settings.API_KEY_CACHE_SECONDS, keep_none=True)
 
 
-def organization_for_key(raw_key: str) -> Organization | None:
+def key_for(raw_key: str) -> ApiKey | None:
+    """The live key (with its organization) for this raw value, or None."""
     key_hash = ApiKey.hash(raw_key)
-    return _cache.get(key_hash, lambda: _load_organization(key_hash))
+    return _cache.get(key_hash, lambda: _load_key(key_hash))
 
 
-def _load_organization(key_hash: str) -> Organization | None:
-    api_key = (
+def _load_key(key_hash: str) -> ApiKey | None:
+    return (
         ApiKey.objects.select_related("organization")
         .filter(key_hash=key_hash)
         .exclude(revoked_at__lte=timezone.now())
         .first()
     )
-    return api_key.organization if api_key else None
 
 
 def clear_cache() -> None:
@@ -56,10 +58,10 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
         scheme, _, raw_key = header.partition(" ")
         if scheme.lower() != "bearer" or not raw_key.strip():
             raise exceptions.AuthenticationFailed("Use 'Authorization: Bearer <api key>'.")
-        org = organization_for_key(raw_key.strip())
-        if org is None:
+        api_key = key_for(raw_key.strip())
+        if api_key is None:
             raise exceptions.AuthenticationFailed("Invalid or revoked API key.")
-        return OrganizationPrincipal(org), org
+        return OrganizationPrincipal(api_key.organization, api_key.source), api_key.organization
 
     def authenticate_header(self, request):
         return 'Bearer realm="swiftex"'

@@ -23,6 +23,7 @@ from django.db.models import Q
 from django.db.models.functions import Lower
 
 API_KEY_PREFIX = "swx_"
+SOURCE_RE = re.compile(r"^[a-z0-9][a-z0-9_.:\-]{0,63}$")
 
 
 def parse_keywords(value: str) -> frozenset[str]:
@@ -242,12 +243,27 @@ class Organization(models.Model):
         return frozenset(int(day) for day in self.business_days.split(",") if day.strip())
 
 
+def validate_source(value: str) -> None:
+    if not SOURCE_RE.match(value):
+        raise ValidationError("Use 1-64 characters: lower-case letters, digits, and _ . : -")
+
+
 class ApiKey(models.Model):
     """An API key, stored as its SHA-256 only. Keys are 256-bit random, so a
-    fast hash is enough: there is nothing to brute-force."""
+    fast hash is enough: there is nothing to brute-force.
+
+    A partner's key pins its `source`: every lead sent with it is recorded under
+    that source whatever the body says, so a partner cannot pass its leads off as
+    another's, and its `external_id`s (unique per source) cannot collide with
+    anyone else's."""
 
     organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="api_keys")
     name = models.CharField(max_length=100, default="default")
+    source = models.CharField(
+        max_length=64, blank=True, default="", validators=[validate_source],
+        help_text="For a partner or aggregator: every lead sent with this key gets this source (a body naming "
+        "another source is refused). Empty: the body's source is used (default 'api').",
+    )
     prefix = models.CharField(max_length=12, help_text="First characters of the key, to tell keys apart.")
     key_hash = models.CharField(max_length=64, unique=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -261,10 +277,10 @@ class ApiKey(models.Model):
         return hashlib.sha256(raw_key.encode()).hexdigest()
 
     @classmethod
-    def issue(cls, organization: Organization, name: str = "default") -> tuple[ApiKey, str]:
+    def issue(cls, organization: Organization, name: str = "default", source: str = "") -> tuple[ApiKey, str]:
         """Create a key; the raw value is returned once and never stored."""
         raw = API_KEY_PREFIX + secrets.token_urlsafe(32)
-        api_key = cls.objects.create(organization=organization, name=name, prefix=raw[:10], key_hash=cls.hash(raw))
+        api_key = cls.objects.create(organization=organization, name=name, source=source, prefix=raw[:10], key_hash=cls.hash(raw))
         return api_key, raw
 
 

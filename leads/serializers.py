@@ -7,14 +7,12 @@ submission's raw payload). Every error names its field.
 
 from __future__ import annotations
 
-import re
-
 import phonenumbers
 from rest_framework import serializers
 
+from leads.models import SOURCE_RE
 from leads.services import LeadInput
 
-SOURCE_RE = re.compile(r"^[a-z0-9][a-z0-9_.:\-]{0,63}$")
 MAX_METADATA_KEYS = 100
 
 
@@ -89,6 +87,12 @@ class LeadSerializer(serializers.Serializer):
     def validate(self, attrs):
         if not attrs.get("phone") and not attrs.get("email"):
             raise serializers.ValidationError({"phone": ["Either phone or email is required."], "email": ["Either phone or email is required."]})
+        if pinned := self.context.get("pinned_source"):
+            if "source" in self.initial_data and attrs["source"] != pinned:
+                raise serializers.ValidationError(
+                    {"source": [f"This API key is pinned to source {pinned!r}; leave source out or send {pinned!r}."]}
+                )
+            attrs["source"] = pinned
         return attrs
 
     def to_lead_input(self) -> LeadInput:

@@ -273,6 +273,21 @@ def test_an_api_key_is_shown_once_works_and_stops_working_when_revoked(admin_cli
     assert post_json(api_client(raw_key), "/api/v1/leads", {**lead, "phone": "+14155550198"}).status_code == 401
 
 
+def test_a_partner_key_is_issued_with_its_source_pinned_for_good(admin_client):
+    org, _ = org_with_providers()
+    refused = admin_client.post("/admin/leads/apikey/add/", {"organization": org.pk, "name": "Acme", "source": "Acme Leads!"})
+    assert "lower-case letters, digits" in refused.content.decode() and not ApiKey.objects.filter(name="Acme").exists()
+
+    issued = admin_client.post("/admin/leads/apikey/add/", {"organization": org.pk, "name": "Acme", "source": "acme"})
+    assert "recorded with source" in issued.content.decode()
+    api_key = ApiKey.objects.get(name="Acme")
+    admin_client.post(f"/admin/leads/apikey/{api_key.pk}/change/", {"organization": org.pk, "name": "Acme", "source": "other"})
+    api_key.refresh_from_db()
+    assert api_key.source == "acme"  # read-only once issued
+    response = post_json(api_client(issued.context["raw_key"]), "/api/v1/leads", {"phone": "+14155550199"})
+    assert Lead.objects.get(pk=response.json()["id"]).source == "acme"
+
+
 def test_retry_email_requeues_only_failed_notifications(admin_client):
     org, _ = org_with_providers()
     rep = make_rep(org, "ana", email="ana@example.com")

@@ -188,6 +188,69 @@ def test_batch_gives_per_item_results(client_for):
     assert (Contact.objects.count(), Lead.objects.count(), Submission.objects.count()) == (2, 2, 3)
 
 
+def partner_client(org, source: str):
+    _, raw_key = ApiKey.issue(org, name=source, source=source)
+    return api_client(raw_key)
+
+
+def test_a_partner_key_pins_the_source_of_every_lead_it_sends(org_and_key):
+    org, _ = org_and_key
+    partner = partner_client(org, "acme-leads")
+
+    single = post_json(partner, URL, {"phone": "+14155550123"})
+    batch = post_json(partner, f"{URL}/batch", {"leads": [
+        {"email": "bo@example.com", "source": "acme-leads"},
+        {"email": "cy@example.com", "source": "web"},
+    ]})
+
+    assert single.status_code == 201
+    results = batch.json()["results"]
+    assert [r["http_status"] for r in results] == [201, 400]
+    assert results[1]["errors"] == {"source": ["This API key is pinned to source 'acme-leads'; leave source out or send 'acme-leads'."]}
+    assert set(Submission.objects.values_list("source", flat=True)) == {"acme-leads"}
+    assert set(Lead.objects.values_list("source", flat=True)) == {"acme-leads"}
+
+
+def test_partners_external_ids_are_their_own_and_redelivery_never_duplicates(org_and_key):
+    org, _ = org_and_key
+    acme, zen = partner_client(org, "acme"), partner_client(org, "zen")
+    leads = [{"email": f"p{i}@example.com", "external_id": f"x-{i}"} for i in range(3)]
+
+    first = post_json(acme, f"{URL}/batch", {"leads": leads + [leads[0]]})  # a repeat inside the batch, too
+    again = post_json(acme, f"{URL}/batch", {"leads": leads})
+    other = post_json(zen, f"{URL}/batch", {"leads": [{"email": "z@example.com", "external_id": "x-0"}]})
+
+    assert first.json()["summary"] == {"created": 3, "deduplicated": 1, "invalid": 0}
+    assert first.json()["results"][3]["lead"]["duplicate_submission"] is True
+    assert again.json()["summary"] == {"created": 0, "deduplicated": 3, "invalid": 0}
+    assert all(r["lead"]["duplicate_submission"] for r in again.json()["results"])
+    assert other.json()["summary"]["created"] == 1  # the same id from another partner is another lead
+    assert Submission.objects.filter(source="acme").count() == 3
+    assert OutboxEvent.objects.filter(event_type="lead.created").count() == 4
+
+
+def test_a_bad_item_does_not_stop_the_others_and_says_which_field(client_for):
+    response = post_json(client_for, f"{URL}/batch", {"leads": [
+        {"phone": "+14155550123", "consent": "yes"},
+        {"email": "not-an-email"},
+        {"email": "ok@example.com", "metadata": ["not", "an", "object"]},
+        {"email": "fine@example.com"},
+    ]})
+
+    results = response.json()["results"]
+    assert [r["http_status"] for r in results] == [400, 400, 400, 201]
+    assert [sorted(r.get("errors", {})) for r in results] == [["consent"], ["email"], ["metadata"], []]
+    assert Lead.objects.count() == 1
+
+
+def test_batch_over_the_body_limit_is_413_and_writes_nothing(client_for, settings):
+    settings.LEADS_BATCH_MAX_BODY_BYTES = 2048
+    response = post_json(client_for, f"{URL}/batch", {"leads": [{**ANA, "message": "x" * 3000}]})
+
+    assert response.status_code == 413
+    assert counts()["Submission"] == 0
+
+
 def test_batch_over_the_item_limit_is_413_and_writes_nothing(client_for, settings):
     settings.LEADS_BATCH_MAX_ITEMS = 3
     response = post_json(client_for, f"{URL}/batch", {"leads": [ANA] * 4})
