@@ -332,6 +332,12 @@ PUBLIC_BASE_URL = env_url("PUBLIC_BASE_URL", "http://127.0.0.1:8000", schemes=("
 
 # --- Lead sources beyond the API: Meta Lead Ads, web forms, CSV import --------
 # (metaleads/, webforms/, imports/). Section owned by those apps.
+# Web forms (/f/<slug>): submissions per client IP, across every form; a burst of this many passes at once.
+WEBFORM_IP_RATE_PER_MINUTE = env_int("WEBFORM_IP_RATE_PER_MINUTE", 10, minimum=1)
+WEBFORM_IP_BURST = env_int("WEBFORM_IP_BURST", 10, minimum=1)
+# Reverse proxies in front of the web that append to X-Forwarded-For; 0: the client is REMOTE_ADDR
+# (a client can write any X-Forwarded-For it likes, so it is read only when a proxy is declared).
+WEBFORM_TRUSTED_PROXIES = env_int("WEBFORM_TRUSTED_PROXIES", 0, minimum=0, maximum=10)
 
 # --- E-mail (reps' notifications) -------------------------------------------------
 # Printed to the console unless an SMTP server is configured.

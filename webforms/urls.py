@@ -1,3 +1,11 @@
-from django.urls import path  # noqa: F401
+from django.urls import path
 
-urlpatterns: list = []
+from webforms import views
+
+app_name = "webforms"
+
+urlpatterns = [
+    path("<slug:slug>", views.form_page, name="form"),
+    path("<slug:slug>/thanks", views.thanks, name="thanks"),
+    path("<slug:slug>/embed.js", views.embed_js, name="embed"),
+]
