@@ -1,5 +1,5 @@
-"""One loopback HTTP server that fakes OpenAI, the WhatsApp Cloud API, Twilio and HubSpot for Swiftex,
-plus a customer CRM webhook endpoint.
+"""One loopback HTTP server that fakes OpenAI, the WhatsApp Cloud API, Twilio, HubSpot and the Meta Graph
+API for Lead Ads for Swiftex, plus a customer CRM webhook endpoint.
 
 Usage:
 
@@ -20,6 +20,7 @@ Point Swiftex at it with
     WHATSAPP_API_URL=http://127.0.0.1:8900/whatsapp/v23.0
     TWILIO_API_URL=http://127.0.0.1:8900/twilio
     HUBSPOT_API_URL=http://127.0.0.1:8900/hubspot
+    GRAPH_API_URL=http://127.0.0.1:8900/graph/v23.0   (META_APP_SECRET = --whatsapp-app-secret: one Meta app)
 and a signed-webhook CRM integration at http://127.0.0.1:8900/crm-webhook/{any-name}.
 
 Provider endpoints:
@@ -32,6 +33,11 @@ Provider endpoints:
                                                            hubspot_rate_window_ms per token, then 429 + Retry-After
     POST /crm-webhook/{name}                               records the delivery (headers, raw body), answers
                                                            crm_webhook_status; signatures are not checked
+    GET  /graph/{version}/{leadgen_id}                     Meta Lead Ads: one lead; GET .../{form_id}/leads lists a
+                                                           form's leads (filtering, cursor paging). Seeded, broken
+                                                           and made to send the signed leadgen webhook to
+                                                           {webhook_url}/webhooks/meta/leadgen through
+                                                           /_fake/graph/* (fakes/graph.py lists them)
 
 Chaos switches (POST /_fake/config): hubspot_always_429, hubspot_error_rate, hubspot_invalid_ids,
 hubspot_rate_limit / hubspot_rate_window_ms, hubspot_latency_ms, hubspot_token; crm_webhook_status
@@ -67,7 +73,7 @@ from typing import Any, Callable
 import aiohttp
 from aiohttp import web
 
-from fakes import control, crm_webhook, hubspot, openai, twilio, whatsapp
+from fakes import control, crm_webhook, graph, hubspot, openai, twilio, whatsapp
 from fakes.state import STATE, Config, ConfigError, State, merge_config
 
 
@@ -75,7 +81,7 @@ def build_app(config: Config, max_records: int = 200_000) -> web.Application:
     # Generous body limit: a benchmark may send long prompts, and aiohttp's 1 MiB default would 413 them.
     app = web.Application(client_max_size=16 * 1024 * 1024)
     app[STATE] = State(config, max_records)
-    for module in (openai, whatsapp, twilio, hubspot, crm_webhook, control):
+    for module in (openai, whatsapp, twilio, hubspot, crm_webhook, graph, control):
         module.add_routes(app)
     app.on_startup.append(_open_session)
     app.on_cleanup.append(_close_session)

@@ -279,6 +279,8 @@ class FakeProviders:
             "WHATSAPP_API_URL": f"{self.url}/whatsapp/v23.0",
             "TWILIO_API_URL": f"{self.url}/twilio",
             "HUBSPOT_API_URL": f"{self.url}/hubspot",
+            "GRAPH_API_URL": f"{self.url}/graph/v23.0",
+            "META_APP_SECRET": self.APP_SECRET,  # the fake signs leadgen webhooks with its one Meta app secret
         }
 
     def configure(self, **config) -> dict:
