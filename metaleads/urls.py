@@ -1,3 +1,7 @@
-from django.urls import path  # noqa: F401
+from django.urls import path
 
-urlpatterns: list = []
+from metaleads import webhooks
+
+urlpatterns = [
+    path("leadgen", webhooks.leadgen, name="webhook-meta-leadgen"),
+]

@@ -332,6 +332,24 @@ PUBLIC_BASE_URL = env_url("PUBLIC_BASE_URL", "http://127.0.0.1:8000", schemes=("
 
 # --- Lead sources beyond the API: Meta Lead Ads, web forms, CSV import --------
 # (metaleads/, webforms/, imports/). Section owned by those apps.
+# Meta Lead Ads (metaleads/, docs/meta-lead-ads.md): ONE Meta app for the deployment,
+# which every organization's pages subscribe to; pages and their tokens are per
+# organization (admin → Meta pages).
+GRAPH_API_URL = env_url("GRAPH_API_URL", "https://graph.facebook.com/v23.0", schemes=("http", "https"))
+META_APP_SECRET = env_str("META_APP_SECRET")  # signs every leadgen webhook; unset: all refused
+META_VERIFY_TOKEN = env_str("META_VERIFY_TOKEN")  # the subscription handshake's hub.verify_token
+META_GRAPH_TIMEOUT_SECONDS = env_float("META_GRAPH_TIMEOUT_SECONDS", 5.0, minimum=0.1, maximum=60)
+# Transient Graph errors: retried with exponential backoff and jitter, then failed (admin).
+META_FETCH_MAX_ATTEMPTS = env_int("META_FETCH_MAX_ATTEMPTS", 8, minimum=1, maximum=50)
+META_FETCH_BACKOFF_SECONDS = env_float("META_FETCH_BACKOFF_SECONDS", 2.0, minimum=0.01)
+META_FETCH_BACKOFF_MAX_SECONDS = env_float("META_FETCH_BACKOFF_MAX_SECONDS", 300.0, minimum=0.1)
+# The sweep re-enqueues leads whose task was lost and starts reconciliation (polling
+# each form's leads, the safety net under the webhook) every META_RECONCILE_SECONDS,
+# re-reading META_RECONCILE_OVERLAP_SECONDS before each form's watermark.
+META_SWEEP_SECONDS = env_float("META_SWEEP_SECONDS", 15.0, minimum=1)
+META_RECONCILE_SECONDS = env_float("META_RECONCILE_SECONDS", 300.0, minimum=10)
+META_RECONCILE_OVERLAP_SECONDS = env_int("META_RECONCILE_OVERLAP_SECONDS", 900, minimum=0)
+CELERY_BEAT_SCHEDULE["meta-leads-sweep"] = _tick("metaleads.tasks.sweep", META_SWEEP_SECONDS)
 # Web forms (/f/<slug>): submissions per client IP, across every form; a burst of this many passes at once.
 WEBFORM_IP_RATE_PER_MINUTE = env_int("WEBFORM_IP_RATE_PER_MINUTE", 10, minimum=1)
 WEBFORM_IP_BURST = env_int("WEBFORM_IP_BURST", 10, minimum=1)
