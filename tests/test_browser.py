@@ -10,11 +10,8 @@ under docs/screenshots/ (linked from README), so they show the current code.
 from __future__ import annotations
 
 import datetime as dt
-import os
 import random
 import re
-import shutil
-from pathlib import Path
 
 import pytest
 import requests
@@ -30,12 +27,6 @@ from tests.support import ROOT, Stack, contact_writes, wait_until
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
 SCREENSHOTS = ROOT / "docs" / "screenshots"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-# Flags for a closed network: no background calls home that the sandbox would refuse.
-CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
-]
 TIMEOUT_MS = 30_000
 
 
@@ -45,21 +36,6 @@ def stack(django_db_setup, django_db_blocker, fake_providers, tmp_path_factory):
                     env={"REP_PAGES_POLL_SECONDS": "1"})
     yield running
     running.stop()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    assert Path(CHROMIUM).exists(), "Chromium is missing: `make browser` installs Debian's chromium package"
-    # Playwright's sync API keeps an event loop in this thread; the ORM calls in these
-    # tests are plain synchronous code that Django would otherwise refuse to run.
-    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        yield launched
-        launched.close()
-    os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
 
 
 def shot(page, name: str) -> None:
