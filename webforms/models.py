@@ -19,7 +19,7 @@ CONTACT_FIELDS = ("phone", "email")
 FIELDS = ("name", "phone", "email", "message")
 
 DEFAULT_CONSENT_LABEL = "Yes, you may contact me about my enquiry on WhatsApp or by SMS."
-DEFAULT_THANK_YOU = "Thank you! Our message is on its way: look out for it on WhatsApp or by SMS in a moment."
+DEFAULT_THANK_YOU = "Our message is on its way: look out for it on WhatsApp or by SMS in a moment."
 
 
 def new_slug() -> str:
