@@ -89,7 +89,7 @@ WITH old AS (
         SELECT min(occurred_at) AS at FROM {LeadEvent._meta.db_table}
         WHERE lead_id = lead.id AND kind = 'lead.status_changed' AND data->>'to' IN ({_QUALIFIED_SQL})
     ) AS qualified ON true
-    WHERE lead.id = ANY(%(ids)s::bigint[])
+    WHERE lead.id = ANY(%(ids)s::bigint[]) AND NOT lead.imported  -- a CSV list is not speed-to-lead
 ), upsert AS (
     INSERT INTO {_FACT} (lead_id, {", ".join(_FACT_COLUMNS)}, updated_at)
     SELECT lead_id, {", ".join(_FACT_COLUMNS)}, %(now)s FROM new

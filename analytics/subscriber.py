@@ -7,9 +7,11 @@ redelivered batch does nothing twice and a crash between them loses nothing.
 
 The events that carry a lead: `lead.created`, `lead.status_changed` (the
 first response, a rep's status change), `lead.reassigned`,
-`message.received` (a reply), `message.failed`, and `message.statuses` (one
+`message.received` (a reply), `message.failed`, `message.statuses` (one
 per batch of delivery receipts, listing the leads whose messages were
-delivered or read). Events without a lead are recorded and ignored.
+delivered or read) and `lead.imported` (a chunk of a CSV import; imported
+leads are left out of the facts, see services.py). Events without a lead are
+recorded and ignored.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 from django.db import transaction
 
 from analytics import services
+from swiftex.events import lead_ids_of
 from swiftex.events.idempotency import record_processed
 
 CONSUMER = "analytics"
@@ -26,18 +29,3 @@ def handle_events(events: list[dict]) -> None:
     with transaction.atomic():
         new = record_processed(CONSUMER, [event["id"] for event in events])
         services.refresh(lead_ids_of(event["data"] for event in events if event["id"] in new))
-
-
-def lead_ids_of(payloads) -> set[int]:
-    ids: set[int] = set()
-    for data in payloads:
-        if _is_id(data.get("lead_id")):
-            ids.add(data["lead_id"])
-        listed = data.get("lead_ids")
-        if isinstance(listed, list):
-            ids.update(lead_id for lead_id in listed if _is_id(lead_id))
-    return ids
-
-
-def _is_id(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0

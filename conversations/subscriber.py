@@ -6,7 +6,9 @@
   joins its conversation's debounced burst, and a flush is scheduled for the
   burst's deadline; a STOP gets its one confirmation;
 - `followups` (batches, follow-up lane): `lead.status_changed` with a first
-  response → the organization's follow-up sequences start for that lead.
+  response → the organization's follow-up sequences start for that lead;
+- `imported_greetings` (batches, bulk lane): `lead.imported` from a CSV import
+  the admin chose to greet → one first-touch task per lead on the bulk lane.
 
 The first touch:
 
@@ -28,8 +30,9 @@ from django.utils.dateparse import parse_datetime
 
 from conversations import followups, replies, services
 from conversations.models import Channel
-from conversations.tasks import confirm_opt_out, first_touch, flush_replies, greeting_fallback
+from conversations.tasks import confirm_opt_out, first_touch, flush_replies, greet_imported, greeting_fallback
 from leads import selectors
+from swiftex.events import lead_ids_of
 from swiftex.events.consumer import MalformedEvent
 
 logger = logging.getLogger(__name__)
@@ -57,6 +60,15 @@ def _run_now(service, task, kwargs: dict) -> None:
     except Exception:
         logger.exception("%s(%s) failed; handed to the task to retry", task.name, kwargs)
         task.apply_async(kwargs=kwargs, countdown=HANDOVER_DELAY)
+
+
+def handle_imported(events: list[dict]) -> None:
+    """`lead.imported` with `greet`: each lead's first touch becomes a task on the bulk lane.
+    A redelivered batch enqueues them again; the greeting's claim sends each one once."""
+    for event in events:
+        if event["data"].get("greet") is True:
+            for lead_id in sorted(lead_ids_of([event["data"]])):
+                greet_imported.apply_async(kwargs={"event_id": event["id"], "lead_id": lead_id})
 
 
 def handle_inbound(events: list[dict]) -> None:

@@ -40,6 +40,12 @@ def first_touch(self, *, event_id: str, lead_id: int, published_at: str | None =
 
 
 @shared_task(bind=True, ignore_result=True, **DB_RETRY)
+def greet_imported(self, *, event_id: str, lead_id: int) -> None:
+    """The first touch of a lead from a CSV import the admin chose to greet (bulk lane, at its pace)."""
+    _retrying(self, services.first_touch, event_id=event_id, lead_id=lead_id)
+
+
+@shared_task(bind=True, ignore_result=True, **DB_RETRY)
 def greeting_fallback(self, *, greeting_id: int) -> None:
     _retrying(self, services.greeting_fallback, greeting_id=greeting_id)
 

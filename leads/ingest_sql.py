@@ -6,6 +6,10 @@ data-modifying CTEs that inserts contact, lead, submission, timeline and the
 atomic on its own, so it runs without BEGIN/COMMIT round trips; if any part fails (a duplicate external_id
 hits its unique key) the whole statement leaves nothing behind.
 
+An imported row (`imported`, a CSV list) opens its lead flagged and writes no
+`lead.created` outbox row: the import raises one `lead.imported` event per chunk
+instead (imports/), so a list never queues ahead of live leads.
+
 When the contact already exists the service finds it and its open lead first
 (leads/services.py), then runs the same tail with those ids. Both paths share
 TAIL, so what a submission writes is defined once.
@@ -33,7 +37,11 @@ TAIL = f"""
     RETURNING id, lead_id, contact_id, opened_lead
 ), timeline AS (
     INSERT INTO {_EVENT} (lead_id, kind, data, occurred_at)
-    SELECT s.lead_id, 'lead.created', jsonb_build_object('source', %(source)s::text), %(now)s FROM s WHERE s.opened_lead
+    SELECT s.lead_id, 'lead.created',
+           jsonb_build_object('source', %(source)s::text)
+           || CASE WHEN %(imported)s::boolean THEN '{{"imported": true}}'::jsonb ELSE '{{}}'::jsonb END,
+           %(now)s
+    FROM s WHERE s.opened_lead
     UNION ALL
     SELECT s.lead_id, 'submission.received',
            jsonb_build_object('submission_id', s.id, 'source', %(source)s::text, 'campaign', %(campaign)s::text), %(now)s
@@ -44,7 +52,7 @@ TAIL = f"""
            jsonb_build_object('lead_id', s.lead_id, 'contact_id', s.contact_id, 'submission_id', s.id,
                               'source', %(source)s::text, 'campaign', %(campaign)s::text, 'captured_at', %(now_iso)s::text),
            %(now)s, 0, ''
-    FROM s WHERE s.opened_lead
+    FROM s WHERE s.opened_lead AND NOT %(imported)s::boolean
     RETURNING id
 ), wake AS (
     -- Wakes the relay at commit. A plain SELECT in WITH runs only if referenced,
@@ -63,8 +71,8 @@ WITH c AS (
     ON CONFLICT DO NOTHING
     RETURNING id
 ), l AS (
-    INSERT INTO {_LEAD} (organization_id, contact_id, status, source, campaign, routing, captured_at, created_at)
-    SELECT %(org)s, c.id, 'new', %(source)s, %(campaign)s, %(routing)s::jsonb, %(now)s, %(now)s FROM c
+    INSERT INTO {_LEAD} (organization_id, contact_id, status, source, campaign, routing, captured_at, imported, created_at)
+    SELECT %(org)s, c.id, 'new', %(source)s, %(campaign)s, %(routing)s::jsonb, %(now)s, %(imported)s::boolean, %(now)s FROM c
     RETURNING id, contact_id
 ), src AS (
     SELECT l.id AS lead_id, l.contact_id, true AS created FROM l

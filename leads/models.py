@@ -326,6 +326,11 @@ class Lead(models.Model):
     captured_at = models.DateTimeField()
     first_response_at = models.DateTimeField(null=True, blank=True)
     closed_at = models.DateTimeField(null=True, blank=True)
+    imported = models.BooleanField(
+        default=False,
+        help_text="Opened by a CSV import: a list, not a hot lead. Not greeted unless the import asked for it, not "
+        "routed, and left out of speed-to-lead analytics. A live submission from the same person makes it a hot lead.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

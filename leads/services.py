@@ -102,13 +102,18 @@ def organization_create(*, name: str, **fields) -> tuple[Organization, str]:
 # --- Lead ingest ----------------------------------------------------------------
 
 
-def lead_ingest(*, org: Organization, data: LeadInput, payload: dict, received_at: datetime | None = None) -> IngestResult:
+def lead_ingest(
+    *, org: Organization, data: LeadInput, payload: dict, received_at: datetime | None = None, imported: bool = False,
+) -> IngestResult:
+    """Store one submission. `imported` (a CSV list row): a lead it opens is flagged,
+    raises no `lead.created` (the import announces its leads in batches) and is not
+    routed: reps are not paged for every row of a list."""
     received_at = received_at or timezone.now()
-    if not routing.routes_leads(org):
-        return _ingest(org, data, payload, received_at)
+    if imported or not routing.routes_leads(org):
+        return _ingest(org, data, payload, received_at, imported)
     # The lead and its owner commit together (routing/services.py).
     with transaction.atomic():
-        result = _ingest(org, data, payload, received_at)
+        result = _ingest(org, data, payload, received_at, imported)
         if result.created:
             routing.assign_new_lead(
                 org=org, lead_id=result.lead_id, source=data.source, campaign=data.campaign, phone=data.phone,
@@ -117,8 +122,8 @@ def lead_ingest(*, org: Organization, data: LeadInput, payload: dict, received_a
     return result
 
 
-def _ingest(org: Organization, data: LeadInput, payload: dict, received_at: datetime) -> IngestResult:
-    params = _statement_params(org, data, payload, received_at)
+def _ingest(org: Organization, data: LeadInput, payload: dict, received_at: datetime, imported: bool) -> IngestResult:
+    params = _statement_params(org, data, payload, received_at) | {"imported": imported}
     for attempt in range(1, _MAX_ATTEMPTS + 1):
         try:
             return _ingest_new_contact(params) or _ingest_known_contact(org, data, params)
@@ -226,8 +231,8 @@ def _fill_missing_identity(cursor, table, org, contact_id, phone, email, data: L
 def _open_or_reuse_lead(cursor, contact_id: int, params: dict):
     table = Lead._meta.db_table
     cursor.execute(
-        f"INSERT INTO {table} (organization_id, contact_id, status, source, campaign, routing, captured_at, created_at) "
-        "VALUES (%(org)s, %(contact_id)s, 'new', %(source)s, %(campaign)s, %(routing)s::jsonb, %(now)s, %(now)s) "
+        f"INSERT INTO {table} (organization_id, contact_id, status, source, campaign, routing, captured_at, imported, created_at) "
+        "VALUES (%(org)s, %(contact_id)s, 'new', %(source)s, %(campaign)s, %(routing)s::jsonb, %(now)s, %(imported)s, %(now)s) "
         f"ON CONFLICT (contact_id) WHERE status IN ({_OPEN_STATUSES_SQL}) DO NOTHING RETURNING id, status, captured_at",
         {**params, "contact_id": contact_id},
     )
@@ -241,7 +246,20 @@ def _open_or_reuse_lead(cursor, contact_id: int, params: dict):
     row = cursor.fetchone()
     if row is None:
         raise _LostRace  # closed between our insert and our read
+    if not params["imported"] and (promoted := _promote_imported(cursor, row[0], params["now"])):
+        return row[0], row[1], promoted, True
     return row[0], row[1], row[2], False
+
+
+def _promote_imported(cursor, lead_id: int, now: datetime) -> datetime | None:
+    """A person from an imported list submitted live: their lead becomes a hot lead now,
+    announced as created (greeted, routed, counted). Only one concurrent submission wins."""
+    cursor.execute(
+        f"UPDATE {Lead._meta.db_table} SET imported = false, captured_at = %s WHERE id = %s AND imported RETURNING captured_at",
+        [now, lead_id],
+    )
+    row = cursor.fetchone()
+    return row[0] if row else None
 
 
 def _existing_submission(org: Organization, data: LeadInput) -> IngestResult:

@@ -179,7 +179,7 @@ SWIFTEX_LANES = {
         "queue": "bulk",
         "pool": "threads",
         "concurrency": env_int("LANE_BULK_CONCURRENCY", 8, minimum=1),
-        "subscribers": ["analytics", "crmsync"],
+        "subscribers": ["analytics", "crmsync", "imported_greetings"],
     },
 }
 # Each lane queue is bound to one direct exchange by its own name, so a task
@@ -196,6 +196,7 @@ CELERY_TASK_ROUTES = {
     "conversations.tasks.greeting_fallback": {"queue": "first_touch"},
     "conversations.tasks.greeting_sweep": {"queue": "first_touch"},
     "conversations.tasks.prune_webhook_deliveries": {"queue": "bulk"},
+    "conversations.tasks.greet_imported": {"queue": "bulk"},
     "conversations.tasks.dispatch_scheduled_jobs": {"queue": "followups"},
     "conversations.tasks.run_scheduled_job": {"queue": "followups"},
     "conversations.tasks.*": {"queue": "conversations"},
@@ -258,6 +259,7 @@ CELERY_BEAT_SCHEDULE = {
     "dispatch-crm-sync": _tick("crmsync.tasks.dispatch", CRM_SYNC_TICK_SECONDS),
     "escalate-leads": _tick("routing.tasks.escalate", ROUTING_ESCALATION_TICK_SECONDS),
     "send-notification-emails": _tick("routing.tasks.send_notification_emails", ROUTING_EMAIL_TICK_SECONDS),
+    "resume-imports": _tick("imports.tasks.resume_stalled", 30.0),
     "reply-sweep": {
         "task": "conversations.tasks.reply_sweep",
         "schedule": REPLY_SWEEP_SECONDS,
@@ -288,7 +290,13 @@ SWIFTEX_SUBSCRIBERS = {
     "replies": {"routing_keys": ["message.received"], "handler": "conversations.subscriber.handle_inbound"},
     "followups": {"routing_keys": ["lead.status_changed"], "handler": "conversations.subscriber.handle_lead_changes"},
     "analytics": {"routing_keys": ["lead.#", "message.#"], "handler": "analytics.subscriber.handle_events"},
-    "crmsync": {"routing_keys": ["lead.created", "lead.status_changed", "message.received"], "handler": "crmsync.subscriber.handle_events"},
+    "crmsync": {
+        "routing_keys": ["lead.created", "lead.imported", "lead.status_changed", "message.received"],
+        "handler": "crmsync.subscriber.handle_events",
+    },
+    # A CSV import whose admin chose to greet the list: greetings at the bulk lane's pace,
+    # never queued ahead of live leads in the first-touch lane.
+    "imported_greetings": {"routing_keys": ["lead.imported"], "handler": "conversations.subscriber.handle_imported"},
 }
 
 # --- Outbox -----------------------------------------------------------------
@@ -332,6 +340,15 @@ PUBLIC_BASE_URL = env_url("PUBLIC_BASE_URL", "http://127.0.0.1:8000", schemes=("
 
 # --- Lead sources beyond the API: Meta Lead Ads, web forms, CSV import --------
 # (metaleads/, webforms/, imports/). Section owned by those apps.
+# CSV import (imports/, docs/csv-import.md): runs on the bulk lane, a chunk per
+# transaction, paced so a big list never slows live leads down.
+IMPORT_MAX_BYTES = env_int("IMPORT_MAX_BYTES", 50 * 1024 * 1024, minimum=1024)
+IMPORT_MAX_ROWS = env_int("IMPORT_MAX_ROWS", 200_000, minimum=1)
+IMPORT_CHUNK_ROWS = env_int("IMPORT_CHUNK_ROWS", 200, minimum=1, maximum=5000)
+IMPORT_ROWS_PER_SECOND = env_float("IMPORT_ROWS_PER_SECOND", 100.0, minimum=1)
+IMPORT_CHECK_ROWS_PER_SECOND = env_float("IMPORT_CHECK_ROWS_PER_SECOND", 2000.0, minimum=1)
+IMPORT_SLICE_SECONDS = env_float("IMPORT_SLICE_SECONDS", 20.0, minimum=1)  # one task's share; then it re-queues itself
+IMPORT_STALL_SECONDS = env_float("IMPORT_STALL_SECONDS", 60.0, minimum=5)  # no progress this long: picked up again
 # Meta Lead Ads (metaleads/, docs/meta-lead-ads.md): ONE Meta app for the deployment,
 # which every organization's pages subscribe to; pages and their tokens are per
 # organization (admin → Meta pages).

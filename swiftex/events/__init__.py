@@ -34,3 +34,19 @@ def wake_relay() -> None:
     """Wake the relay as soon as the current transaction commits."""
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_notify(%s, '')", [OUTBOX_CHANNEL])
+
+
+def lead_ids_of(payloads) -> set[int]:
+    """The leads some events' data name: `lead_id`, or a `lead_ids` list (batch events)."""
+    ids: set[int] = set()
+    for data in payloads:
+        if _is_id(data.get("lead_id")):
+            ids.add(data["lead_id"])
+        listed = data.get("lead_ids")
+        if isinstance(listed, list):
+            ids.update(lead_id for lead_id in listed if _is_id(lead_id))
+    return ids
+
+
+def _is_id(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
