@@ -7,15 +7,14 @@ colleague.
 
 from __future__ import annotations
 
-import csv
-
 from django.core.exceptions import PermissionDenied
-from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
 from analytics import charts, selectors
 from reps.views import chrome, rep_required
+from swiftex.csvexport import streamed_csv
 
 
 def _manager(request: HttpRequest):
@@ -55,18 +54,10 @@ def dashboard(request: HttpRequest) -> HttpResponse:
     }, status=status)
 
 
-# A spreadsheet runs a cell starting with one of these as a formula; sources and
-# campaigns come from API clients and web forms.
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 EXPORT_COLUMNS = (
     "lead_id", "captured_at", "source", "campaign", "status", "channel", "first_response_ms",
     "delivered_at", "read_at", "replied_at", "qualified_at", "rep", "rep_acted_at",
 )
-
-
-class _Echo:
-    def write(self, value: str) -> str:
-        return value
 
 
 @require_GET
@@ -77,16 +68,8 @@ def export_csv(request: HttpRequest) -> HttpResponse:
         rng = selectors.date_range(org, request.GET.get("from"), request.GET.get("to"))
     except selectors.BadRange as exc:
         return HttpResponse(str(exc), status=400, content_type="text/plain; charset=utf-8")
-    writer = csv.writer(_Echo())
-
-    def rows():
-        yield writer.writerow(EXPORT_COLUMNS)
-        for fact in selectors.export(org, rng):
-            yield writer.writerow([_cell(fact, column) for column in EXPORT_COLUMNS])
-
-    response = StreamingHttpResponse(rows(), content_type="text/csv; charset=utf-8")
-    response["Content-Disposition"] = f'attachment; filename="speed-to-lead-{rng.first_day}-{rng.last_day}.csv"'
-    return response
+    rows = ([_cell(fact, column) for column in EXPORT_COLUMNS] for fact in selectors.export(org, rng))
+    return streamed_csv(f"speed-to-lead-{rng.first_day}-{rng.last_day}.csv", list(EXPORT_COLUMNS), rows)
 
 
 def _cell(fact, column: str) -> object:
@@ -97,6 +80,4 @@ def _cell(fact, column: str) -> object:
         return ""
     if hasattr(value, "isoformat"):
         return value.isoformat()
-    if isinstance(value, str) and value.startswith(_FORMULA_START):
-        return "'" + value
     return value

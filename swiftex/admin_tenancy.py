@@ -245,6 +245,9 @@ ORG_ADMIN_PERMISSIONS: dict[str, dict[str, tuple[str, ...]]] = {
         "contactsync": ("view", "change"),
         "crmpush": ("view",),
     },
+    "imports": {
+        "leadimport": ("view", "add", "change"),
+    },
     "routing": {
         "rep": ("view", "add", "change", "delete"),
         "team": ("view", "add", "change", "delete"),
