@@ -288,3 +288,24 @@ def test_an_organizations_admin_sees_only_its_own_forms(form):
     listing = admin.get("/admin/webforms/webform/").content.decode()
     assert "Book a viewing" in listing and "Their form" not in listing
     assert admin.get(f"/admin/webforms/webform/{theirs.pk}/change/").status_code == 404
+
+
+def test_a_form_is_created_in_admin_with_sensible_defaults():
+    org, _ = org_with_key(name="Casa Verde Realty")
+    admin = Client()
+    admin.force_login(User.objects.create_superuser("root", "root@example.com", "pw"))
+    assert admin.get("/admin/webforms/webform/add/").status_code == 200
+    response = admin.post("/admin/webforms/webform/add/", {
+        "organization": org.pk, "title": "Get a quote", "intro": "", "is_active": "on", "name_field": "required",
+        "phone_field": "hidden", "email_field": "optional", "message_field": "optional",
+        "consent_label": "Yes, WhatsApp me", "source": "webform", "campaign": "", "thank_you_text": "On its way.", "allowed_origins": "",
+    })
+    assert response.status_code == 200 and "only contact field shown, so it must be required" in response.content.decode()
+    response = admin.post("/admin/webforms/webform/add/", {
+        "organization": org.pk, "title": "Get a quote", "intro": "", "is_active": "on", "name_field": "required",
+        "phone_field": "required", "email_field": "optional", "message_field": "optional",
+        "consent_label": "Yes, WhatsApp me", "source": "webform", "campaign": "", "thank_you_text": "On its way.", "allowed_origins": "",
+    })
+    assert response.status_code == 302
+    form = WebForm.objects.get(title="Get a quote")
+    assert form.organization == org and form.is_active and len(form.slug) == 16

@@ -27,8 +27,8 @@ from webforms.models import WebForm
 from webforms.pages import form_fields
 from webforms.services import tracking_from, webform_submit
 
-# The page loads its own stylesheet and script and nothing else; who may frame it is per form.
 EMBED_CACHE_SECONDS = 300  # the script only knows the form's address and title
+# The page loads its own stylesheet and script and nothing else; who may frame it is per form.
 _POLICY = "default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self' data:; form-action 'self'; base-uri 'none'"
 
 
@@ -67,28 +67,32 @@ def _submit(request, form: WebForm) -> HttpResponse:
     received_at = timezone.now()
     posted = request.POST
     embedded = posted.get("embed") == "1"
-    retry = protection.take_ip_token(request)
-    if retry.allowed:
-        if protection.is_bot(posted):
-            # Stored nowhere, and answered like any submission, so the bot learns nothing.
-            metrics.INGEST_REJECTED.labels(reason="honeypot").inc()
-            return _thanks_redirect(form, embedded)
-        retry = take_ingest_tokens(form.organization)
-        reason = "rate_limited"
-    else:
-        reason = "ip_rate_limited"
-    if not retry.allowed:
-        metrics.INGEST_REJECTED.labels(reason=reason).inc()
-        response = _form(
-            request, form, values=posted, errors={}, tracking=tracking_from(posted), embedded=embedded, status=429,
-            problem=f"Too many submissions right now. Please wait {retry.retry_after_header} seconds and send the form again.",
-        )
-        response["Retry-After"] = retry.retry_after_header
-        return response
+    per_client = protection.take_ip_token(request)
+    if not per_client.allowed:
+        return _too_many(request, form, per_client, reason="ip_rate_limited", embedded=embedded)
+    if protection.is_bot(posted):
+        # Stored nowhere, and answered like any submission, so the bot learns nothing.
+        metrics.INGEST_REJECTED.labels(reason="honeypot").inc()
+        return _thanks_redirect(form, embedded)
+    per_organization = take_ingest_tokens(form.organization)  # the API's bucket: one limit per organization
+    if not per_organization.allowed:
+        return _too_many(request, form, per_organization, reason="rate_limited", embedded=embedded)
     outcome = webform_submit(form=form, posted=posted, received_at=received_at)
     if outcome.errors:
         return _form(request, form, values=posted, errors=outcome.errors, tracking=tracking_from(posted), embedded=embedded, status=400)
     return _thanks_redirect(form, embedded)
+
+
+def _too_many(request, form: WebForm, decision, *, reason: str, embedded: bool) -> HttpResponse:
+    """429 with Retry-After, on the form itself with the visitor's answers kept: a person can just wait and send."""
+    metrics.INGEST_REJECTED.labels(reason=reason).inc()
+    wait = decision.retry_after_header
+    response = _form(
+        request, form, values=request.POST, errors={}, tracking=tracking_from(request.POST), embedded=embedded, status=429,
+        problem=f"Too many submissions right now. Please wait {wait} seconds and send the form again.",
+    )
+    response["Retry-After"] = wait
+    return response
 
 
 def _thanks_redirect(form: WebForm, embedded: bool) -> HttpResponse:
