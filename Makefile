@@ -9,7 +9,7 @@ export PORT ?= 8000
 # `make up`, so counters start from zero with the processes (docs/observability.md).
 METRICS_DIR ?= $(CURDIR)/var/prometheus
 
-.PHONY: up test install services browser db bench bench-followups bench-crmsync bench-analytics chaos clean-venv
+.PHONY: up test install services browser db bench bench-followups bench-crmsync bench-analytics bench-imports chaos clean-venv
 
 # `make up FAKE_PROVIDERS=1`: also run the fake provider server (fakes/) on
 # 127.0.0.1:8900 and point OpenAI, WhatsApp, Twilio and HubSpot at it, with
@@ -71,6 +71,10 @@ bench-analytics: db
 ## bench-crmsync: 5,000 leads in a minute synced to a fake HubSpot allowing 10 req/s (writes bench/results/crmsync.json)
 bench-crmsync: db
 	$(PY) bench/crm.py
+
+## bench-imports: live leads at 1,000/min alone and during a 10,000-row CSV import (writes bench/results/imports.json)
+bench-imports: db
+	$(PY) bench/imports.py
 
 ## chaos: faults during a steady 5,000 leads/min run; 0 lost, 0 duplicated (writes bench/results/chaos.json)
 chaos: db

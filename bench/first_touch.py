@@ -62,7 +62,7 @@ def unsettled(since: datetime) -> int:
     """Leads captured since `since` whose greeting is not in a final state (or not there yet)."""
     return db_query(
         "SELECT count(*) FROM leads_lead l LEFT JOIN conversations_greeting g ON g.lead_id = l.id "
-        "WHERE l.captured_at >= %s AND (g.id IS NULL OR NOT g.state = ANY(%s))",
+        "WHERE l.captured_at >= %s AND NOT l.imported AND (g.id IS NULL OR NOT g.state = ANY(%s))",
         [since, list(FINAL_STATES)],
     )[0][0]
 
@@ -124,7 +124,7 @@ def web_handling(before: dict, after: dict) -> dict:
 def measure(since: datetime, loadgen: dict, phone_for, run_id: int) -> dict:
     leads = db_query(
         "SELECT c.phone, EXTRACT(EPOCH FROM l.captured_at)::float8, EXTRACT(EPOCH FROM l.first_response_at)::float8 "
-        "FROM leads_lead l JOIN leads_contact c ON c.id = l.contact_id WHERE l.captured_at >= %s",
+        "FROM leads_lead l JOIN leads_contact c ON c.id = l.contact_id WHERE l.captured_at >= %s AND NOT l.imported",
         [since],
     )
     # Server side: capture -> accepted. Client side: scheduled send -> accepted (phone -> request index).
@@ -142,27 +142,27 @@ def measure(since: datetime, loadgen: dict, phone_for, run_id: int) -> dict:
     timeline: dict[str, list[float]] = {kind: [] for kind in TIMELINE_KINDS}
     for kind, ms in db_query(
         "SELECT e.kind, min((e.data->>'since_capture_ms')::float8) FROM leads_leadevent e JOIN leads_lead l ON l.id = e.lead_id "
-        "WHERE l.captured_at >= %s AND e.kind = ANY(%s) GROUP BY e.lead_id, e.kind",
+        "WHERE l.captured_at >= %s AND NOT l.imported AND e.kind = ANY(%s) GROUP BY e.lead_id, e.kind",
         [since, TIMELINE_KINDS],
     ):
         timeline[kind].append(ms)
 
     greetings = db_query(
         "SELECT g.state, g.text_source, count(*) FROM conversations_greeting g JOIN leads_lead l ON l.id = g.lead_id "
-        "WHERE l.captured_at >= %s GROUP BY 1, 2 ORDER BY 1, 2",
+        "WHERE l.captured_at >= %s AND NOT l.imported GROUP BY 1, 2 ORDER BY 1, 2",
         [since],
     )
     fallback_reasons = db_query(
         "SELECT g.model_error, count(*) FROM conversations_greeting g JOIN leads_lead l ON l.id = g.lead_id "
-        "WHERE l.captured_at >= %s AND g.text_source = 'template' GROUP BY 1 ORDER BY 2 DESC",
+        "WHERE l.captured_at >= %s AND NOT l.imported AND g.text_source = 'template' GROUP BY 1 ORDER BY 2 DESC",
         [since],
     )
     model_ms = [float(ms) for (ms,) in db_query(
         "SELECT g.model_ms FROM conversations_greeting g JOIN leads_lead l ON l.id = g.lead_id "
-        "WHERE l.captured_at >= %s AND g.model_ms IS NOT NULL", [since])]
+        "WHERE l.captured_at >= %s AND NOT l.imported AND g.model_ms IS NOT NULL", [since])]
     messages = db_query(
         "SELECT m.channel, m.status, count(*) FROM conversations_message m JOIN leads_lead l ON l.id = m.lead_id "
-        "WHERE l.captured_at >= %s AND m.direction = 'outbound' GROUP BY 1, 2 ORDER BY 1, 2",
+        "WHERE l.captured_at >= %s AND NOT l.imported AND m.direction = 'outbound' GROUP BY 1, 2 ORDER BY 1, 2",
         [since],
     )
 
@@ -223,7 +223,8 @@ def whole_run_tally() -> dict:
         "count(*) FILTER (WHERE swept > 0) FROM ("
         "  SELECT l.id, count(m.id) FILTER (WHERE m.provider_message_id IS NOT NULL) AS accepted,"
         "         count(m.id) FILTER (WHERE m.channel = 'whatsapp' AND m.error_code = 'timeout' AND m.provider_message_id IS NOT NULL) AS swept"
-        "  FROM leads_lead l LEFT JOIN conversations_message m ON m.lead_id = l.id AND m.direction = 'outbound' GROUP BY l.id) per_lead"
+        "  FROM leads_lead l LEFT JOIN conversations_message m ON m.lead_id = l.id AND m.direction = 'outbound'"
+        "  WHERE NOT l.imported GROUP BY l.id) per_lead"
     )
     return {
         "leads": leads,

@@ -96,10 +96,10 @@ def run_step(stack: Stack, env: dict, key: str, rate: float, run_id: int, second
     pickup = db_query(
         # Pickup minus capture: `since_capture_ms` (called `waited_ms` before the greeting was built).
         "SELECT COALESCE(e.data->>'since_capture_ms', e.data->>'waited_ms')::float FROM leads_leadevent e JOIN leads_lead l ON l.id = e.lead_id "
-        "WHERE e.kind = 'first_touch.started' AND l.captured_at >= %s",
+        "WHERE e.kind = 'first_touch.started' AND l.captured_at >= %s AND NOT l.imported",
         [step_started],
     )
-    leads_created = db_query("SELECT count(*) FROM leads_lead WHERE captured_at >= %s", [step_started])[0][0]
+    leads_created = db_query("SELECT count(*) FROM leads_lead WHERE captured_at >= %s AND NOT imported", [step_started])[0][0]
     first_touches = len(pickup)
     return {
         "target_leads_per_min": rate,

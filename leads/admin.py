@@ -255,8 +255,8 @@ class LeadAdmin(TenantAdminMixin, admin.ModelAdmin):
     show_full_result_count = False
     show_facets = admin.ShowFacets.NEVER
     fields = ("organization", "contact", "status", "source", "campaign", "routing", "captured_at", "first_response_at",
-              "closed_at", "created_at")
-    readonly_fields = ("contact", "captured_at", "first_response_at", "created_at")
+              "closed_at", "imported", "created_at")
+    readonly_fields = ("contact", "captured_at", "first_response_at", "imported", "created_at")
     inlines = [LeadEventInline]
     actions = [admin_actions.reassign, admin_actions.resend_greeting, admin_actions.retry_crm_sync]
 

@@ -248,6 +248,9 @@ ORG_ADMIN_PERMISSIONS: dict[str, dict[str, tuple[str, ...]]] = {
     "imports": {
         "leadimport": ("view", "add", "change"),
     },
+    "webforms": {
+        "webform": ("view", "add", "change", "delete"),
+    },
     "routing": {
         "rep": ("view", "add", "change", "delete"),
         "team": ("view", "add", "change", "delete"),
