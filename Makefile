@@ -12,7 +12,7 @@ METRICS_DIR ?= $(CURDIR)/var/prometheus
 .PHONY: up test install services browser db bench bench-followups bench-crmsync bench-analytics bench-imports chaos clean-venv
 
 # `make up FAKE_PROVIDERS=1`: also run the fake provider server (fakes/) on
-# 127.0.0.1:8900 and point OpenAI, WhatsApp, Twilio and HubSpot at it, with
+# 127.0.0.1:8900 and point OpenAI, WhatsApp, Twilio, HubSpot and the Graph API (Meta Lead Ads) at it, with
 # matching demo credentials, so a lead gets a (fake) greeting and reaches a
 # (fake) CRM with nothing external.
 FAKE_PROVIDERS ?= 0
@@ -32,6 +32,9 @@ export TWILIO_AUTH_TOKEN ?= fake-auth-token
 export TWILIO_FROM_NUMBER ?= +15550002222
 export HUBSPOT_API_URL ?= http://127.0.0.1:$(FAKES_PORT)/hubspot
 export HUBSPOT_ACCESS_TOKEN ?= fake-hubspot-token
+export GRAPH_API_URL ?= http://127.0.0.1:$(FAKES_PORT)/graph/v23.0
+export META_APP_SECRET ?= $(WHATSAPP_APP_SECRET)
+export META_VERIFY_TOKEN ?= fake-verify-token
 export PUBLIC_BASE_URL ?= http://127.0.0.1:$(PORT)
 PROCFILE := var/Procfile.fakes
 endif

@@ -248,6 +248,11 @@ ORG_ADMIN_PERMISSIONS: dict[str, dict[str, tuple[str, ...]]] = {
     "imports": {
         "leadimport": ("view", "add", "change"),
     },
+    "metaleads": {
+        "metapage": ("view", "add", "change"),
+        "metaleadform": ("view", "add", "change"),
+        "metaleadgen": ("view", "change"),  # change: the retry action
+    },
     "webforms": {
         "webform": ("view", "add", "change", "delete"),
     },
