@@ -19,6 +19,7 @@ import requests
 from django.conf import settings
 
 from conversations.providers.base import ProviderError, classify, session
+from conversations.providers.whatsapp import graph_error
 from swiftex import metrics
 
 PROVIDER = "meta_graph"
@@ -89,12 +90,7 @@ def _get(url: str, params: dict) -> dict:
 
 
 def error_from_response(response: requests.Response) -> ProviderError:
-    try:
-        data = response.json()
-    except ValueError:
-        data = {}
-    error = data.get("error") if isinstance(data, dict) else None
-    error = error if isinstance(error, dict) else {}
+    error = graph_error(response)
     code = error.get("code")
     title = str(error.get("message") or f"HTTP {response.status_code}")
     if subcode := error.get("error_subcode"):

@@ -58,13 +58,18 @@ def _send(org, message: dict, callback_data: str) -> Sent:
     raise error_from_response(response)
 
 
-def error_from_response(response) -> ProviderError:
+def graph_error(response) -> dict:
+    """The `error` object of a Graph API answer (WhatsApp, Lead Ads), or {} when there is none."""
     try:
         data = response.json()
     except ValueError:
         data = {}
     error = data.get("error") if isinstance(data, dict) else None
-    error = error if isinstance(error, dict) else {}
+    return error if isinstance(error, dict) else {}
+
+
+def error_from_response(response) -> ProviderError:
+    error = graph_error(response)
     code = error.get("code")
     title = error.get("message") or error.get("error_user_title") or f"HTTP {response.status_code}"
     details = (error.get("error_data") or {}).get("details")
