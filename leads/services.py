@@ -59,6 +59,7 @@ class IngestResult:
     captured_at: datetime
     created: bool  # this submission opened the lead
     duplicate_submission: bool = False  # same external_id seen before: nothing new stored
+    promoted: bool = False  # an imported lead became a hot lead with this submission (created is True too)
 
     @property
     def deduplicated(self) -> bool:
@@ -114,7 +115,8 @@ def lead_ingest(
     # The lead and its owner commit together (routing/services.py).
     with transaction.atomic():
         result = _ingest(org, data, payload, received_at, imported)
-        if result.created:
+        # A promoted list lead may have been given an owner by hand already; it keeps them.
+        if result.created and not (result.promoted and routing.has_assignment(result.lead_id)):
             routing.assign_new_lead(
                 org=org, lead_id=result.lead_id, source=data.source, campaign=data.campaign, phone=data.phone,
                 metadata=data.metadata, contact_label=data.name or data.phone or data.email or "", now=received_at,
@@ -172,10 +174,10 @@ def _ingest_new_contact(params: dict) -> IngestResult | None:
 def _ingest_known_contact(org: Organization, data: LeadInput, params: dict) -> IngestResult:
     with transaction.atomic(), prepared_cursor() as cursor:
         contact_id = _find_and_enrich_contact(cursor, org, data, params["now"])
-        lead_id, status, captured_at, created = _open_or_reuse_lead(cursor, contact_id, params)
+        lead_id, status, captured_at, created, promoted = _open_or_reuse_lead(cursor, contact_id, params)
         cursor.execute(ingest_sql.KNOWN_LEAD, {**params, "lead_id": lead_id, "contact_id": contact_id, "created": created})
         submission_id = cursor.fetchone()[0]
-    return IngestResult(lead_id, contact_id, submission_id, status, captured_at, created)
+    return IngestResult(lead_id, contact_id, submission_id, status, captured_at, created, promoted=promoted)
 
 
 def _violated_constraint(exc: IntegrityError) -> str | None:
@@ -238,7 +240,7 @@ def _open_or_reuse_lead(cursor, contact_id: int, params: dict):
     )
     row = cursor.fetchone()
     if row:
-        return row[0], row[1], row[2], True
+        return row[0], row[1], row[2], True, False
     cursor.execute(
         f"SELECT id, status, captured_at FROM {table} WHERE contact_id = %s AND status IN ({_OPEN_STATUSES_SQL})",
         [contact_id],
@@ -246,9 +248,9 @@ def _open_or_reuse_lead(cursor, contact_id: int, params: dict):
     row = cursor.fetchone()
     if row is None:
         raise _LostRace  # closed between our insert and our read
-    if not params["imported"] and (promoted := _promote_imported(cursor, row[0], params["now"])):
-        return row[0], row[1], promoted, True
-    return row[0], row[1], row[2], False
+    if not params["imported"] and (promoted_at := _promote_imported(cursor, row[0], params["now"])):
+        return row[0], row[1], promoted_at, True, True
+    return row[0], row[1], row[2], False, False
 
 
 def _promote_imported(cursor, lead_id: int, now: datetime) -> datetime | None:

@@ -43,6 +43,10 @@ def routes_leads(org: Organization) -> bool:
     return bool(org.fallback_owner_id or selectors.rules(org.pk))
 
 
+def has_assignment(lead_id: int) -> bool:
+    return Assignment.objects.filter(lead_id=lead_id).exists()
+
+
 def assign_new_lead(*, org: Organization, lead_id: int, source: str, campaign: str, phone: str | None,
                     metadata: dict, contact_label: str, now: datetime) -> Assignment:
     """Route a lead that was just opened, inside the transaction that opened it."""

@@ -17,7 +17,9 @@ from imports import csvfile, services
 from imports.models import LeadImport, RowError
 from leads.models import Lead, LeadEvent, Submission
 from swiftex.models import OutboxEvent
-from tests.factories import org_with_providers
+from routing import services as routing
+from routing.models import Assignment
+from tests.factories import make_rep, org_with_providers
 from tests.support import api_client, post_json
 
 pytestmark = pytest.mark.django_db
@@ -143,6 +145,24 @@ def test_someone_on_a_list_who_fills_in_a_form_becomes_a_hot_lead_and_is_announc
     imported.refresh_from_db()
     assert imported.imported is False and imported.captured_at > lead_import.created_at
     assert OutboxEvent.objects.filter(event_type="lead.created", payload__lead_id=imported.pk).count() == 1
+
+
+def test_a_list_lead_given_an_owner_by_hand_keeps_them_when_promoted(org_and_key):
+    org, key = org_and_key
+    ana, bo = make_rep(org, "ana"), make_rep(org, "bo")
+    org.fallback_owner = bo  # the organization routes new leads
+    org.save()
+    lead_import = services.upload(organization=org, file_name="list.csv", raw=csv_bytes([["Cy", "+14155550100", "", "", "", ""]]))
+    services.start(lead_import, LeadImport.Status.IMPORTING)
+    run(lead_import)
+    listed = Lead.objects.get()
+    assert not Assignment.objects.exists()  # a list is not routed
+    routing.reassign(listed, ana, by="admin", reason="hers")
+
+    response = post_json(api_client(key), "/api/v1/leads", {"phone": "+14155550100", "source": "web"})
+
+    assert response.status_code == 201 and response.json()["id"] == listed.pk
+    assert Assignment.objects.get(lead=listed).rep == ana
 
 
 def test_a_worker_that_dies_mid_chunk_leaves_no_row_done_twice(settings, monkeypatch):
