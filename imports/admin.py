@@ -128,7 +128,7 @@ class LeadImportAdmin(TenantAdminMixin, admin.ModelAdmin):
 
     def errors_csv(self, request, import_id: int):
         lead_import = self.get_object(request, str(import_id))
-        if lead_import is None:
+        if lead_import is None or not self.has_view_permission(request, lead_import):
             raise Http404("No such import.")
         headers = lead_import.headers
         rows = (
