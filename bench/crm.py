@@ -137,8 +137,8 @@ def main() -> None:
             "seconds_to_sync_everything_after_the_load": drained,
         },
         "crm": result,
-        "with_sync": summary(step),
-        "without_sync": summary(baseline),
+        "with_sync": ingest.step_summary(step),
+        "without_sync": ingest.step_summary(baseline),
     }
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(report, indent=2) + "\n")
@@ -148,18 +148,6 @@ def main() -> None:
 def set_sync(on: bool) -> None:
     db_execute("UPDATE leads_organization SET crm_adapter = %s WHERE name = 'Bench'", ["hubspot" if on else ""])
     time.sleep(ORGANIZATION_CACHE_SECONDS)  # workers read the organization through a short cache
-
-
-def summary(step: dict) -> dict:
-    """A minute of load: the greeting server side (capture -> accepted) and client side (the
-    scheduled send -> accepted, which includes waiting for the web), ingest, CPU."""
-    touch = step["first_touch"]
-    return {
-        "greeting_capture_to_accepted_ms": touch.get("submit_to_accepted_ms"),
-        "greeting_client_send_to_accepted_ms": touch.get("client_submit_to_accepted_ms"),
-        "lost": touch.get("lost"), "duplicated": touch.get("duplicated"),
-        **{k: step[k] for k in ("achieved_2xx_per_min", "ingest_latency_ms", "statuses", "client_errors", "processes")},
-    }
 
 
 if __name__ == "__main__":

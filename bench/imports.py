@@ -123,22 +123,12 @@ def main() -> None:
             "import_rows_per_second": round(ROWS / took, 1) if took else None,
         },
         "import": {k: v for k, v in state.items() if k not in ("created_at", "heartbeat_at")} | {"row_errors": reported},
-        "alone": summary(alone),
-        "during_import": summary(during),
+        "alone": ingest.step_summary(alone),
+        "during_import": ingest.step_summary(during),
     }
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(report, indent=2, default=str) + "\n")
     print(f"bench-imports: verdict {json.dumps(report['verdict'])}\nbench-imports: written to {OUT}")
-
-
-def summary(step: dict) -> dict:
-    touch = step["first_touch"]
-    return {
-        "greeting_capture_to_accepted_ms": touch.get("submit_to_accepted_ms"),
-        "overhead_ms": touch.get("overhead_ms"),
-        "lost": touch.get("lost"), "duplicated": touch.get("duplicated"),
-        **{k: step[k] for k in ("achieved_2xx_per_min", "ingest_latency_ms", "processes")},
-    }
 
 
 if __name__ == "__main__":

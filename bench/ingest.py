@@ -124,6 +124,19 @@ def run_step(stack: Stack, env: dict, key: str, rate: float, run_id: int, second
     }
 
 
+def step_summary(step: dict) -> dict:
+    """A step for a report: the greeting server side (capture -> accepted) and client side (the
+    scheduled send -> accepted, which includes waiting for the web), overhead, ingest, CPU."""
+    touch = step["first_touch"]
+    return {
+        "greeting_capture_to_accepted_ms": touch.get("submit_to_accepted_ms"),
+        "greeting_client_send_to_accepted_ms": touch.get("client_submit_to_accepted_ms"),
+        "overhead_ms": touch.get("overhead_ms"),
+        "lost": touch.get("lost"), "duplicated": touch.get("duplicated"),
+        **{k: step[k] for k in ("achieved_2xx_per_min", "ingest_latency_ms", "statuses", "client_errors", "processes")},
+    }
+
+
 def verdict(steps: list[dict]) -> dict:
     def sustained(step: dict) -> bool:
         # Kept up: every request answered 2xx, at >= 98% of the target rate, and

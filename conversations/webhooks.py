@@ -48,15 +48,15 @@ TWILIO_STATUSES = {
 EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
 
 
-def _audit(provider: str, outcome: str, detail: str, body: bytes | str, org: Organization | None = None) -> None:
+def audit(provider: str, outcome: str, detail: str, body: bytes | str, org: Organization | None = None) -> None:
     text = body.decode("utf-8", errors="replace") if isinstance(body, bytes) else body
     WebhookDelivery.objects.create(provider=provider, organization=org, outcome=outcome, detail=detail[:300], body=text[:MAX_STORED_BODY])
     metrics.WEBHOOKS.labels(provider=provider, outcome=outcome).inc()
 
 
-def _forbidden(provider: str, detail: str, body) -> HttpResponse:
+def forbidden(provider: str, detail: str, body) -> HttpResponse:
     logger.warning("%s webhook rejected: %s", provider, detail)
-    _audit(provider, WebhookDelivery.Outcome.REJECTED, detail, body)
+    audit(provider, WebhookDelivery.Outcome.REJECTED, detail, body)
     return HttpResponse("Forbidden: " + detail, status=403, content_type="text/plain")
 
 
@@ -66,7 +66,7 @@ def _processing(provider: str, body: bytes, org: Organization | None = None):
     try:
         yield
     except Exception as exc:
-        _audit(provider, WebhookDelivery.Outcome.FAILED, f"{type(exc).__name__}: {exc}", body, org)
+        audit(provider, WebhookDelivery.Outcome.FAILED, f"{type(exc).__name__}: {exc}", body, org)
         raise
     metrics.WEBHOOKS.labels(provider=provider, outcome=WebhookDelivery.Outcome.PROCESSED).inc()
 
@@ -86,12 +86,12 @@ def whatsapp(request: HttpRequest) -> HttpResponse:
     except ValueError:
         payload = None
     if not isinstance(payload, dict):
-        return _forbidden("whatsapp", "body is not a JSON object", raw)
+        return forbidden("whatsapp", "body is not a JSON object", raw)
     changes = list(_changes(payload))
     orgs = _orgs_by_phone_number_id({str((value.get("metadata") or {}).get("phone_number_id", "")) for value in changes})
     secrets = {_app_secret(org) for org in orgs.values()} or {settings.WHATSAPP_APP_SECRET}
-    if not _meta_signature_valid(raw, request.headers.get("X-Hub-Signature-256", ""), secrets):
-        return _forbidden("whatsapp", "missing or invalid X-Hub-Signature-256", raw)
+    if not meta_signature_valid(raw, request.headers.get("X-Hub-Signature-256", ""), secrets):
+        return forbidden("whatsapp", "missing or invalid X-Hub-Signature-256", raw)
 
     with _processing("whatsapp", raw):
         for value in changes:
@@ -141,7 +141,7 @@ def _app_secret(org: Organization) -> str:
     return org.whatsapp_app_secret or settings.WHATSAPP_APP_SECRET
 
 
-def _meta_signature_valid(raw: bytes, header: str, secrets: set[str]) -> bool:
+def meta_signature_valid(raw: bytes, header: str, secrets: set[str]) -> bool:
     if not header.startswith("sha256="):
         return False
     provided = header[len("sha256="):].strip()
@@ -230,7 +230,7 @@ def _verified_twilio_org(request: HttpRequest, raw: bytes, *, number: str) -> Or
     """The organization owning `number` on the signing account, or the 403 to answer."""
     org = _twilio_org(request, number=number)
     if org is None or not _twilio_verified(request, org):
-        return _forbidden("twilio", "unknown AccountSid or invalid X-Twilio-Signature", raw)
+        return forbidden("twilio", "unknown AccountSid or invalid X-Twilio-Signature", raw)
     return org
 
 

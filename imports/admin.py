@@ -10,6 +10,7 @@ button, and every bad row as a CSV download.
 from __future__ import annotations
 
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
 from django.http import Http404, HttpResponseRedirect
 from django.template.response import TemplateResponse
@@ -102,7 +103,8 @@ class LeadImportAdmin(TenantAdminMixin, admin.ModelAdmin):
         if request.method == "POST" and self.has_change_permission(request, lead_import):
             return self._act(request, lead_import)
         errors = RowError.objects.filter(lead_import=lead_import)
-        stalled = lead_import.running and lead_import.heartbeat_at and (timezone.now() - lead_import.heartbeat_at).total_seconds() > 60
+        stalled = lead_import.running and lead_import.heartbeat_at and \
+            (timezone.now() - lead_import.heartbeat_at).total_seconds() > settings.IMPORT_STALL_SECONDS
         return self._render(request, "admin/imports/leadimport/detail.html", {
             "title": f"Import of {lead_import.file_name}", "original": lead_import, "lead_import": lead_import,
             "columns": list(zip(lead_import.headers, lead_import.mapping, _sample(lead_import))),

@@ -72,9 +72,7 @@ def start(lead_import: LeadImport, phase: str, *, mapping: list[str] | None = No
 
     with transaction.atomic():
         locked = LeadImport.objects.select_for_update().defer("content").get(pk=lead_import.pk)
-        allowed = {LeadImport.Status.CHECKING: (LeadImport.Status.UPLOADED, LeadImport.Status.CHECKED),
-                   LeadImport.Status.IMPORTING: (LeadImport.Status.UPLOADED, LeadImport.Status.CHECKED)}[phase]
-        if locked.status not in allowed:
+        if locked.status not in (LeadImport.Status.UPLOADED, LeadImport.Status.CHECKED):
             raise ImportRefused(f"This import is {locked.get_status_display().lower()}; it cannot be started again.")
         mapping = mapping if mapping is not None else locked.mapping
         if problems := csvfile.mapping_problems(mapping):
@@ -114,7 +112,7 @@ def work(import_id: int, *, budget_seconds: float | None = None) -> bool:
         return False
     importing = lead_import.status == LeadImport.Status.IMPORTING
     pace = settings.IMPORT_ROWS_PER_SECOND if importing else settings.IMPORT_CHECK_ROWS_PER_SECOND
-    cells = [row for row in csvfile.rows(lead_import.content, lead_import.delimiter)]
+    cells = list(csvfile.rows(lead_import.content, lead_import.delimiter))
     started = time.monotonic()
     while time.monotonic() - started < budget:
         chunk_started = time.monotonic()

@@ -242,15 +242,16 @@ def _open_or_reuse_lead(cursor, contact_id: int, params: dict):
     if row:
         return row[0], row[1], row[2], True, False
     cursor.execute(
-        f"SELECT id, status, captured_at FROM {table} WHERE contact_id = %s AND status IN ({_OPEN_STATUSES_SQL})",
+        f"SELECT id, status, captured_at, imported FROM {table} WHERE contact_id = %s AND status IN ({_OPEN_STATUSES_SQL})",
         [contact_id],
     )
     row = cursor.fetchone()
     if row is None:
         raise _LostRace  # closed between our insert and our read
-    if not params["imported"] and (promoted_at := _promote_imported(cursor, row[0], params["now"])):
-        return row[0], row[1], promoted_at, True, True
-    return row[0], row[1], row[2], False, False
+    lead_id, status, captured_at, listed = row
+    if listed and not params["imported"] and (promoted_at := _promote_imported(cursor, lead_id, params["now"])):
+        return lead_id, status, promoted_at, True, True
+    return lead_id, status, captured_at, False, False
 
 
 def _promote_imported(cursor, lead_id: int, now: datetime) -> datetime | None:

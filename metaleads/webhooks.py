@@ -13,7 +13,6 @@ first-touch lane after that commit, so the answer is fast.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 import logging
@@ -24,6 +23,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods
 
 from conversations.models import WebhookDelivery
+from conversations.webhooks import audit, forbidden, meta_signature_valid
 from metaleads import mapping, services
 from metaleads.models import MetaPage
 from swiftex import metrics
@@ -31,7 +31,6 @@ from swiftex import metrics
 logger = logging.getLogger(__name__)
 
 PROVIDER = "meta_leadgen"
-MAX_STORED_BODY = 20_000
 
 
 @csrf_exempt
@@ -41,15 +40,15 @@ def leadgen(request: HttpRequest) -> HttpResponse:
         return _verify_subscription(request)
     raw = request.body
     if not settings.META_APP_SECRET:
-        return _forbidden("META_APP_SECRET is not set: every delivery is refused", raw)
-    if not signature_valid(raw, request.headers.get("X-Hub-Signature-256", "")):
-        return _forbidden("missing or invalid X-Hub-Signature-256", raw)
+        return forbidden(PROVIDER, "META_APP_SECRET is not set: every delivery is refused", raw)
+    if not meta_signature_valid(raw, request.headers.get("X-Hub-Signature-256", ""), {settings.META_APP_SECRET}):
+        return forbidden(PROVIDER, "missing or invalid X-Hub-Signature-256", raw)
     try:
         payload = json.loads(raw)
     except ValueError:
         payload = None
     if not isinstance(payload, dict):
-        _audit(WebhookDelivery.Outcome.FAILED, "signed, but the body is not a JSON object", raw)
+        audit(PROVIDER, WebhookDelivery.Outcome.FAILED, "signed, but the body is not a JSON object", raw)
         return HttpResponse("Bad request: the body is not a JSON object", status=400, content_type="text/plain")
 
     values = list(_leadgen_values(payload))
@@ -69,22 +68,15 @@ def leadgen(request: HttpRequest) -> HttpResponse:
         services.record(items)
     except Exception as exc:
         # Answered 500 so Meta retries; the body is kept for a human.
-        _audit(WebhookDelivery.Outcome.FAILED, f"{type(exc).__name__}: {exc}", raw)
+        audit(PROVIDER, WebhookDelivery.Outcome.FAILED, f"{type(exc).__name__}: {exc}", raw)
         raise
     if unknown:
         # Meta would redeliver these forever; a human connects the page (admin → Meta pages).
         detail = f"leads for pages not connected (or inactive, or without leadgen_id): {', '.join(sorted(unknown))[:200]}"
         logger.warning("meta leadgen webhook: %s", detail)
-        _audit(WebhookDelivery.Outcome.FAILED, detail, raw)
+        audit(PROVIDER, WebhookDelivery.Outcome.FAILED, detail, raw)
     metrics.WEBHOOKS.labels(provider=PROVIDER, outcome=WebhookDelivery.Outcome.PROCESSED).inc()
     return HttpResponse("ok", content_type="text/plain")
-
-
-def signature_valid(raw: bytes, header: str) -> bool:
-    if not header.startswith("sha256="):
-        return False
-    expected = hmac.new(settings.META_APP_SECRET.encode(), raw, hashlib.sha256).hexdigest()
-    return hmac.compare_digest(expected.encode(), header[len("sha256="):].strip().encode())
 
 
 def _verify_subscription(request: HttpRequest) -> HttpResponse:
@@ -110,15 +102,3 @@ def _leadgen_values(payload: dict):
 
 def _page_id(entry: dict, value: dict) -> str:
     return str(value.get("page_id") or entry.get("id") or "")
-
-
-def _audit(outcome: str, detail: str, body: bytes) -> None:
-    WebhookDelivery.objects.create(provider=PROVIDER, outcome=outcome, detail=detail[:300],
-                                   body=body.decode("utf-8", errors="replace")[:MAX_STORED_BODY])
-    metrics.WEBHOOKS.labels(provider=PROVIDER, outcome=outcome).inc()
-
-
-def _forbidden(detail: str, body: bytes) -> HttpResponse:
-    logger.warning("meta leadgen webhook rejected: %s", detail)
-    _audit(WebhookDelivery.Outcome.REJECTED, detail, body)
-    return HttpResponse("Forbidden: " + detail, status=403, content_type="text/plain")
