@@ -43,7 +43,8 @@ consumer again before the next slot.
 CHAOS_FAULTS picks a subset (e.g. `CHAOS_FAULTS=rabbitmq_restart`).
 
 This machine's PostgreSQL runs with autovacuum off (a CI setting); the run
-does what autovacuum would, a `VACUUM (ANALYZE)` every 15 s. Without it the
+does what autovacuum would, a `VACUUM (ANALYZE)` every 15 s at autovacuum's
+pace (its cost delay and limit; `stack.Autovacuum`). Without it the
 planner keeps planning for the empty tables it started with, and dead rows
 (every message is rewritten five times) pile up: in a first run, 43,000 dead
 message rows after five minutes slowed every greeting step until a backlog
@@ -61,7 +62,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -74,7 +74,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import crm  # noqa: E402
 from first_touch import accepted_per_recipient, fake, summarize, unsettled  # noqa: E402
 from loadgen import phone_for  # noqa: E402
-from stack import PORT, PY, ROOT, Stack, _process_tree, autovacuum, configure_fake, db_query, prepare, queue_depths, stack_env  # noqa: E402
+from stack import PORT, PY, ROOT, Autovacuum, Stack, _process_tree, configure_fake, db_query, prepare, queue_depths, stack_env  # noqa: E402
 
 RATE = float(os.environ.get("CHAOS_RATE", "5000"))
 FAULTS = os.environ.get("CHAOS_FAULTS", "")  # comma-separated subset of the slots below; default all
@@ -189,14 +189,6 @@ SLOTS = [
     Slot("whatsapp_500", "10% of WhatsApp calls answer 500 for 30 s", whatsapp_500),
     Slot("hubspot_429", "HubSpot answers every request 429 for 60 s", hubspot_429),
 ]
-
-
-def _autovacuum(stop: threading.Event) -> None:
-    while not stop.wait(AUTOVACUUM_EVERY):
-        try:
-            autovacuum()
-        except Exception as exc:  # noqa: BLE001 - statistics only; the run goes on
-            print(f"chaos: VACUUM (ANALYZE) failed: {exc}", file=sys.stderr)
 
 
 def chosen_slots() -> list[Slot]:
@@ -340,8 +332,7 @@ def main() -> None:
             [PY, str(ROOT / "bench" / "loadgen.py"), "--url", f"http://127.0.0.1:{PORT}", "--key", key, "--rate", str(RATE),
              "--seconds", str(total), "--run-id", str(RUN_ID), "--out", str(out_file), "--progress"],
         )
-        stop_vacuuming = threading.Event()
-        threading.Thread(target=_autovacuum, args=(stop_vacuuming,), daemon=True).start()
+        vacuum = Autovacuum(AUTOVACUUM_EVERY, first=AUTOVACUUM_EVERY).start()
         time.sleep(WARMUP)
         for slot in slots:
             slot.started = time.time()
@@ -362,7 +353,7 @@ def main() -> None:
         loadgen.wait(timeout=total + 120)
         print("\nchaos: load done; waiting for every greeting to settle ...", flush=True)
         settle = wait_settled(since)
-        stop_vacuuming.set()
+        vacuum.stop()
         settle["outbox_backlog"] = db_query("SELECT count(*) FROM swiftex_outboxevent WHERE published_at IS NULL")[0][0]
         settle["queues_ready_and_consumers"] = queue_depths(env, ["conversations.events", "analytics.events", "crmsync.events", *LANES])
         print("chaos: waiting for the CRM sync to drain ...", flush=True)

@@ -34,7 +34,7 @@ import chart  # noqa: E402
 import first_touch  # noqa: E402
 from first_touch import percentile  # noqa: E402
 from loadgen import phone_for  # noqa: E402
-from stack import MODEL_MS, PORT, PY, ROOT, SMS_MS, WHATSAPP_MS, Stack, autovacuum, db_query, prepare, queue_depths, stack_env  # noqa: E402
+from stack import MODEL_MS, PORT, PY, ROOT, SMS_MS, WHATSAPP_MS, Autovacuum, Stack, autovacuum, db_query, prepare, queue_depths, stack_env  # noqa: E402
 
 RATES = [float(r) for r in os.environ.get("BENCH_RATES", "1000,5000,10000,20000").split(",")]
 SECONDS = float(os.environ.get("BENCH_SECONDS", "60"))
@@ -69,11 +69,12 @@ def run_step(stack: Stack, env: dict, key: str, rate: float, run_id: int, second
     stack.begin_sampling({"loadgen": lambda: [loadgen.pid]})
     backlog_series = []
     depth_series = []
-    while loadgen.poll() is None:
-        time.sleep(1.0)
-        stack.sample()
-        backlog_series.append(outbox_backlog())
-        depth_series.append({name: depth for name, (depth, _) in queue_depths(env, QUEUES).items()})
+    with Autovacuum():  # as autovacuum would during the step (it is off on this machine)
+        while loadgen.poll() is None:
+            time.sleep(1.0)
+            stack.sample()
+            backlog_series.append(outbox_backlog())
+            depth_series.append({name: depth for name, (depth, _) in queue_depths(env, QUEUES).items()})
     load_elapsed = time.monotonic() - started
     usage = stack.usage(load_elapsed)
     backlog_at_end = outbox_backlog()
