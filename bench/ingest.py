@@ -222,6 +222,7 @@ def main() -> None:
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         "config": {
             "rates": RATES, "seconds_per_step": SECONDS, "web_workers": env.get("WEB_WORKERS", "2"), "web_threads": env.get("WEB_THREADS", "4"),
+            "web_switch_interval_ms": env.get("WEB_SWITCH_INTERVAL_MS", "1"),
             "fake_latency_ms": {"model": MODEL_MS, "whatsapp": WHATSAPP_MS, "sms": SMS_MS},
         },
         "verdict": verdict(steps),
