@@ -27,7 +27,7 @@ from leads.models import Lead
 from swiftex import metrics
 from swiftex import redis as swx_redis
 from swiftex.celery import app as celery_app
-from swiftex.events.topology import DEAD_LETTER_QUEUE
+from swiftex.events.topology import DEAD_LETTER_QUEUE, declare_all
 from tests.factories import PROVIDER_CREDENTIALS, org_with_providers
 from tests.support import api_client, post_json
 
@@ -149,10 +149,13 @@ def test_task_failures_and_retries_are_counted_per_task():
 
 
 def test_queue_depth_and_consumers_are_read_from_rabbitmq():
-    bulk = next(q for q in settings.CELERY_TASK_QUEUES if q.name == "bulk")
     with Connection(settings.CELERY_BROKER_URL) as conn:
         channel = conn.channel()
-        bulk(channel).declare()
+        # Declared here, not left to whichever earlier test started a worker: on a new broker
+        # the lane queues exist only once something declared them.
+        for lane_queue in settings.CELERY_TASK_QUEUES:
+            lane_queue(channel).declare()
+        declare_all(channel)
         producer = Producer(channel)
         for i in range(5):  # nothing consumes the dead letters
             producer.publish({"n": i}, exchange="", routing_key=DEAD_LETTER_QUEUE.name)
