@@ -61,6 +61,7 @@ def run_step(stack: Stack, env: dict, key: str, rate: float, run_id: int, second
     first_touch.reset_fake()  # the previous step settled: its records and webhooks are no longer needed
     metrics_before = first_touch.web_metrics()
     step_started = datetime.now(timezone.utc)
+    wal_at_start = db_query("SELECT pg_current_wal_lsn()::text")[0][0]
     started = time.monotonic()
     loadgen = subprocess.Popen(
         [PY, str(ROOT / "bench" / "loadgen.py"), "--url", f"http://127.0.0.1:{PORT}", "--key", key,
@@ -101,6 +102,9 @@ def run_step(stack: Stack, env: dict, key: str, rate: float, run_id: int, second
         [step_started],
     )
     leads_created = db_query("SELECT count(*) FROM leads_lead WHERE captured_at >= %s AND NOT imported", [step_started])[0][0]
+    # What the step wrote to PostgreSQL's WAL, the load and its settling (the whole cluster:
+    # nothing else runs during a bench): what a replica or an archive must carry per lead.
+    wal_bytes = db_query("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %s::pg_lsn)", [wal_at_start])[0][0]
     first_touches = len(pickup)
     return {
         "target_leads_per_min": rate,
@@ -113,6 +117,7 @@ def run_step(stack: Stack, env: dict, key: str, rate: float, run_id: int, second
         "capture_to_first_touch_pickup_ms": summarize_ms([v / 1000 for v in sorted(v for (v,) in pickup)]),
         "leads_created": leads_created,
         "first_touch_picked_up": first_touches,
+        "wal_bytes_per_lead": round(float(wal_bytes) / leads_created) if leads_created else None,
         "outbox_backlog": {
             "max_during_load": max(backlog_series, default=0),
             "at_end_of_load": backlog_at_end,
