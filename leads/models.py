@@ -317,7 +317,7 @@ class Lead(models.Model):
 
     OPEN_STATUSES = (Status.NEW, Status.CONTACTED, Status.ENGAGED, Status.QUALIFIED)
 
-    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="leads")
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="leads", db_index=False)  # lead_org_* indexes
     contact = models.ForeignKey(Contact, on_delete=models.CASCADE, related_name="leads")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.NEW)
     source = models.CharField(max_length=64)
@@ -378,7 +378,8 @@ class Submission(models.Model):
 class LeadEvent(models.Model):
     """The lead's timeline: one row per thing that happened, in order."""
 
-    lead = models.ForeignKey(Lead, on_delete=models.CASCADE, related_name="events")
+    # Nine or so rows a lead: lead_event_timeline_idx serves lookups by lead, no second index.
+    lead = models.ForeignKey(Lead, on_delete=models.CASCADE, related_name="events", db_index=False)
     kind = models.CharField(max_length=64)
     data = models.JSONField(default=dict, blank=True)
     occurred_at = models.DateTimeField()
