@@ -34,7 +34,7 @@ import chart  # noqa: E402
 import first_touch  # noqa: E402
 from first_touch import percentile  # noqa: E402
 from loadgen import phone_for  # noqa: E402
-from stack import MODEL_MS, PORT, PY, ROOT, SMS_MS, WHATSAPP_MS, Autovacuum, Stack, autovacuum, db_query, prepare, queue_depths, stack_env  # noqa: E402
+from stack import MODEL_MS, PORT, PY, ROOT, SMS_MS, WHATSAPP_MS, Autovacuum, Stack, autovacuum, db_query, machine_speed_ms, prepare, queue_depths, stack_env  # noqa: E402
 
 RATES = [float(r) for r in os.environ.get("BENCH_RATES", "1000,5000,10000,20000").split(",")]
 SECONDS = float(os.environ.get("BENCH_SECONDS", "60"))
@@ -59,6 +59,7 @@ def outbox_backlog() -> int:
 def run_step(stack: Stack, env: dict, key: str, rate: float, run_id: int, seconds: float = SECONDS) -> dict:
     out_file = Path(tempfile.mkstemp(suffix=".json")[1])
     first_touch.reset_fake()  # the previous step settled: its records and webhooks are no longer needed
+    speed_ms = machine_speed_ms()  # the machine's phase, with the stack idle (bench/README.md)
     metrics_before = first_touch.web_metrics()
     step_started = datetime.now(timezone.utc)
     wal_at_start = db_query("SELECT pg_current_wal_lsn()::text")[0][0]
@@ -109,6 +110,7 @@ def run_step(stack: Stack, env: dict, key: str, rate: float, run_id: int, second
     return {
         "target_leads_per_min": rate,
         "duration_s": round(result["elapsed_s"], 1),
+        "machine_speed_ms_before": speed_ms,
         "requests": result["requests"],
         "statuses": result["statuses"],
         "client_errors": result["errors"],
@@ -216,6 +218,7 @@ def main() -> None:
         for run_id, rate in enumerate(RATES, start=1):
             print(f"bench: step {run_id}/{len(RATES)} at {rate:.0f} leads/min")
             steps.append(run_step(stack, env, key, rate, run_id))
+            print(f"  machine speed before the step: {steps[-1]['machine_speed_ms_before']} ms (lower is faster)")
             print_table(steps[-1:])
             autovacuum()  # statistics and dead rows, as autovacuum would (it is off on this machine)
         tally = first_touch.whole_run_tally()

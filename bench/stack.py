@@ -156,6 +156,23 @@ def _machine_ticks() -> tuple[int, int]:
     return sum(fields) - idle, sum(fields)
 
 
+def machine_speed_ms() -> float:
+    """CPU milliseconds this process needs for a fixed piece of pure Python (best of three).
+
+    This machine is a share of a larger host, and the same code at the same load has run
+    2-3x apart in latency within a day. Taken with the stack idle before each step, this
+    tells whether a slow run had slower cores. On 2026-11-25 it read 150-177 ms before every
+    step, in runs at 1.83 and at 1.98 busy alike: that day's slow phase was not the cores."""
+
+    def once() -> float:
+        started, total = time.process_time(), 0
+        for i in range(3_000_000):
+            total += i * i % 7
+        return time.process_time() - started
+
+    return round(min(once() for _ in range(3)) * 1000, 1)
+
+
 @dataclass
 class Group:
     """A set of processes measured together: a process type, a service, the load generator."""
