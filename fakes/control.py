@@ -7,7 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
-from fakes.state import STATE, ConfigError, merge_config
+from fakes.state import STATE, ConfigError, State, merge_config
 
 PROVIDERS = ("openai", "whatsapp", "twilio", "hubspot", "crm_webhook")
 
@@ -54,7 +54,7 @@ async def reset(request: web.Request) -> web.Response:
 
 async def list_requests(request: web.Request) -> web.Response:
     provider = _provider_filter(request)
-    return web.json_response({"requests": _select(request.app[STATE].requests, provider)})
+    return web.json_response({"requests": [State.public(r) for r in _select(request.app[STATE].requests, provider)]})
 
 
 async def list_webhooks(request: web.Request) -> web.Response:

@@ -41,7 +41,7 @@ from typing import Any
 
 from aiohttp import web
 
-from fakes.state import STATE
+from fakes.state import STATE, State
 from fakes.webhooks import deliver
 
 PROVIDER = "graph"
@@ -340,7 +340,7 @@ async def list_seeded(request: web.Request) -> web.Response:
 
 
 async def list_requests(request: web.Request) -> web.Response:
-    return web.json_response({"requests": [r for r in request.app[STATE].requests if r["provider"] == PROVIDER]})
+    return web.json_response({"requests": [State.public(r) for r in request.app[STATE].requests if r["provider"] == PROVIDER]})
 
 
 async def reset(request: web.Request) -> web.Response:

@@ -579,3 +579,22 @@ def test_hubspot_and_crm_webhook_config_is_validated(fake: str) -> None:
         [key] = bad
         assert response.status_code == 400 and key in response.json()["error"], (bad, response.text)
     assert requests.get(f"{fake}/_fake/config", timeout=5).json() == config
+
+
+def test_request_records_keep_parsed_bodies_out_of_the_garbage_collectors_walk() -> None:
+    """A record holds plain values only (the body as JSON text), so full collections skip it;
+    the control API still shows the body parsed."""
+    import gc
+
+    from aiohttp.test_utils import make_mocked_request
+
+    from fakes.state import Config, State
+
+    state = State(Config())
+    body = {"messaging_product": "whatsapp", "to": "351912345678", "text": {"body": "Hi"}, "tags": ["a"]}
+    record = state.record_request("whatsapp", make_mocked_request("POST", "/whatsapp/v23.0/1/messages"), body)
+    form = state.record_request("twilio", make_mocked_request("POST", "/twilio"), "To=%2B1&Body=x")
+    gc.collect()
+    assert not gc.is_tracked(record)
+    assert State.public(record)["body"] == body
+    assert State.public(form)["body"] == "To=%2B1&Body=x"
