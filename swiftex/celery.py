@@ -15,6 +15,7 @@ import click
 from celery import Celery, bootsteps, signals
 
 from swiftex import metrics
+from swiftex.heap import freeze_startup_objects
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "swiftex.settings")
 
@@ -48,6 +49,12 @@ class PromptShutdown(bootsteps.StartStopStep):
 
 def _noop() -> None:
     pass
+
+
+@signals.worker_ready.connect
+def _freeze_startup_objects(**_) -> None:
+    # Every lane runs its pool as threads in this one process (swiftex/heap.py).
+    freeze_startup_objects("lane worker")
 
 
 @signals.task_failure.connect

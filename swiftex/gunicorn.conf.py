@@ -35,6 +35,15 @@ def post_fork(server, worker):
     sys.setswitchinterval(switch_interval_ms / 1000)
 
 
+def post_worker_init(worker):
+    # The app is loaded: import the views too, then exempt all of it from the garbage
+    # collector's full passes, which otherwise stop every request thread (swiftex/heap.py).
+    from swiftex.heap import freeze_startup_objects, load_url_patterns
+
+    load_url_patterns()
+    freeze_startup_objects("web worker")
+
+
 def on_starting(server):
     _metrics_dir.mkdir(parents=True, exist_ok=True)
 

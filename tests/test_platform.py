@@ -161,3 +161,25 @@ def test_create_organization_rejects_a_bad_timezone():
 
     with pytest.raises(CommandError, match="timezone"):
         call_command("create_organization", "Acme", "--timezone", "Mars/Olympus")
+
+
+def test_a_process_freezes_its_start_up_objects_once_loaded():
+    """gunicorn's post-worker-init loads the URLconf (Django would wait for the first request) and
+    exempts the loaded app from the collector's full passes (swiftex/heap.py)."""
+    import gc
+    import importlib.util
+    from pathlib import Path
+
+    from django.urls import clear_url_caches, get_resolver
+
+    spec = importlib.util.spec_from_file_location("gunicorn_conf", Path(__file__).resolve().parent.parent / "swiftex" / "gunicorn.conf.py")
+    conf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(conf)
+    clear_url_caches()
+    assert "url_patterns" not in vars(get_resolver())
+    try:
+        conf.post_worker_init(None)
+        assert "url_patterns" in vars(get_resolver())
+        assert gc.get_freeze_count() > 10_000
+    finally:
+        gc.unfreeze()

@@ -22,6 +22,7 @@ from django.db import close_old_connections
 from swiftex.db import connect_params
 from swiftex.events import OUTBOX_CHANNEL
 from swiftex.events.publisher import BrokerPublisher, publish_pending
+from swiftex.heap import freeze_startup_objects
 
 logger = logging.getLogger("swiftex.relay")
 
@@ -41,6 +42,8 @@ class Command(BaseCommand):
         publisher = BrokerPublisher()
         listener: psycopg.Connection | None = None
         backoff = 0.0
+        if not once:  # a long-running relay, not a one-off drain inside another process
+            freeze_startup_objects("outbox relay")
         logger.info("outbox relay started")
         while self._running:
             try:
