@@ -3,8 +3,8 @@
 A full (generation 2) collection walks every tracked object in the process
 while holding the GIL: every thread waits. A web worker or lane holds
 ~160,000-210,000 objects once Django, DRF, Celery and kombu are loaded, and
-under load such a collection came every ~20 s per process and took 80-117 ms
-of CPU (180-690 ms of wall time on the shared cores), freezing every ingest
+under load such a collection came every 15-30 s per process and took 75-117 ms
+of CPU (80-690 ms of wall time on the shared cores), freezing every ingest
 or greeting in flight in that process (bench/README.md, sixth look).
 
 Nearly all of those objects live as long as the process (modules, classes,
