@@ -368,6 +368,11 @@ def take_for_sending(message: Message) -> bool:
 
 
 def _deliver(message: Message, greeting: Greeting, lead: Lead, *, window_open: bool | None = None) -> None:
+    if message.channel == Channel.WHATSAPP and window_open is None:
+        # A retry or a resumed greeting: the window may have opened meanwhile. Read before
+        # the claim, so a database error here leaves the message QUEUED for the retry,
+        # not SENDING (which is never resent).
+        window_open = _refresh_what_to_send(message, lead.organization, greeting)
     if not take_for_sending(message):
         return
     org, contact = lead.organization, lead.contact
@@ -384,16 +389,9 @@ def _deliver(message: Message, greeting: Greeting, lead: Lead, *, window_open: b
 
 def _send(message: Message, greeting: Greeting, org: Organization, contact: Contact, window_open: bool | None):
     callback = f"{CALLBACK_PREFIX}{message.pk}"
-    if message.channel == Channel.SMS:
-        release_db_connection()
-        return twilio.send_sms(org=org, to=contact.phone, body=greeting.text, status_callback=status_callback_url(message))
-    if window_open is None:  # a retry or a resumed greeting: the window may have opened meanwhile
-        window_open = message.conversation.window_open()
-        template, body = _what_to_send(org, message.channel, window_open, greeting.text)
-        if (template, body) != (message.template_name, message.body):
-            Message.objects.filter(pk=message.pk).update(template_name=template, body=body)
-            message.template_name, message.body = template, body
     release_db_connection()
+    if message.channel == Channel.SMS:
+        return twilio.send_sms(org=org, to=contact.phone, body=greeting.text, status_callback=status_callback_url(message))
     if window_open:
         return whatsapp.send_text(org=org, to=contact.phone, body=greeting.text, callback_data=callback)
     if not message.template_name:
@@ -402,6 +400,16 @@ def _send(message: Message, greeting: Greeting, org: Organization, contact: Cont
         org=org, to=contact.phone, name=message.template_name, language=org.whatsapp_template_language,
         parameter=greeting.text if org.whatsapp_template_has_parameter else None, callback_data=callback,
     )
+
+
+def _refresh_what_to_send(message: Message, org: Organization, greeting: Greeting) -> bool:
+    """Whether the 24-hour window is open now; the queued message's template and body follow it."""
+    window_open = message.conversation.window_open()
+    template, body = _what_to_send(org, message.channel, window_open, greeting.text)
+    if (template, body) != (message.template_name, message.body):
+        Message.objects.filter(pk=message.pk, status=Message.Status.QUEUED).update(template_name=template, body=body)
+        message.template_name, message.body = template, body
+    return window_open
 
 
 def status_callback_url(message: Message) -> str:
@@ -441,9 +449,11 @@ def settle_failed_attempt(message: Message, exc: ProviderError) -> bool:
 
 
 def backoff(attempt: int, retry_after: float | None = None) -> float:
-    """Exponential with full jitter, capped; never sooner than the provider asked."""
+    """Exponential with full jitter, capped; never sooner than the provider asked, unless it
+    asked for longer than the cap: the task waits unacked in a worker until then, so a
+    provider's hour-long Retry-After becomes more attempts at the cap instead."""
     ceiling = min(settings.SEND_RETRY_BACKOFF_MAX_SECONDS, settings.SEND_RETRY_BACKOFF_SECONDS * 2 ** (attempt - 1))
-    return max(retry_after or 0.0, random.uniform(ceiling / 2, ceiling))
+    return min(settings.SEND_RETRY_BACKOFF_MAX_SECONDS, max(retry_after or 0.0, random.uniform(ceiling / 2, ceiling)))
 
 
 def _accepted(message: Message, lead: Lead, provider_message_id: str) -> None:

@@ -7,6 +7,7 @@ request must fire); the database is real.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from datetime import timedelta
 from urllib.parse import parse_qs
@@ -325,6 +326,60 @@ def test_a_connection_lost_after_sending_counts_as_maybe_delivered_and_is_not_re
     assert Message.objects.get().status == "sending"
 
 
+def test_a_token_pasted_with_a_line_break_fails_at_once_without_leaking_it_and_falls_back(org, provider):
+    """requests refuses the header before anything is sent: not "maybe delivered" (which
+    would block the SMS for a minute and any resend for ever), and the token stays out
+    of the error text."""
+    org, key = org
+    org.whatsapp_access_token = "wa-secret-token\n"
+    org.save()
+    response = post_json(api_client(key), "/api/v1/leads", ANA)
+    provider.add(responses.POST, SMS_URL, **sms_ok())
+    greet(Lead.objects.get(pk=response.json()["id"]))
+
+    wa = Message.objects.get(channel="whatsapp")
+    assert wa.status == "failed" and "credentials" in wa.error_title and "wa-secret-token" not in wa.error_title
+    assert Message.objects.get(channel="sms").status == "accepted"
+    assert [c.request.url for c in provider.calls] == [SMS_URL]
+
+
+def test_a_multi_line_fallback_text_goes_into_the_template_as_one_line(org, provider):
+    """Meta refuses a template parameter with a newline, a tab or a run of spaces."""
+    org, key = org
+    org.greeting_fallback = "Hi {first_name}!\n\nThanks for reaching out.\tWe will call you     soon."
+    org.save()
+    response = post_json(api_client(key), "/api/v1/leads", ANA)
+    provider.add(responses.POST, WA_URL, **wa_ok())
+    greet(Lead.objects.get(pk=response.json()["id"]))
+
+    parameter = json.loads(provider.calls[0].request.body)["template"]["components"][0]["parameters"][0]["text"]
+    assert parameter == "Hi Ana! Thanks for reaching out. We will call you soon."
+
+
+def test_a_retry_that_cannot_read_the_window_leaves_the_message_queued_not_sending(lead, provider, monkeypatch):
+    """The database work a retry does before sending happens before the claim: a failure
+    there must not strand the message in SENDING, which is never resent."""
+    from django.db import OperationalError
+
+    provider.add(responses.POST, WA_URL, status=503, body="upstream down")
+    with pytest.raises(services.RetryLater):
+        greet(lead)
+    with monkeypatch.context() as patched:
+        patched.setattr(Conversation, "window_open", lambda self: (_ for _ in ()).throw(OperationalError("connection lost")))
+        with pytest.raises(OperationalError):
+            greet(lead)
+    assert Message.objects.get().status == "queued"
+    provider.add(responses.POST, WA_URL, **wa_ok())
+    greet(lead)
+    assert Message.objects.get().status == "accepted"
+
+
+def test_a_retry_after_longer_than_the_backoff_cap_is_capped(settings):
+    settings.SEND_RETRY_BACKOFF_MAX_SECONDS = 120
+    assert services.backoff(1, retry_after=7) >= 7
+    assert services.backoff(1, retry_after=86_400) == 120  # the task would wait unacked in a worker for a day
+
+
 def test_the_sweep_times_a_send_from_its_latest_attempt_not_from_the_claim(lead, provider, settings):
     provider.add(responses.POST, WA_URL, body=requests.ReadTimeout("read timed out"))
     greet(lead)
@@ -366,15 +421,32 @@ def test_a_greeting_left_queued_by_a_lost_task_is_found_for_re_enqueueing(lead, 
     assert services.stalled_greetings(now=much_later) == [Greeting.objects.get().pk]
 
 
-def test_a_model_answer_without_a_message_is_reported_and_falls_back(monkeypatch, settings):
+def _choice(content, finish_reason="stop") -> dict:
+    return {"choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish_reason}]}
+
+
+def _unreadable_body():
+    raise json.JSONDecodeError("Expecting value", "<html>", 0)  # what the client raises for a 200 that is not JSON
+
+
+@pytest.mark.parametrize("answer, reason", [
+    (lambda: {"choices": []}, "without a message"),
+    (_unreadable_body, "unreadable: JSONDecodeError"),
+    (lambda: _choice([{"type": "text", "text": "Hi"}]), "not text"),
+    (lambda: _choice("Hi Ana, thanks for reaching out about", "length"), "stopped early (length)"),
+    (lambda: _choice("", "content_filter"), "stopped early (content_filter)"),
+])
+def test_a_model_answer_that_cannot_be_used_is_reported_and_falls_back(monkeypatch, settings, answer, reason):
+    """Whatever the model server answers, the caller gets ModelUnavailable (the fallback
+    text goes out), never an exception that would leave the lead ungreeted."""
     from conversations.providers import model as model_client
 
-    class AnswersWithoutChoices:
+    class Answers:
         def post(self, path, *, body, cast_to):
             assert path == "/chat/completions" and body["messages"][1]["content"] == "Name: Ana"
-            return {"choices": []}
+            return answer()
 
     settings.OPENAI_API_KEY = "test-openai-key"
-    monkeypatch.setattr(model_client, "_client", lambda budget: AnswersWithoutChoices())
-    with pytest.raises(model_client.ModelUnavailable, match="without a message"):
+    monkeypatch.setattr(model_client, "_client", lambda budget: Answers())
+    with pytest.raises(model_client.ModelUnavailable, match=re.escape(reason)):
         model_client.write_greeting(model="gpt-4o-mini", system_prompt="Greet.", lead_facts="Name: Ana")

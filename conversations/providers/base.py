@@ -69,6 +69,14 @@ def session() -> requests.Session:
     return s
 
 
+def one_line(text: str, limit: int) -> str:
+    """`text` with each run of whitespace made one space, cut at a word to at most `limit` characters."""
+    text = " ".join(text.split())
+    if len(text) > limit:
+        text = text[: limit - 1].rsplit(" ", 1)[0] + "…"
+    return text
+
+
 def timeout() -> tuple[float, float]:
     return settings.PROVIDER_CONNECT_TIMEOUT_SECONDS, settings.PROVIDER_READ_TIMEOUT_SECONDS
 
@@ -84,6 +92,11 @@ def post(provider: str, url: str, **kwargs) -> requests.Response:
     started = time.perf_counter()
     try:
         response = session().post(url, timeout=timeout(), allow_redirects=False, **kwargs)
+    except (*_NEVER_SENT, UnicodeEncodeError) as exc:
+        # Not chained: the exception's text can hold the header it refused, i.e. a token.
+        metrics.provider_unanswered(provider, started, "invalid_request")
+        raise ProviderError(provider, f"request could not be sent ({type(exc).__name__}): check the credentials "
+                                      "and base URL for stray spaces, line breaks or a missing scheme", permanent=True) from None
     except requests.RequestException as exc:
         outcome, error = _network_error(provider, exc)
         metrics.provider_unanswered(provider, started, outcome)
@@ -92,10 +105,19 @@ def post(provider: str, url: str, **kwargs) -> requests.Response:
     return response
 
 
+# Raised by requests before anything goes on the wire (a token pasted with a line break,
+# a base URL without a scheme; a token outside latin-1 raises UnicodeEncodeError): no
+# message can have left, and the same request will fail again.
+_NEVER_SENT = (
+    requests.exceptions.InvalidHeader, requests.exceptions.InvalidURL,
+    requests.exceptions.MissingSchema, requests.exceptions.InvalidSchema,
+)
+
+
 def _network_error(provider: str, exc: requests.RequestException) -> tuple[str, ProviderError]:
     """(metric outcome, error) for a call that got no HTTP answer."""
     if isinstance(exc, requests.ConnectTimeout):
-        return "timeout", ProviderError(provider, f"connect timeout: {exc}", permanent=False)
+        return "timeout", ProviderError(provider, "connect timeout", permanent=False)
     if isinstance(exc, requests.ConnectionError):
         if _never_connected(exc):
             return "network_error", ProviderError(provider, f"could not connect: {type(exc).__name__}", permanent=False)

@@ -17,6 +17,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 import openai
 from django.conf import settings
 
+from conversations.providers.base import one_line
 from swiftex import metrics
 
 PROVIDER = "openai"
@@ -25,7 +26,9 @@ MAX_GREETING_CHARS = 600
 _clients: dict[tuple[str, str, float], openai.OpenAI] = {}
 _clients_lock = threading.Lock()
 # Calls run here so the caller can stop waiting at the deadline; a call that
-# overruns finishes (and is discarded) within the client's own timeout.
+# overruns is discarded and ends at the client's own timeout, which bounds the
+# connect and each read, not the whole answer (a server trickling bytes keeps a
+# thread here longer, never a greeting).
 _executor = ThreadPoolExecutor(max_workers=128, thread_name_prefix="greeting-model")
 
 
@@ -79,6 +82,10 @@ def _write(model: str, messages: list[dict], budget: float | None) -> str:
         raise ModelUnavailable(f"model server answered HTTP {exc.status_code}") from None
     except openai.OpenAIError as exc:
         raise ModelUnavailable(f"model call failed: {type(exc).__name__}") from None
+    except ModelUnavailable:
+        raise
+    except Exception as exc:  # e.g. a 200 whose body is not JSON: the fallback text still goes out
+        raise ModelUnavailable(f"model answer unreadable: {type(exc).__name__}") from None
     text = _clean(text)
     if not text:
         raise ModelUnavailable("model returned no text")
@@ -106,14 +113,20 @@ def _complete(client: openai.OpenAI, model: str, messages: list[dict]) -> str:
         raise
     metrics.provider_answered(PROVIDER, started, 200)
     try:
-        return completion["choices"][0]["message"]["content"] or ""
+        choice = completion["choices"][0]
+        content = choice["message"]["content"] or ""
     except (KeyError, IndexError, TypeError):
         raise ModelUnavailable("model answered without a message") from None
+    if not isinstance(content, str):
+        raise ModelUnavailable("model answered with content that is not text")
+    # "length": cut off mid-sentence at max_tokens; "content_filter": withheld. Servers
+    # that leave finish_reason out are taken at their word.
+    finish_reason = choice.get("finish_reason") if isinstance(choice, dict) else None
+    if finish_reason not in (None, "stop"):
+        raise ModelUnavailable(f"model stopped early ({str(finish_reason)[:40]})")
+    return content
 
 
 def _clean(text: str) -> str:
     """One paragraph, bounded: WhatsApp template parameters reject newlines and tabs."""
-    text = " ".join(text.split()).strip().strip('"').strip()
-    if len(text) > MAX_GREETING_CHARS:
-        text = text[: MAX_GREETING_CHARS - 1].rsplit(" ", 1)[0] + "…"
-    return text
+    return one_line(text.strip().strip('"'), MAX_GREETING_CHARS)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from django.conf import settings
 
-from conversations.providers.base import ProviderError, Sent, classify, post
+from conversations.providers.base import ProviderError, Sent, classify, one_line, post
 
 PROVIDER = "whatsapp"
 
@@ -32,8 +32,19 @@ def send_text(*, org, to: str, body: str, callback_data: str) -> Sent:
 def send_template(*, org, to: str, name: str, language: str, parameter: str | None, callback_data: str) -> Sent:
     template: dict = {"name": name, "language": {"code": language}}
     if parameter is not None:
-        template["components"] = [{"type": "body", "parameters": [{"type": "text", "text": parameter}]}]
+        template["components"] = [{"type": "body", "parameters": [{"type": "text", "text": template_parameter(parameter)}]}]
     return _send(org, {"to": _digits(to), "type": "template", "template": template}, callback_data)
+
+
+# Meta refuses a body parameter with a newline, a tab or more than four spaces in a row
+# (error 132000 family), and a template body over 1,024 characters in all.
+MAX_PARAMETER_CHARS = 900
+
+
+def template_parameter(text: str) -> str:
+    """`text` as one line Meta accepts in a template: an admin's multi-line fallback
+    text or a rep's message would otherwise turn every template send into a refusal."""
+    return one_line(text, MAX_PARAMETER_CHARS)
 
 
 def is_configured(org) -> bool:
