@@ -15,6 +15,7 @@ import time
 from datetime import timedelta
 
 import pytest
+import responses
 from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -222,6 +223,22 @@ def test_server_errors_back_off_then_dead_letter_and_an_admin_retry_recovers(org
     assert sync.state == State.PENDING and sync.attempts == 0
     push.push_due(org.pk)
     assert ContactSync.objects.get().state == State.SYNCED
+
+
+@pytest.mark.parametrize("status, headers, at_least", [(423, {}, 2.0), (477, {"Retry-After": "30"}, 30.0)])
+def test_a_locked_record_or_a_portal_migration_is_retried_later_not_refused(org, settings, status, headers, at_least):
+    """HubSpot's 423 (a record locked for 2 s) and 477 (portal migration) say nothing about the
+    contacts: the batch waits and is sent again, no contact fails."""
+    lead = submit(org, email="l@example.com")
+    queue.mark_changed(lead_ids=[lead.pk])
+    with responses.RequestsMock() as mock:
+        mock.add(responses.POST, f"{settings.HUBSPOT_API_URL}/crm/v3/objects/contacts/batch/upsert", status=status,
+                 headers=headers, json={"status": "error", "message": "try later", "category": "LOCKED"})
+        push.push_due(org.pk)
+    sync = ContactSync.objects.get()
+    assert sync.state == State.PENDING and str(status) in sync.last_error
+    assert (sync.next_attempt_at - timezone.now()).total_seconds() > at_least - 1
+    assert LeadEvent.objects.filter(lead=lead, kind="crm.failed").count() == 0
 
 
 def test_organizations_without_a_crm_queue_nothing(crm):

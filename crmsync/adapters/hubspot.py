@@ -93,9 +93,19 @@ class HubSpot:
             raise RateLimited(message, status_code=status, retry_after=DAILY_PAUSE_SECONDS if daily else _pause_seconds(response))
         if status in (401, 403):
             raise AccountRefused(message, status_code=status)
+        if status in TRANSIENT_4XX:
+            after = retry_after_seconds(response)
+            raise Transient(message, status_code=status, retry_after=max(after or 0.0, 2.0) if status == 423 else after)
         if 400 <= status < 500:
             raise BatchRefused(message, status_code=status)
         raise Transient(message, status_code=status, retry_after=retry_after_seconds(response))
+
+
+# 4xx answers that are not about the contacts: a request timeout; 423 Locked, concurrent
+# writes to one record ("include a delay of at least 2 seconds"); 477 Migration in
+# Progress, the portal is being moved (with a Retry-After). Refusing the batch would
+# split it in halves that get the same answer and fail every contact in it.
+TRANSIENT_4XX = {408, 423, 477}
 
 
 def _json(response) -> dict:
