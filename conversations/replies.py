@@ -33,8 +33,9 @@ from swiftex import redis as swx_redis
 logger = logging.getLogger(__name__)
 
 HISTORY_MESSAGES = 20  # the conversation the model sees, newest last
-# Twilio answers these itself on SMS (and then refuses our messages to that number, 21610).
-TWILIO_OPT_OUT_KEYWORDS = frozenset({"stop", "stopall", "unsubscribe", "cancel", "end", "quit"})
+# Twilio answers these itself on SMS (and then refuses our messages to that number, 21610):
+# its default opt-out list, https://www.twilio.com/docs/messaging/tutorials/advanced-opt-out.
+TWILIO_OPT_OUT_KEYWORDS = frozenset({"stop", "stopall", "unsubscribe", "cancel", "end", "quit", "revoke", "optout"})
 # A reply still composing or sending after this long lost its worker: the sweep resumes it.
 UNFINISHED_AFTER = timedelta(seconds=120)
 

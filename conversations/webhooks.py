@@ -20,6 +20,7 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone as dt_timezone
 
@@ -40,6 +41,11 @@ from swiftex import metrics
 logger = logging.getLogger(__name__)
 
 MAX_STORED_BODY = 20_000
+# Anyone can post unsigned bodies: keep enough of each to see what it was, not 20 KB a request.
+MAX_STORED_REJECTED_BODY = 2_000
+# One Meta app's delivery names one or a few business numbers; more is not Meta.
+MAX_NUMBERS_PER_DELIVERY = 20
+META_SIGNATURE = re.compile(r"sha256=([0-9a-f]{64})")
 WHATSAPP_STATUSES = {"sent", "delivered", "read", "failed"}
 TWILIO_STATUSES = {
     "queued": "accepted", "accepted": "accepted", "scheduled": "accepted", "sending": "accepted",
@@ -50,7 +56,9 @@ EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
 
 def audit(provider: str, outcome: str, detail: str, body: bytes | str, org: Organization | None = None) -> None:
     text = body.decode("utf-8", errors="replace") if isinstance(body, bytes) else body
-    WebhookDelivery.objects.create(provider=provider, organization=org, outcome=outcome, detail=detail[:300], body=text[:MAX_STORED_BODY])
+    limit = MAX_STORED_BODY if outcome != WebhookDelivery.Outcome.REJECTED else MAX_STORED_REJECTED_BODY
+    WebhookDelivery.objects.create(provider=provider, organization=org, outcome=outcome, detail=clean_text(detail, 300),
+                                   body=clean_text(text, limit))
     metrics.WEBHOOKS.labels(provider=provider, outcome=outcome).inc()
 
 
@@ -58,6 +66,11 @@ def forbidden(provider: str, detail: str, body) -> HttpResponse:
     logger.warning("%s webhook rejected: %s", provider, detail)
     audit(provider, WebhookDelivery.Outcome.REJECTED, detail, body)
     return HttpResponse("Forbidden: " + detail, status=403, content_type="text/plain")
+
+
+def clean_text(value: object, limit: int) -> str:
+    """`value` as text PostgreSQL accepts (no NUL), at most `limit` characters."""
+    return str(value).replace("\x00", "")[:limit]
 
 
 @contextmanager
@@ -81,31 +94,59 @@ def whatsapp(request: HttpRequest) -> HttpResponse:
         return _whatsapp_verify(request)
     received_at = timezone.now()
     raw = request.body
-    try:
-        payload = json.loads(raw)
-    except ValueError:
-        payload = None
-    if not isinstance(payload, dict):
+    # Nothing unsigned reaches the database: the header's shape is checked first, the
+    # tenants' secrets are read for at most MAX_NUMBERS_PER_DELIVERY numbers, and the
+    # HMAC is checked before any of the payload is used.
+    signature = META_SIGNATURE.fullmatch(request.headers.get("X-Hub-Signature-256", "").strip())
+    if signature is None:
+        return forbidden("whatsapp", "missing or malformed X-Hub-Signature-256", raw)
+    payload = _json_object(raw)
+    if payload is None:
         return forbidden("whatsapp", "body is not a JSON object", raw)
     changes = list(_changes(payload))
-    orgs = _orgs_by_phone_number_id({str((value.get("metadata") or {}).get("phone_number_id", "")) for value in changes})
+    numbers = {_phone_number_id(value) for value in changes} - {""}
+    if len(numbers) > MAX_NUMBERS_PER_DELIVERY:
+        return forbidden("whatsapp", f"more than {MAX_NUMBERS_PER_DELIVERY} business numbers in one delivery", raw)
+    orgs = _orgs_by_phone_number_id(numbers)
     secrets = {_app_secret(org) for org in orgs.values()} or {settings.WHATSAPP_APP_SECRET}
-    if not meta_signature_valid(raw, request.headers.get("X-Hub-Signature-256", ""), secrets):
-        return forbidden("whatsapp", "missing or invalid X-Hub-Signature-256", raw)
+    if not meta_signature_valid(raw, signature.group(0), secrets):
+        return forbidden("whatsapp", "invalid X-Hub-Signature-256", raw)
 
     with _processing("whatsapp", raw):
         for value in changes:
-            org = orgs.get(str((value.get("metadata") or {}).get("phone_number_id", "")))
+            org = orgs.get(_phone_number_id(value))
             if org is None:
-                logger.info("whatsapp webhook for unknown phone_number_id %r ignored", (value.get("metadata") or {}).get("phone_number_id"))
+                logger.info("whatsapp webhook for unknown phone_number_id %r ignored", _phone_number_id(value))
                 continue
-            reports = [report for status in value.get("statuses") or [] if (report := _whatsapp_status(status, received_at))]
+            reports = [report for status in _list(value.get("statuses")) if (report := _whatsapp_status(status, received_at))]
             receipts.enqueue(org, reports)
-            names = {c.get("wa_id"): (c.get("profile") or {}).get("name", "") for c in value.get("contacts") or [] if isinstance(c, dict)}
-            for message in value.get("messages") or []:
+            names = {c.get("wa_id"): _dict(c.get("profile")).get("name", "") for c in _list(value.get("contacts")) if isinstance(c, dict)}
+            for message in _list(value.get("messages")):
                 if inbound := _whatsapp_inbound(message, names, received_at):
                     receipts.receive(org, inbound)
     return HttpResponse("ok", content_type="text/plain")
+
+
+def _json_object(raw: bytes) -> dict | None:
+    try:
+        payload = json.loads(raw)
+    except (ValueError, RecursionError):  # RecursionError: a few KB of nested brackets
+        return None
+    return payload if isinstance(payload, dict) else None
+
+
+def _dict(value: object) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
+def _list(value: object) -> list:
+    return value if isinstance(value, list) else []
+
+
+def _phone_number_id(value: dict) -> str:
+    """The business number a change is for: Meta's ids are digits; anything else routes nowhere."""
+    pnid = str(_dict(value.get("metadata")).get("phone_number_id", ""))
+    return pnid if pnid.isascii() and pnid.isdigit() and len(pnid) <= 64 else ""
 
 
 def _whatsapp_verify(request: HttpRequest) -> HttpResponse:
@@ -113,7 +154,7 @@ def _whatsapp_verify(request: HttpRequest) -> HttpResponse:
     mode = request.GET.get("hub.mode", "")
     token = request.GET.get("hub.verify_token", "")
     challenge = request.GET.get("hub.challenge", "")
-    known = bool(token) and (
+    known = bool(token) and "\x00" not in token and (
         hmac.compare_digest(token.encode(), (settings.WHATSAPP_VERIFY_TOKEN or "\0").encode())
         or Organization.objects.filter(whatsapp_verify_token=token).exists()
     )
@@ -125,9 +166,9 @@ def _whatsapp_verify(request: HttpRequest) -> HttpResponse:
 
 def _changes(payload: dict):
     """Every `value` of every change of every entry (Meta batches them)."""
-    for entry in payload.get("entry") or []:
+    for entry in _list(payload.get("entry")):
         if isinstance(entry, dict):
-            for change in entry.get("changes") or []:
+            for change in _list(entry.get("changes")):
                 if isinstance(change, dict) and change.get("field") == "messages" and isinstance(change.get("value"), dict):
                     yield change["value"]
 
@@ -166,55 +207,79 @@ def _when(unix: object, received_at: datetime) -> datetime:
     return received_at if stamped >= received_at - PROVIDER_CLOCK_RESOLUTION else stamped
 
 
+# Longer ids are not ours (a wamid is ~60 characters, a MessageSid 34): skipped, not a 500
+# that has the provider redeliver the whole payload for days.
+MAX_PROVIDER_ID = 128
+
+
+def _provider_id(value: object) -> str:
+    text = str(value or "")
+    return text if len(text) <= MAX_PROVIDER_ID and "\x00" not in text else ""
+
+
 def _whatsapp_status(status: object, received_at: datetime) -> receipts.StatusReport | None:
-    if not isinstance(status, dict) or status.get("status") not in WHATSAPP_STATUSES or not status.get("id"):
+    if not isinstance(status, dict) or status.get("status") not in WHATSAPP_STATUSES or not _provider_id(status.get("id")):
         return None
-    error = (status.get("errors") or [{}])[0] if status.get("status") == "failed" else {}
-    details = (error.get("error_data") or {}).get("details", "") if isinstance(error, dict) else ""
+    error = _dict(_list(status.get("errors"))[0]) if status.get("status") == "failed" and _list(status.get("errors")) else {}
+    details = _dict(error.get("error_data")).get("details", "")
     return receipts.StatusReport(
         channel=Channel.WHATSAPP,
-        provider_message_id=str(status["id"]),
+        provider_message_id=_provider_id(status["id"]),
         status=status["status"],
         at=_when(status.get("timestamp"), received_at),
-        callback=str(status.get("biz_opaque_callback_data") or ""),
-        error_code=str(error.get("code", "")) if isinstance(error, dict) else "",
-        error_title=" ".join(filter(None, [error.get("title", "") if isinstance(error, dict) else "", details])),
+        callback=clean_text(status.get("biz_opaque_callback_data") or "", 64),
+        error_code=clean_text(error.get("code", ""), 32),
+        error_title=clean_text(" ".join(filter(None, [str(error.get("title", "")), str(details)])), 300),
     )
 
 
 def _whatsapp_inbound(message: object, names: dict, received_at: datetime) -> receipts.Inbound | None:
-    if not isinstance(message, dict) or not message.get("id") or not str(message.get("from", "")).isdigit():
+    if not isinstance(message, dict) or not _provider_id(message.get("id")) or not _e164_digits(message.get("from")):
+        logger.info("whatsapp inbound message without a usable id or sender ignored")
         return None
-    kind = message.get("type", "")
+    kind = str(message.get("type", ""))
     if kind == "text":
-        body = (message.get("text") or {}).get("body", "")
+        body = _dict(message.get("text")).get("body", "")
     elif kind == "button":
-        body = (message.get("button") or {}).get("text", "")
+        body = _dict(message.get("button")).get("text", "")
     elif kind == "interactive":
-        reply = (message.get("interactive") or {})
-        body = (reply.get("button_reply") or reply.get("list_reply") or {}).get("title", "")
+        reply = _dict(message.get("interactive"))
+        body = _dict(reply.get("button_reply") or reply.get("list_reply")).get("title", "")
+    elif kind in ("image", "video", "document") and _dict(message.get(kind)).get("caption"):
+        body = _dict(message.get(kind))["caption"]  # what they wrote with it: "STOP" as a caption opts out too
     else:
         body = f"[{kind or 'unsupported'} message]"
     return receipts.Inbound(
         channel=Channel.WHATSAPP,
-        provider_message_id=str(message["id"]),
+        provider_message_id=_provider_id(message["id"]),
         phone="+" + message["from"],
-        body=str(body),
+        body=clean_text(body, 10_000),
         at=_when(message.get("timestamp"), received_at),
-        profile_name=str(names.get(message["from"], "") or ""),
+        profile_name=clean_text(names.get(message["from"], "") or "", 200),
     )
+
+
+def _e164_digits(value: object) -> bool:
+    """A phone number as Meta writes it: country code and number, digits only, at most 15."""
+    return isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 15
 
 
 # --- Twilio ---------------------------------------------------------------------------
 
 
+TWILIO_ACCOUNT_SID = re.compile(r"AC[0-9a-fA-F]{32}")
+
+
 def _twilio_org(request: HttpRequest, *, number: str) -> Organization | None:
     sid = request.POST.get("AccountSid", "")
-    if not sid:
+    if not TWILIO_ACCOUNT_SID.fullmatch(sid):
         return None
-    orgs = list(Organization.objects.filter(twilio_account_sid=sid))
-    # One Twilio account can serve several organizations: the number tells them apart.
-    return next((org for org in orgs if number and org.twilio_from_number == number), orgs[0] if orgs else None)
+    orgs = list(Organization.objects.filter(twilio_account_sid=sid).order_by("pk"))
+    if len(orgs) == 1:
+        return orgs[0]
+    # One Twilio account serving several organizations: only the number tells them apart,
+    # and a number none of them has is refused rather than given to one of them.
+    return next((org for org in orgs if number and org.twilio_from_number == number), None)
 
 
 def _twilio_verified(request: HttpRequest, org: Organization | None) -> bool:
@@ -242,14 +307,14 @@ def twilio_status(request: HttpRequest) -> HttpResponse:
     if isinstance(org, HttpResponse):
         return org
     status = TWILIO_STATUSES.get(request.POST.get("MessageStatus", ""))
-    sid = request.POST.get("MessageSid", "")
+    sid = _provider_id(request.POST.get("MessageSid", ""))
     if status and sid:
-        code = request.POST.get("ErrorCode", "")
+        code = clean_text(request.POST.get("ErrorCode", ""), 32)
         with _processing("twilio", raw, org):
             receipts.enqueue(org, [
                 receipts.StatusReport(
                     channel=Channel.SMS, provider_message_id=sid, status=status, at=timezone.now(),
-                    callback=CALLBACK_PREFIX + request.GET.get("m", "")[:20], error_code=code,
+                    callback=CALLBACK_PREFIX + clean_text(request.GET.get("m", ""), 20), error_code=code,
                     error_title=f"Twilio error {code}" if code else "",
                 ),
             ])
@@ -263,11 +328,12 @@ def twilio_inbound(request: HttpRequest) -> HttpResponse:
     org = _verified_twilio_org(request, raw, number=request.POST.get("To", ""))  # our number received it
     if isinstance(org, HttpResponse):
         return org
-    sid, sender = request.POST.get("MessageSid", ""), request.POST.get("From", "")
-    if sid and sender.startswith("+"):
+    sid, sender = _provider_id(request.POST.get("MessageSid", "")), request.POST.get("From", "")
+    if sid and sender.startswith("+") and _e164_digits(sender[1:]):
         with _processing("twilio", raw, org):
             receipts.receive(
                 org,
-                receipts.Inbound(channel=Channel.SMS, provider_message_id=sid, phone=sender, body=request.POST.get("Body", ""), at=timezone.now()),
+                receipts.Inbound(channel=Channel.SMS, provider_message_id=sid, phone=sender,
+                                 body=clean_text(request.POST.get("Body", ""), 10_000), at=timezone.now()),
             )
     return HttpResponse(EMPTY_TWIML, content_type="text/xml")

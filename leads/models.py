@@ -65,7 +65,7 @@ DEFAULT_REPLY_PROMPT = (
     "Ask at most one question. Never invent prices, dates or promises; say a specialist will confirm details."
 )
 DEFAULT_REPLY_FALLBACK = "Thanks, {first_name}! A specialist from {organization} will get back to you shortly."
-DEFAULT_OPT_OUT_KEYWORDS = "stop, stopall, unsubscribe, cancel, end, quit, parar, pare, baja, alto"
+DEFAULT_OPT_OUT_KEYWORDS = "stop, stopall, unsubscribe, cancel, end, quit, revoke, optout, parar, pare, baja, alto"
 DEFAULT_OPT_OUT_CONFIRMATION = "You will not receive any more messages from {organization}."
 
 

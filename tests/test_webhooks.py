@@ -112,6 +112,50 @@ def test_a_non_json_body_is_rejected(org):
     assert Client().post("/webhooks/whatsapp", data=b"not json", content_type="application/json").status_code == 403
 
 
+def post_raw(raw: bytes, signature: str | None = None):
+    headers = {"HTTP_X_HUB_SIGNATURE_256": signature} if signature is not None else {}
+    return Client().post("/webhooks/whatsapp", data=raw, content_type="application/json", **headers)
+
+
+def sign(raw: bytes, secret: str = APP_SECRET) -> str:
+    return "sha256=" + hmac.new(secret.encode(), raw, hashlib.sha256).hexdigest()
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"entry": 5}',
+    b'{"entry": [{"changes": 7}]}',
+    b'{"entry": [{"changes": [{"field": "messages", "value": {"metadata": "x"}}]}]}',
+    json.dumps(meta_payload(phone_number_id="\x00")).encode(),
+    b"[" * 5000 + b"]" * 5000,
+    b'{"entry": [], "note": "\\u0000 and a NUL byte: \x00"}',
+], ids=["entry-not-a-list", "changes-not-a-list", "metadata-not-an-object", "nul-in-the-number", "deep-nesting", "nul-bytes"])
+def test_a_malformed_unsigned_body_gets_403_and_no_server_error(org, raw):
+    for signature in (None, "sha256=" + "0" * 64):
+        assert post_raw(raw, signature).status_code == 403
+    assert WebhookDelivery.objects.filter(outcome="rejected").count() == 2
+
+
+def test_an_unsigned_delivery_reads_no_tenant_and_many_numbers_are_refused_unread(org):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    raw = json.dumps(meta_payload(statuses=[status("read")])).encode()
+    with CaptureQueriesContext(connection) as queries:
+        assert post_raw(raw).status_code == 403  # no signature header: refused before any lookup
+    assert not [q for q in queries if "leads_organization" in q["sql"]]
+
+    many = {"entry": [{"changes": [{"field": "messages", "value": {"metadata": {"phone_number_id": str(10**9 + n)}}}]} for n in range(500)]}
+    raw = json.dumps(many).encode()
+    with CaptureQueriesContext(connection) as queries:
+        assert post_raw(raw, "sha256=" + "0" * 64).status_code == 403
+    assert not [q for q in queries if "leads_organization" in q["sql"]]
+
+
+def test_a_rejected_delivery_keeps_only_the_start_of_its_body(org):
+    post_raw(b'{"x": "' + b"a" * 50_000 + b'"}')
+    assert len(WebhookDelivery.objects.get().body) == 2_000
+
+
 # --- Statuses ---------------------------------------------------------------------
 
 
@@ -312,6 +356,59 @@ def test_an_inbound_stop_by_sms_opts_the_contact_out(greeting_message):
     assert response.status_code == 200 and b"<Response>" in response.content
     assert Contact.objects.get(phone="+14155550123").consent is False
     assert LeadEvent.objects.filter(lead_id=greeting_message.lead_id, kind="consent.revoked").exists()
+
+
+def test_signed_statuses_with_odd_shapes_are_applied_or_skipped_never_a_server_error(greeting_message):
+    """Meta retries a delivery answered 500 for days: one odd item must not block the rest."""
+    odd = [
+        status("failed", wamid="wamid.OTHER", errors=[{"code": 131026, "title": "Undeliverable", "error_data": "not an object"}]),
+        status("failed", wamid="wamid.OTHER2", errors="not a list"),
+        status("sent", wamid="w" * 500),  # not an id of ours
+        status("delivered", wamid="wamid.\x00"),
+        status("read"),
+    ]
+    assert post_meta(meta_payload(statuses=odd)).status_code == 200
+    greeting_message.refresh_from_db()
+    assert greeting_message.status == "read"
+
+
+def test_an_image_captioned_stop_opts_the_contact_out(greeting_message):
+    message = {"from": "14155550123", "id": "wamid.IMG1", "timestamp": str(int(timezone.now().timestamp())), "type": "image",
+               "image": {"caption": "STOP", "mime_type": "image/jpeg", "id": "media-1"}}
+    assert post_meta(meta_payload(messages=[message], contacts=[{"wa_id": "14155550123", "profile": {"name": "Ana"}}])).status_code == 200
+    assert Contact.objects.get(phone="+14155550123").consent is False
+
+
+@pytest.mark.parametrize("params", [
+    {"AccountSid": "AC\x00", "MessageSid": "SM1", "MessageStatus": "delivered"},
+    {"AccountSid": "not-a-sid", "MessageSid": "SM1", "MessageStatus": "delivered"},
+])
+def test_a_twilio_callback_with_a_malformed_account_sid_gets_403(sms_message, params):
+    assert post_twilio(f"/webhooks/twilio/status?m={sms_message.pk}", params).status_code == 403
+
+
+def test_a_twilio_callback_for_a_shared_account_from_a_number_no_organization_has_is_refused(sms_message):
+    from tests.factories import org_with_providers
+
+    org_with_providers(twilio_from_number="+15559998888")
+    params = {"MessageSid": "SM" + "e" * 32, "MessageStatus": "delivered", "AccountSid": SID, "From": "+15550007777", "To": "+14155550123"}
+    assert post_twilio(f"/webhooks/twilio/status?m={sms_message.pk}", params).status_code == 403
+    sms_message.refresh_from_db()
+    assert sms_message.status == "sending"
+
+
+def test_twilio_signatures_are_accepted_with_or_without_the_default_port(sms_message, settings):
+    settings.PUBLIC_BASE_URL = "https://swiftex.example.com"
+    path = f"/webhooks/twilio/status?m={sms_message.pk}"
+    params = {"MessageSid": "SM" + "f" * 32, "MessageStatus": "delivered", "AccountSid": SID}
+    signed = twilio.signature(AUTH_TOKEN, "https://swiftex.example.com:443" + path, params)
+    response = Client().post(path, data=urlencode(params), content_type="application/x-www-form-urlencoded", HTTP_X_TWILIO_SIGNATURE=signed)
+    assert response.status_code == 204
+
+
+def test_a_verification_token_with_a_nul_byte_is_refused_not_a_server_error(org):
+    params = {"hub.mode": "subscribe", "hub.verify_token": "\x00", "hub.challenge": "1"}
+    assert Client().get("/webhooks/whatsapp", params).status_code == 403
 
 
 def test_a_non_ascii_signature_is_refused_not_a_server_error(greeting_message):

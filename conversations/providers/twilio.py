@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+from urllib.parse import urlsplit, urlunsplit
 
 from django.conf import settings
 
@@ -56,13 +57,29 @@ def signature(auth_token: str, url: str, params: dict[str, list[str]] | dict[str
     payload = url
     for name in sorted(params):
         values = params[name]
-        for value in (sorted(values) if isinstance(values, list) else [values]):
+        for value in (sorted(set(values)) if isinstance(values, list) else [values]):  # repeats once, as Twilio's SDK
             payload += name + value
     digest = hmac.new(auth_token.encode(), payload.encode(), hashlib.sha1).digest()
     return base64.b64encode(digest).decode()
 
 
 def signature_valid(auth_token: str, url: str, params, provided: str) -> bool:
+    """Twilio signs the URL with or without the default port depending on the product, so
+    (as its own RequestValidator does) both forms are accepted."""
     if not auth_token or not provided:
         return False
-    return hmac.compare_digest(signature(auth_token, url, params).encode(), provided.encode())
+    return any(hmac.compare_digest(signature(auth_token, form, params).encode(), provided.encode()) for form in _port_forms(url))
+
+
+def _port_forms(url: str) -> set[str]:
+    parts = urlsplit(url)
+    if not parts.hostname:
+        return {url}
+    host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+    userinfo = parts.netloc.rpartition("@")[0]
+    prefix = f"{userinfo}@" if userinfo else ""
+    port = parts.port or {"https": 443, "http": 80}.get(parts.scheme)
+    forms = {urlunsplit(parts._replace(netloc=prefix + host))}
+    if port:
+        forms.add(urlunsplit(parts._replace(netloc=f"{prefix}{host}:{port}")))
+    return forms
