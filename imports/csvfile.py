@@ -38,12 +38,18 @@ class CsvError(ValueError):
 def decode(raw: bytes) -> str:
     """UTF-8 (with or without Excel's byte-order mark); anything else is refused by name."""
     try:
-        return raw.decode("utf-8-sig")
+        text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise CsvError(
             f"The file is not UTF-8 text (byte {exc.start + 1} cannot be read). In Excel use “Save as → CSV UTF-8”; "
             "in Google Sheets “Download → CSV”."
         ) from None
+    if "\x00" in text:  # decodes as UTF-8, but no text file has them; the database would refuse it
+        raise CsvError(
+            f"The file has NUL bytes (the first at character {text.index(chr(0)) + 1}): it is probably UTF-16 "
+            "(Excel's “Unicode Text”). In Excel use “Save as → CSV UTF-8”."
+        )
+    return text
 
 
 def sniff_delimiter(text: str) -> str:

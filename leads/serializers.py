@@ -7,11 +7,14 @@ submission's raw payload). Every error names its field.
 
 from __future__ import annotations
 
+import re
+
 import phonenumbers
 from rest_framework import serializers
 
 from leads.models import SOURCE_RE
 from leads.services import LeadInput
+from swiftex.api import unstorable
 
 MAX_METADATA_KEYS = 100
 
@@ -57,7 +60,12 @@ class LeadSerializer(serializers.Serializer):
     metadata = serializers.DictField(required=False, default=dict)
 
     def validate_email(self, value):
-        return value.strip().lower() if value else None
+        if not value:
+            return None
+        value = value.strip().lower()
+        if len(value) > 254:  # lower-casing can lengthen it: "İ" is two characters in lower case
+            raise serializers.ValidationError("Ensure this field has no more than 254 characters.")
+        return value
 
     def validate_phone(self, value):
         if not value:
@@ -85,6 +93,10 @@ class LeadSerializer(serializers.Serializer):
         return value
 
     def validate(self, attrs):
+        # The whole submission is kept as its raw payload (jsonb), unknown fields included.
+        if found := unstorable(self.initial_data):
+            where, what = found
+            raise serializers.ValidationError({re.split(r"[.\[]", where, maxsplit=1)[0]: [f"{where}: {what}."]})
         if not attrs.get("phone") and not attrs.get("email"):
             raise serializers.ValidationError({"phone": ["Either phone or email is required."], "email": ["Either phone or email is required."]})
         if pinned := self.context.get("pinned_source"):

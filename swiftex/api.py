@@ -6,11 +6,50 @@ so clients can show the message next to the field that caused it.
 
 from __future__ import annotations
 
+import math
+
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
 JSON_MEDIA_TYPES = {"application/json"}
+# Deeper than any lead's metadata needs; PostgreSQL and json would take more, a reader would not.
+MAX_JSON_DEPTH = 20
+
+
+class LengthRequired(exceptions.APIException):
+    status_code = status.HTTP_411_LENGTH_REQUIRED
+    default_detail = "Send the body with a Content-Length header (chunked request bodies are not read)."
+    default_code = "length_required"
+
+
+def unstorable(value: object, path: str = "", depth: int = 0) -> tuple[str, str] | None:
+    """(where, what) for the first thing in parsed JSON that PostgreSQL would refuse to store,
+    else None: NUL characters and unpaired surrogates in text (keys too), numbers too large
+    for a float (`1e400` reads as infinity), nesting deeper than MAX_JSON_DEPTH."""
+    if isinstance(value, str):
+        return _unstorable_text(value, path)
+    if isinstance(value, float) and not math.isfinite(value):
+        return path, "number too large"
+    if isinstance(value, (dict, list)) and depth >= MAX_JSON_DEPTH:
+        return path, f"nested more than {MAX_JSON_DEPTH} levels deep"
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        where = f"{path}[{key}]" if isinstance(key, int) else f"{path}.{key}" if path else str(key)
+        if found := (isinstance(key, str) and _unstorable_text(key, where)) or unstorable(item, where, depth + 1):
+            return found
+    return None
+
+
+def _unstorable_text(text: str, path: str) -> tuple[str, str] | None:
+    if "\x00" in text:
+        return path.replace("\x00", "\\u0000"), "text may not contain NUL characters (\\u0000)"
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return path, "text may not contain unpaired surrogates (\\ud800-\\udfff)"
+    return None
 
 
 class PayloadTooLarge(exceptions.APIException):
@@ -26,6 +65,8 @@ def guard_json_body(request, *, max_bytes: int) -> None:
         raise exceptions.UnsupportedMediaType(
             media_type or "(none)", detail=f"Content-Type must be application/json, not {media_type or 'missing'!r}."
         )
+    if not request.META.get("CONTENT_LENGTH") and "chunked" in request.META.get("HTTP_TRANSFER_ENCODING", "").lower():
+        raise LengthRequired()
     try:
         length = int(request.META.get("CONTENT_LENGTH") or 0)
     except ValueError:

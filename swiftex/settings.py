@@ -410,7 +410,7 @@ WEBHOOK_RETENTION_HOURS = env_int("WEBHOOK_RETENTION_HOURS", 72, minimum=1)
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["leads.auth.ApiKeyAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["leads.auth.HasOrganization"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["swiftex.parsers.JSONParser"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "EXCEPTION_HANDLER": "swiftex.api.exception_handler",
     "UNAUTHENTICATED_USER": None,

@@ -78,6 +78,7 @@ def test_columns_are_guessed_from_their_headers_and_unknown_ones_kept_as_metadat
 @pytest.mark.parametrize("raw, message", [
     ("Nome;Telefone\nAna;+14155550100\n".encode("latin-1").replace(b"Ana", b"\xc1na"), "not UTF-8"),
     (b"", "empty"),
+    ("name,phone\nAna,+14155550100\n".encode("utf-16-le"), "NUL bytes"),  # UTF-16 without its byte-order mark
     (b"name,phone\n", "no rows"),
     (b",,\n1,2,3\n", "first row must name the columns"),
 ])

@@ -97,6 +97,14 @@ def test_repeated_external_id_is_deduplicated_without_a_second_submission(client
         ({"phone": "+14155550123", "name": "x" * 70_000}, "application/json", 413, None),
         ("name=Ana&phone=%2B14155550123", "application/x-www-form-urlencoded", 415, None),
         ("<lead/>", "text/xml", 415, None),
+        # What PostgreSQL would refuse to store in the raw payload (jsonb), anywhere in it:
+        (r'{"phone": "+14155550123", "metadata": {"x": "a\u0000b"}}', "application/json", 400, "metadata"),
+        (r'{"phone": "+14155550123", "utm_source": "a\u0000b"}', "application/json", 400, "utm_source"),
+        (r'{"phone": "+14155550123", "metadata": {"x": "\ud800"}}', "application/json", 400, "metadata"),
+        (r'{"phone": "+14155550123", "metadata": {"x": 1e400}}', "application/json", 400, "metadata"),
+        (r'{"phone": "+14155550123", "name": "A\u0000"}', "application/json", 400, "name"),
+        ("[" * 5000 + "]" * 5000, "application/json", 400, "body"),
+        ({"email": "a@" + ".".join(["\u0130" * 60] * 3) + ".com"}, "application/json", 400, "email"),  # longer once lower-cased
     ],
 )
 def test_bad_input_gets_a_clear_error_and_writes_nothing(client_for, body, content_type, status, field):
@@ -241,6 +249,20 @@ def test_a_bad_item_does_not_stop_the_others_and_says_which_field(client_for):
     assert [r["http_status"] for r in results] == [400, 400, 400, 201]
     assert [sorted(r.get("errors", {})) for r in results] == [["consent"], ["email"], ["metadata"], []]
     assert Lead.objects.count() == 1
+
+
+def test_a_batch_item_that_cannot_be_stored_is_refused_alone(client_for):
+    raw = '{"leads": [{"email": "nul@example.com", "metadata": {"page": "a\\u0000"}}, {"email": "fine@example.com"}]}'
+    response = client_for.post(f"{URL}/batch", data=raw, content_type="application/json")
+    results = response.json()["results"]
+    assert [r["http_status"] for r in results] == [400, 201]
+    assert results[0]["errors"] == {"metadata": ["metadata.page: text may not contain NUL characters (\\u0000)."]}
+
+
+def test_a_chunked_body_is_refused_with_411_not_read_as_empty(client_for):
+    # Django's test client sends no Content-Length with an empty body, as a chunked client would.
+    response = client_for.generic("POST", URL, "", CONTENT_TYPE="application/json", HTTP_TRANSFER_ENCODING="chunked")
+    assert response.status_code == 411 and "Content-Length" in response.json()["detail"]
 
 
 def test_batch_over_the_body_limit_is_413_and_writes_nothing(client_for, settings):

@@ -151,6 +151,18 @@ def test_tracking_values_that_are_not_web_addresses_are_dropped(form):
     assert "page_url" not in metadata and "referrer" not in metadata and metadata["utm_source"] == "x" * 200
 
 
+def test_nul_characters_in_tracking_values_are_dropped_not_a_server_error(form):
+    assert post(form, utm_source="a\x00b", page_url="https://example.com/\x00", consent="yes").status_code == 303
+    metadata = Lead.objects.get().routing["metadata"]
+    assert metadata["utm_source"] == "a b" and "page_url" not in metadata
+
+
+def test_a_nul_character_in_an_answer_is_an_error_on_that_field(form):
+    page = post(form, name="Ana\x00")
+    assert page.status_code == 400 and "Null characters are not allowed." in page.content.decode()
+    assert Lead.objects.count() == 0
+
+
 def test_a_filled_honeypot_stores_nothing_and_sees_the_ordinary_thank_you(form):
     html = visitor().get(form.path).content.decode()
     trap = re.search(r'<div class="hp" aria-hidden="true">.*?</div>', html, re.S).group(0)

@@ -31,7 +31,7 @@ _MAX_CAMPAIGN = 128  # Lead.campaign
 def tracking_from(params: Mapping[str, str], *, page_url: str = "", referrer: str = "") -> dict[str, str]:
     """The tracking values in `params` (a query string or a posted form), cleaned and bounded;
     `page_url` and `referrer` are used when `params` has none."""
-    tracking = {name: " ".join(str(params.get(name, "")).split())[:_MAX_UTM] for name in UTM_PARAMS}
+    tracking = {name: " ".join(str(params.get(name, "")).replace("\x00", " ").split())[:_MAX_UTM] for name in UTM_PARAMS}
     tracking["page_url"] = _http_url(params.get("page_url", "")) or _http_url(page_url)
     tracking["referrer"] = _http_url(params.get("referrer", "")) or _http_url(referrer)
     return {name: value for name, value in tracking.items() if value}
@@ -39,7 +39,7 @@ def tracking_from(params: Mapping[str, str], *, page_url: str = "", referrer: st
 
 def _http_url(value: str) -> str:
     value = str(value).strip()
-    if len(value) > _MAX_URL or urlsplit(value).scheme not in ("http", "https"):
+    if len(value) > _MAX_URL or "\x00" in value or urlsplit(value).scheme not in ("http", "https"):
         return ""
     return value
 
