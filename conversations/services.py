@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import string
 from datetime import datetime, timedelta
 
 from django.conf import settings
@@ -260,8 +261,10 @@ def render_text(template: str, org: Organization, contact: Contact, lead: Lead |
         "source": lead.source if lead else "",
     }
     try:
-        return template.format(**values)
-    except (KeyError, IndexError, ValueError):
+        # Bare substitution: a format spec or conversion (validation refuses them, older rows
+        # may have one) is ignored, so no text can ask for gigabytes of padding.
+        return "".join(literal + (values[field] if field is not None else "") for literal, field, _, _ in string.Formatter().parse(template))
+    except (KeyError, ValueError):
         # Admin validation prevents this; never let a bad template cost a message.
         return f"Hi {values['first_name']}, thanks for contacting {org.name}!"
 

@@ -16,6 +16,7 @@ import string
 import zoneinfo
 from urllib.parse import urlsplit
 
+import phonenumbers
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
@@ -69,6 +70,14 @@ DEFAULT_OPT_OUT_KEYWORDS = "stop, stopall, unsubscribe, cancel, end, quit, revok
 DEFAULT_OPT_OUT_CONFIRMATION = "You will not receive any more messages from {organization}."
 
 
+MAX_INACTIVITY_HOURS = 24 * 365 * 10  # ten years; far more overflows the date arithmetic
+
+
+def _validate_phone_region(value: str) -> None:
+    if value not in phonenumbers.SUPPORTED_REGIONS:
+        raise ValidationError(f"{value!r} is not a country code phone numbers can be read for; use two capital letters, e.g. US, BR, GB.")
+
+
 def _https_or_loopback(url: str) -> bool:
     parts = urlsplit(url)
     return parts.scheme == "https" or parts.hostname in ("127.0.0.1", "localhost", "::1")
@@ -81,9 +90,16 @@ def _validate_property_name(value: str) -> None:
 
 def validate_text_template(value: str) -> None:
     try:
-        names = {field for _, field, _, _ in string.Formatter().parse(value) if field is not None}
+        fields = [(field, conversion, spec) for _, field, spec, conversion in string.Formatter().parse(value) if field is not None]
     except ValueError as exc:
         raise ValidationError(f"Not a valid template: {exc}. Write literal braces as {{{{ and }}}}.") from None
+    # Only bare {name}: a format spec such as {first_name:>2000000000} would make every
+    # message cost gigabytes in the worker that renders it.
+    styled = sorted({"{%s%s%s}" % (field, f"!{conversion}" if conversion else "", f":{spec}" if spec else "")
+                     for field, conversion, spec in fields if conversion or spec})
+    if styled:
+        raise ValidationError(f"Write placeholders as plain {{name}}, without formatting: {', '.join(styled)}.")
+    names = {field for field, _, _ in fields}
     unknown = sorted(names - set(GREETING_PLACEHOLDERS))
     if unknown:
         raise ValidationError(
@@ -95,11 +111,11 @@ class Organization(models.Model):
     name = models.CharField(max_length=200)
     timezone = models.CharField(max_length=64, default="UTC", validators=[_validate_timezone])
     phone_region = models.CharField(
-        max_length=2, default="US",
+        max_length=2, default="US", validators=[_validate_phone_region],
         help_text="ISO country code used to read phone numbers written without a +country prefix.",
     )
     ingest_rate_per_minute = models.PositiveIntegerField(
-        default=6000,
+        default=6000, validators=[MinValueValidator(1)],
         help_text="Leads per minute this organization may submit; bursts of up to 10 seconds' worth are allowed.",
     )
     # Provider credentials. `organization_create()` starts them from the
@@ -172,7 +188,7 @@ class Organization(models.Model):
         help_text="ISO weekdays follow-ups may go out on: 1 = Monday … 7 = Sunday, comma-separated.",
     )
     inactivity_timeout_hours = models.PositiveIntegerField(
-        default=168,
+        default=168, validators=[MaxValueValidator(MAX_INACTIVITY_HOURS)],
         help_text="An open lead with no message either way for this long is closed as lost (pending follow-ups cancelled). 0 turns it off.",
     )
     # CRM sync (crmsync/). Contacts and their latest lead go to the CRM in batches,

@@ -113,6 +113,8 @@ def _script(source: str = _TOKEN_BUCKET_LUA):
 
 def take(name: str, *, rate_per_second: float, capacity: float, cost: float = 1) -> Decision:
     """Take `cost` tokens from bucket `name`; never raises for Redis trouble."""
+    if rate_per_second <= 0:  # a bucket that never refills (a rate saved as 0 before validation refused it)
+        return Decision(False, 60.0)
     if cost > capacity:
         # Could never be satisfied: report the wait for a full bucket instead of looping forever.
         return Decision(False, capacity / rate_per_second)

@@ -263,6 +263,33 @@ def test_an_unknown_placeholder_in_the_fallback_is_rejected_by_validation(org):
         org.full_clean()
 
 
+def test_a_placeholder_with_formatting_is_rejected_and_never_expanded(org, lead):
+    """{first_name:>2000000000} would have every greeting allocate gigabytes in the lane."""
+    from django.core.exceptions import ValidationError
+
+    org, _ = org
+    org.greeting_fallback = "Hi {first_name:>2000000000}{name!r}"
+    with pytest.raises(ValidationError, match=r"without formatting: \{first_name:>2000000000\}, \{name!r\}"):
+        org.full_clean()
+    # A row saved before validation refused it renders with the formatting ignored.
+    assert services.render_text(org.greeting_fallback, org, lead.contact, lead) == "Hi AnaAna Lima"
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("phone_region", "us", "two capital letters"),
+    ("phone_region", "ZZ", "two capital letters"),
+    ("ingest_rate_per_minute", 0, "greater than or equal to 1"),
+    ("inactivity_timeout_hours", 99_999_999, "less than or equal to 87600"),
+])
+def test_organization_settings_that_would_break_every_lead_are_refused(org, field, value, message):
+    from django.core.exceptions import ValidationError
+
+    org, _ = org
+    setattr(org, field, value)
+    with pytest.raises(ValidationError, match=message):
+        org.full_clean()
+
+
 @pytest.fixture
 def model(fakes, settings):
     """The fake OpenAI-compatible server, with its answer time set per test."""
