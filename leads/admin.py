@@ -19,6 +19,7 @@ from django.utils import timezone
 
 from leads import admin_actions, admin_filters, auth
 from leads.models import ApiKey, Contact, Lead, LeadEvent, Organization, Submission
+from swiftex.admin_secrets import HiddenSecretsMixin
 from swiftex.admin_tenancy import TenantAdminMixin, TenantInlineMixin, scope_of
 
 SECRET_FIELDS = (
@@ -49,7 +50,9 @@ class OrganizationForm(forms.ModelForm):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         for name in SECRET_FIELDS:
-            field = self.fields[name]
+            field = self.fields.get(name)
+            if field is None:  # a view-only page: HiddenSecretsMixin shows "set" / "not set" instead
+                continue
             is_set = bool(self.instance.pk and getattr(self.instance, name))
             field.widget = forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"})
             field.required = False
@@ -84,9 +87,11 @@ class OrganizationForm(forms.ModelForm):
 
 
 @admin.register(Organization)
-class OrganizationAdmin(TenantAdminMixin, admin.ModelAdmin):
+class OrganizationAdmin(HiddenSecretsMixin, TenantAdminMixin, admin.ModelAdmin):
     tenant_path = "pk"
     form = OrganizationForm
+    secret_fields = SECRET_FIELDS
+    editor_only_fieldsets = ("Remove credentials",)
     list_display = ("name", "timezone", "whatsapp_phone_number_id", "twilio_from_number", "ai_model", "crm_adapter", "created_at")
     search_fields = ("name",)
     # Every editable field appears in exactly one fieldset (tests/test_admin.py checks it),

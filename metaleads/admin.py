@@ -14,6 +14,7 @@ from django.utils.html import format_html
 from conversations.admin import ReadOnlyAdmin
 from metaleads import services
 from metaleads.models import DEFAULT_MAPPING, MetaLeadForm, MetaLeadgen, MetaPage
+from swiftex.admin_secrets import HiddenSecretsMixin
 from swiftex.admin_tenancy import TenantAdminMixin
 
 
@@ -24,7 +25,9 @@ class MetaPageForm(forms.ModelForm):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        field = self.fields["access_token"]
+        field = self.fields.get("access_token")
+        if field is None:  # a view-only page: HiddenSecretsMixin shows "set" / "not set" instead
+            return
         is_set = bool(self.instance.pk and self.instance.access_token)
         # Never rendered back: the page shows whether a token is set, not what it is.
         field.widget = forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"})
@@ -38,8 +41,9 @@ class MetaPageForm(forms.ModelForm):
 
 
 @admin.register(MetaPage)
-class MetaPageAdmin(TenantAdminMixin, admin.ModelAdmin):
+class MetaPageAdmin(HiddenSecretsMixin, TenantAdminMixin, admin.ModelAdmin):
     form = MetaPageForm
+    secret_fields = ("access_token",)
     list_display = ("page_id", "name", "organization", "active", "has_token", "created_at")
     list_filter = ("active", "organization")
     search_fields = ("page_id", "name")

@@ -46,6 +46,27 @@ def test_the_organization_page_never_shows_a_credential(admin_client):
     assert "Set — leave empty to keep it." in page
 
 
+def test_a_view_only_staff_user_sees_whether_a_credential_is_set_never_its_value(client):
+    from django.contrib.auth.models import Permission
+
+    from metaleads.models import MetaPage
+
+    org, _ = org_with_providers(whatsapp_access_token="EAAG-super-secret-token", crm_webhook_secret="")
+    page_row = MetaPage.objects.create(organization=org, page_id="123", name="Acme", access_token="EAAP-page-token")
+    viewer = make_rep(org, "viewer", role=Rep.Role.MANAGER).user
+    viewer.is_staff = True
+    viewer.save()
+    viewer.user_permissions.add(*Permission.objects.filter(codename__in=["view_organization", "view_metapage"]))
+    client.force_login(viewer)
+
+    page = client.get(f"/admin/leads/organization/{org.pk}/change/").content.decode()
+    assert "Whatsapp access token" in page and "EAAG-super-secret-token" not in page and "test-twilio-auth-token" not in page
+    assert ">set<" in page and ">not set<" in page  # the token is set, the CRM webhook secret is not
+    assert "Remove credentials" not in page
+    page = client.get(f"/admin/metaleads/metapage/{page_row.pk}/change/").content.decode()
+    assert "Access token" in page and "EAAP-page-token" not in page
+
+
 def test_saving_without_retyping_secrets_keeps_them_and_a_new_value_replaces_one(admin_client):
     org, _ = org_with_providers()
     response = admin_client.post(
