@@ -61,6 +61,9 @@ class Range:
         return {"from": self.first_day.isoformat(), "to": self.last_day.isoformat()}
 
 
+FIRST_DAY, LAST_DAY = dt.date(1970, 1, 1), dt.date(9998, 12, 31)
+
+
 def date_range(org: Organization, first: str | None, last: str | None, *, today: dt.date | None = None) -> Range:
     """The range asked for in the URL (YYYY-MM-DD, both inclusive); the last 7 days by default."""
     tz = ZoneInfo(org.timezone)
@@ -78,9 +81,12 @@ def _day(value: str | None, name: str) -> dt.date | None:
     if not value:
         return None
     try:
-        return dt.date.fromisoformat(value)
+        day = dt.date.fromisoformat(value)
     except ValueError:
         raise BadRange(f"“{value[:20]}” is not a date for “{name}”; use YYYY-MM-DD.") from None
+    if not FIRST_DAY <= day <= LAST_DAY:  # the range's edges are computed in datetimes a day and a zone away
+        raise BadRange(f"“{value[:20]}” for “{name}” is outside {FIRST_DAY.year}–{LAST_DAY.year}.")
+    return day
 
 
 

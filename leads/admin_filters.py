@@ -34,7 +34,7 @@ def _organization_id(request) -> int | None:
     if not scope.everything:
         return scope.organization_id
     value = request.GET.get("organization__id__exact", "")
-    return int(value) if value.isdigit() else None
+    return int(value) if value.isascii() and value.isdigit() else None
 
 
 class OwnerFilter(admin.SimpleListFilter):
@@ -55,7 +55,7 @@ class OwnerFilter(admin.SimpleListFilter):
         value = self.value()
         if value == "none":
             return queryset.filter(~Exists(Assignment.objects.filter(lead=OuterRef("pk"), rep__isnull=False)))
-        if value and value.isdigit():
+        if value and value.isascii() and value.isdigit():
             return queryset.filter(Exists(Assignment.objects.filter(lead=OuterRef("pk"), rep_id=int(value))))
         return queryset
 

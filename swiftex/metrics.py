@@ -25,6 +25,7 @@ if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
 from prometheus_client import Counter, Histogram  # noqa: E402 - after the directory exists
 
 # --- Latency ---------------------------------------------------------------------
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 REQUEST_LATENCY = Histogram(
     "swiftex_http_request_duration_seconds",
     "HTTP request latency by route, method and status.",
@@ -133,7 +134,8 @@ class RequestMetricsMiddleware:
         response = self.get_response(request)
         match = getattr(request, "resolver_match", None)
         route = match.route if match else "unmatched"
-        REQUEST_LATENCY.labels(route=route, method=request.method, status=str(response.status_code)).observe(
+        method = request.method if request.method in HTTP_METHODS else "other"  # anyone can send any method name
+        REQUEST_LATENCY.labels(route=route, method=method, status=str(response.status_code)).observe(
             time.perf_counter() - started
         )
         return response

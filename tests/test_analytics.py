@@ -204,7 +204,8 @@ def test_ranges_are_local_days_and_bad_ranges_say_what_is_wrong():
     assert rng.start == dt.datetime(2026, 11, 16, 3, 0, tzinfo=UTC) and rng.bucket == "hour"
     assert selectors.date_range(org, None, None, today=dt.date(2026, 11, 25)).first_day == dt.date(2026, 11, 19)
     for first, last, message in (("2026-11-20", "2026-11-10", "starts"), ("yesterday", None, "not a date"),
-                                 ("2026-01-01", "2026-12-31", "at most 92 days")):
+                                 ("2026-01-01", "2026-12-31", "at most 92 days"), ("0001-01-01", None, "outside"),
+                                 (None, "9999-12-31", "outside")):
         with pytest.raises(selectors.BadRange, match=message):
             selectors.date_range(org, first, last)
 

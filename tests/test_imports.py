@@ -264,3 +264,14 @@ def test_a_file_too_big_is_refused_on_the_upload_page(admin_client, settings):
     })
     assert page.status_code == 200 and "the limit is 1,024 (IMPORT_MAX_BYTES)" in page.content.decode()
     assert not LeadImport.objects.exists()
+
+
+def test_the_command_names_a_bad_option_instead_of_a_traceback(tmp_path):
+    from django.core.management import CommandError, call_command
+
+    org, _ = org_with_providers()
+    file = tmp_path / "list.csv"
+    file.write_bytes(b"name,phone\nAna,+14155550100\n")
+    with pytest.raises(CommandError, match=r"--source: "):
+        call_command("import_leads", str(file), "--organization", str(org.pk), "--source", "Bad Source")
+    assert not LeadImport.objects.exists()

@@ -98,6 +98,27 @@ def test_readyz_is_503_naming_the_broken_dependency(client, settings):
 
 
 @pytest.mark.django_db
+def test_readyz_names_a_database_failure_without_its_host_or_user(client, monkeypatch):
+    from django.db import OperationalError
+
+    from swiftex import health
+
+    def refused(*args, **kwargs):
+        raise OperationalError('connection to server at "db.internal" (10.0.0.5), port 5432 failed: user "swiftex_app"')
+
+    monkeypatch.setattr(health.connection, "cursor", refused)
+    response = client.get("/readyz")
+    assert response.status_code == 503 and response.json()["checks"]["database"] == "OperationalError"
+    assert "db.internal" not in response.content.decode() and "swiftex_app" not in response.content.decode()
+
+
+def test_request_metrics_label_unknown_http_methods_as_other(client):
+    client.generic("ABCDEFGHIJ", "/healthz")
+    body = client.get("/metrics").content.decode()
+    assert 'method="ABCDEFGHIJ"' not in body and 'method="other"' in body
+
+
+@pytest.mark.django_db
 def test_metrics_parse_with_the_prometheus_parser(client_for, client):
     post_json(client_for, "/api/v1/leads", ANA)
     families = {f.name: f for f in text_string_to_metric_families(client.get("/metrics").content.decode())}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
 from imports import services
@@ -44,6 +45,8 @@ class Command(BaseCommand):
             raise CommandError(f"Cannot read {file}: {exc.strerror}.") from None
         except services.ImportRefused as exc:
             raise CommandError(str(exc)) from None
+        except ValidationError as exc:  # e.g. --source "Bad Source"
+            raise CommandError("; ".join(f"--{field}: {' '.join(messages)}" for field, messages in exc.message_dict.items())) from None
         columns = ", ".join(f"{h} → {t}" for h, t in zip(lead_import.headers, lead_import.mapping))
         self.stdout.write(f"{lead_import.rows_total} rows queued ({columns}).")
         self.stdout.write(f"Progress: /admin/imports/leadimport/{lead_import.pk}/change/")
