@@ -3,3 +3,4 @@ from django.apps import AppConfig
 
 class CrmsyncConfig(AppConfig):
     name = "crmsync"
+    verbose_name = "CRM sync"

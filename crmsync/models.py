@@ -74,5 +74,9 @@ class CrmPush(models.Model):
     detail = models.CharField(max_length=300, blank=True, default="")
     at = models.DateTimeField(db_index=True)
 
+    class Meta:
+        verbose_name = "CRM push"
+        verbose_name_plural = "CRM pushes"
+
     def __str__(self) -> str:
         return f"{self.adapter} {self.outcome} ({self.items})"

@@ -19,6 +19,7 @@ from django.utils import timezone
 
 from leads import admin_actions, admin_filters, auth
 from leads.models import ApiKey, Contact, Lead, LeadEvent, Organization, Submission
+from leads.services import organization_defaults
 from swiftex.admin_secrets import HiddenSecretsMixin
 from swiftex.admin_tenancy import TenantAdminMixin, TenantInlineMixin, scope_of
 
@@ -26,6 +27,10 @@ SECRET_FIELDS = (
     "whatsapp_access_token", "whatsapp_app_secret", "whatsapp_verify_token", "twilio_auth_token", "hubspot_access_token",
     "crm_webhook_secret",
 )
+
+
+# Credentials a new organization takes from the environment when the admin leaves them empty.
+ENV_DEFAULT_SECRETS = tuple(name for name in SECRET_FIELDS if name in organization_defaults())
 
 
 def _url_as_https(db_field, kwargs: dict) -> dict:
@@ -56,7 +61,12 @@ class OrganizationForm(forms.ModelForm):
             is_set = bool(self.instance.pk and getattr(self.instance, name))
             field.widget = forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"})
             field.required = False
-            field.help_text = "Set — leave empty to keep it." if is_set else "Not set."
+            if self.instance.pk:
+                field.help_text = "Set — leave empty to keep it." if is_set else "Not set."
+            elif name in ENV_DEFAULT_SECRETS and organization_defaults().get(name):
+                field.help_text = f"Leave empty to use the environment's {name.upper()}."
+            else:
+                field.help_text = "Not set."
         if owner := self.fields.get("fallback_owner"):
             # Only this organization's reps can own its leads (a new organization has none yet).
             owner.queryset = owner.queryset.filter(organization_id=self.instance.pk) if self.instance.pk else owner.queryset.none()
@@ -135,6 +145,19 @@ class OrganizationAdmin(HiddenSecretsMixin, TenantAdminMixin, admin.ModelAdmin):
 
     def formfield_for_dbfield(self, db_field, request, **kwargs):
         return super().formfield_for_dbfield(db_field, request, **_url_as_https(db_field, kwargs))
+
+    def get_changeform_initial_data(self, request):
+        # A new organization starts from the environment's defaults, as `create_organization`
+        # does; the credentials among them are never put into the page (save_model applies them).
+        shown = {name: value for name, value in organization_defaults().items() if name not in SECRET_FIELDS}
+        return {**shown, **super().get_changeform_initial_data(request)}
+
+    def save_model(self, request, obj, form, change):
+        if not change:
+            for name in ENV_DEFAULT_SECRETS:
+                if not getattr(obj, name) and name not in form.cleaned_data.get("clear_secrets", []):
+                    setattr(obj, name, organization_defaults()[name])
+        super().save_model(request, obj, form, change)
 
     def get_form(self, request, obj=None, **kwargs):
         form = super().get_form(request, obj, **kwargs)  # a fresh subclass per request
