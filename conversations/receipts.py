@@ -322,5 +322,15 @@ def receive(org: Organization, inbound: Inbound) -> Message | None:
     return Message.objects.get(pk=row[0])
 
 
+def note(org: Organization, phone: str, kind: str, data: dict, at: datetime) -> None:
+    """Something a contact did that is not a message to answer (a reaction, a message type
+    WhatsApp cannot show us): on their open lead's timeline, nothing more. It neither
+    counts as a reply (follow-ups go on, no AI answer) nor opens the 24-hour window."""
+    lead_id = (Lead.objects.filter(organization=org, contact__phone=phone, status__in=Lead.OPEN_STATUSES)
+               .values_list("pk", flat=True).first())
+    if lead_id is not None:
+        timeline.record(lead_id, (kind, data, at))
+
+
 def is_stop_word(body: str, org: Organization) -> bool:
     return body.strip().strip(".!").lower() in org.opt_out_words()

@@ -122,7 +122,9 @@ def whatsapp(request: HttpRequest) -> HttpResponse:
             receipts.enqueue(org, reports)
             names = {c.get("wa_id"): _dict(c.get("profile")).get("name", "") for c in _list(value.get("contacts")) if isinstance(c, dict)}
             for message in _list(value.get("messages")):
-                if inbound := _whatsapp_inbound(message, names, received_at):
+                if noted := _whatsapp_note(message, received_at):
+                    receipts.note(org, *noted)
+                elif inbound := _whatsapp_inbound(message, names, received_at):
                     receipts.receive(org, inbound)
     return HttpResponse("ok", content_type="text/plain")
 
@@ -257,6 +259,20 @@ def _whatsapp_inbound(message: object, names: dict, received_at: datetime) -> re
         at=_when(message.get("timestamp"), received_at),
         profile_name=clean_text(names.get(message["from"], "") or "", 200),
     )
+
+
+def _whatsapp_note(message: object, received_at: datetime) -> tuple | None:
+    """(phone, timeline kind, data, at) for what is not a message to answer: a reaction (or
+    its removal, an empty emoji), a system notice, a type the Cloud API does not support."""
+    if not isinstance(message, dict) or message.get("type") not in ("reaction", "system", "unsupported"):
+        return None
+    if not _e164_digits(message.get("from")):
+        return None
+    at = _when(message.get("timestamp"), received_at)
+    if message["type"] == "reaction":
+        data = {"channel": Channel.WHATSAPP, "emoji": clean_text(_dict(message.get("reaction")).get("emoji", ""), 16) or "(removed)"}
+        return "+" + message["from"], "message.reaction", data, at
+    return "+" + message["from"], "message.unsupported", {"channel": Channel.WHATSAPP, "type": message["type"]}, at
 
 
 def _e164_digits(value: object) -> bool:

@@ -379,6 +379,22 @@ def test_an_image_captioned_stop_opts_the_contact_out(greeting_message):
     assert Contact.objects.get(phone="+14155550123").consent is False
 
 
+def test_a_reaction_is_on_the_timeline_but_is_not_a_reply(greeting_message):
+    """A thumbs-up is not the lead writing back: no inbound message, no AI reply, follow-ups go on."""
+    now = str(int(timezone.now().timestamp()))
+    reaction = {"from": "14155550123", "id": "wamid.R1", "timestamp": now, "type": "reaction",
+                "reaction": {"message_id": "wamid.A1", "emoji": "\U0001f44d"}}
+    unsupported = {"from": "14155550123", "id": "wamid.U1", "timestamp": now, "type": "unsupported",
+                   "errors": [{"code": 131051, "title": "Message type unknown"}]}
+    assert post_meta(meta_payload(messages=[reaction, unsupported], contacts=[{"wa_id": "14155550123"}])).status_code == 200
+    assert not Message.objects.filter(direction="inbound").exists()
+    assert not OutboxEvent.objects.filter(event_type="message.received").exists()
+    events = LeadEvent.objects.filter(lead_id=greeting_message.lead_id, kind__in=["message.reaction", "message.unsupported"])
+    assert sorted((e.kind, e.data.get("emoji", e.data.get("type"))) for e in events) == [
+        ("message.reaction", "\U0001f44d"), ("message.unsupported", "unsupported")]
+    assert not Conversation.objects.get(pk=greeting_message.conversation_id).window_open()
+
+
 @pytest.mark.parametrize("params", [
     {"AccountSid": "AC\x00", "MessageSid": "SM1", "MessageStatus": "delivered"},
     {"AccountSid": "not-a-sid", "MessageSid": "SM1", "MessageStatus": "delivered"},

@@ -23,6 +23,8 @@ LABELS = {
     "message.retrying": "Message retrying",
     "message.outcome_unknown": "Message outcome unknown",
     "message.received": "Lead wrote",
+    "message.reaction": "Lead reacted",
+    "message.unsupported": "Lead sent something WhatsApp cannot show",
     "reply.started": "AI reply started",
     "reply.skipped": "AI reply skipped",
     "consent.revoked": "Opted out",
