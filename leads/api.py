@@ -139,7 +139,7 @@ class LeadBatchApi(APIView):
 
 class LeadDetailApi(APIView):
     def get(self, request, lead_id: int):
-        detail = lead_detail(org=request.auth, lead_id=lead_id)
+        detail = lead_detail(org=request.auth, lead_id=lead_id, source=request.user.pinned_source or None)
         if detail is None:
             return error_response(status.HTTP_404_NOT_FOUND, f"No lead {lead_id} in your organization.")
         return Response(detail)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from django.conf import settings
+from django.db.models import Exists, OuterRef
 
-from leads.models import Lead, Organization
+from leads.models import Lead, Organization, Submission
 from swiftex.ttlcache import TTLCache
 
 _organizations: TTLCache[Organization | None] = TTLCache(lambda: settings.ORGANIZATION_CACHE_SECONDS)
@@ -23,10 +24,17 @@ def organization_for_whatsapp_number(phone_number_id: str) -> Organization | Non
     )
 
 
-def lead_detail(*, org: Organization, lead_id: int) -> dict | None:
-    lead = Lead.objects.select_related("contact").filter(organization=org, pk=lead_id).first()
+def lead_detail(*, org: Organization, lead_id: int, source: str | None = None) -> dict | None:
+    """The lead as the API shows it. With `source` (a partner's key pinned to one), only a lead
+    that source submitted, and only that source's submissions: partners of one organization
+    never read each other's leads."""
+    leads = Lead.objects.select_related("contact").filter(organization=org, pk=lead_id)
+    if source is not None:
+        leads = leads.filter(Exists(Submission.objects.filter(lead=OuterRef("pk"), source=source)))
+    lead = leads.first()
     if lead is None:
         return None
+    submissions = lead.submissions.filter(source=source) if source is not None else lead.submissions.all()
     contact = lead.contact
     return {
         "id": lead.pk,
@@ -53,7 +61,7 @@ def lead_detail(*, org: Organization, lead_id: int) -> dict | None:
                 "received_at": s.received_at,
                 "opened_lead": s.opened_lead,
             }
-            for s in lead.submissions.order_by("received_at", "pk")
+            for s in submissions.order_by("received_at", "pk")
         ],
         "greeting": _greeting(lead),
         "crm_sync": _crm_sync(lead),

@@ -219,6 +219,21 @@ def test_a_partner_key_pins_the_source_of_every_lead_it_sends(org_and_key):
     assert set(Lead.objects.values_list("source", flat=True)) == {"acme-leads"}
 
 
+def test_a_partner_key_reads_only_the_leads_its_source_submitted(org_and_key):
+    org, key = org_and_key
+    own = api_client(key)
+    partner = partner_client(org, "acme-leads")
+    web_lead = post_json(own, URL, {"phone": "+14155550123", "source": "web", "message": "from the web form"}).json()["id"]
+    other = post_json(own, URL, {"phone": "+14155550199", "source": "web"}).json()["id"]
+    shared = post_json(partner, URL, {"phone": "+14155550123", "message": "from the partner"}).json()["id"]  # the same person
+    assert shared == web_lead
+
+    assert partner.get(f"{URL}/{other}").status_code == 404  # a lead only the web form sent
+    detail = partner.get(f"{URL}/{shared}").json()
+    assert [s["source"] for s in detail["submissions"]] == ["acme-leads"]  # not the web form's submission
+    assert [s["source"] for s in own.get(f"{URL}/{shared}").json()["submissions"]] == ["web", "acme-leads"]
+
+
 def test_partners_external_ids_are_their_own_and_redelivery_never_duplicates(org_and_key):
     org, _ = org_and_key
     acme, zen = partner_client(org, "acme"), partner_client(org, "zen")
