@@ -21,7 +21,8 @@ from django.db import InterfaceError, OperationalError, connection, transaction
 from django.utils import timezone
 
 from conversations import followups, timeline
-from conversations.models import FORWARD_ORDER, Conversation, Message, StatusReceipt, WebhookDelivery
+from conversations.models import FORWARD_ORDER, Channel, Conversation, Message, StatusReceipt, WebhookDelivery
+from conversations.providers import whatsapp
 from conversations.services import CALLBACK_PREFIX, greeting_went_out, mark_first_response, message_failed
 from leads.models import Contact, Lead, LeadEvent, Organization
 from swiftex import redis as swx_redis
@@ -286,9 +287,9 @@ def receive(org: Organization, inbound: Inbound) -> Message | None:
     lead's pending follow-ups: they replied.
     """
     with transaction.atomic():
-        contact, _ = Contact.objects.get_or_create(
+        contact = _known_contact(org, inbound.channel, inbound.phone) or Contact.objects.get_or_create(
             organization=org, phone=inbound.phone, defaults={"name": inbound.profile_name[:200]}
-        )
+        )[0]
         conversation, _ = Conversation.objects.get_or_create(contact=contact, channel=inbound.channel, defaults={"organization": org})
         lead = Lead.objects.filter(contact=contact, status__in=Lead.OPEN_STATUSES).only("id").first()
         with connection.cursor() as cursor:
@@ -326,10 +327,18 @@ def note(org: Organization, phone: str, kind: str, data: dict, at: datetime) -> 
     """Something a contact did that is not a message to answer (a reaction, a message type
     WhatsApp cannot show us): on their open lead's timeline, nothing more. It neither
     counts as a reply (follow-ups go on, no AI answer) nor opens the 24-hour window."""
-    lead_id = (Lead.objects.filter(organization=org, contact__phone=phone, status__in=Lead.OPEN_STATUSES)
-               .values_list("pk", flat=True).first())
-    if lead_id is not None:
+    contact = _known_contact(org, Channel.WHATSAPP, phone)
+    lead_id = contact and Lead.objects.filter(contact=contact, status__in=Lead.OPEN_STATUSES).values_list("pk", flat=True).first()
+    if lead_id:
         timeline.record(lead_id, (kind, data, at))
+
+
+def _known_contact(org: Organization, channel: str, phone: str) -> Contact | None:
+    """The contact this number belongs to: the number itself first, then (WhatsApp) the other
+    ways WhatsApp writes it (conversations.providers.whatsapp.number_variants)."""
+    phones = [phone, *whatsapp.number_variants(phone)] if channel == Channel.WHATSAPP else [phone]
+    found = {contact.phone: contact for contact in Contact.objects.filter(organization=org, phone__in=phones)}
+    return next((found[p] for p in phones if p in found), None)
 
 
 def is_stop_word(body: str, org: Organization) -> bool:

@@ -395,6 +395,23 @@ def test_a_reaction_is_on_the_timeline_but_is_not_a_reply(greeting_message):
     assert not Conversation.objects.get(pk=greeting_message.conversation_id).window_open()
 
 
+@pytest.mark.parametrize("submitted, whatsapp_from", [
+    ("+5511987654321", "551187654321"),  # Brazil: the lead typed the ninth digit, WhatsApp writes the number without it
+    ("+551187654321", "5511987654321"),  # and the other way round
+    ("+525512345678", "5215512345678"),  # Mexico: "1" after 52
+])
+def test_a_reply_from_the_other_way_whatsapp_writes_a_number_reaches_the_same_contact(org, submitted, whatsapp_from):
+    contact = Contact.objects.create(organization=org, name="Bia", phone=submitted, consent=True)
+    lead = Lead.objects.create(organization=org, contact=contact, source="web", captured_at=timezone.now())
+    message = {"from": whatsapp_from, "id": f"wamid.{whatsapp_from}", "timestamp": str(int(timezone.now().timestamp())),
+               "type": "text", "text": {"body": "PARAR"}}
+    assert post_meta(meta_payload(messages=[message], contacts=[{"wa_id": whatsapp_from}])).status_code == 200
+    assert Contact.objects.filter(organization=org).count() == 1  # no stranger created
+    contact.refresh_from_db()
+    assert contact.consent is False  # the STOP word in Portuguese reached the lead's contact
+    assert Message.objects.get(direction="inbound").lead_id == lead.pk
+
+
 @pytest.mark.parametrize("params", [
     {"AccountSid": "AC\x00", "MessageSid": "SM1", "MessageStatus": "delivered"},
     {"AccountSid": "not-a-sid", "MessageSid": "SM1", "MessageStatus": "delivered"},

@@ -47,6 +47,23 @@ def template_parameter(text: str) -> str:
     return one_line(text, MAX_PARAMETER_CHARS)
 
 
+def number_variants(e164: str) -> list[str]:
+    """Other ways WhatsApp may write the same person's number in a webhook's `from`: a
+    Brazilian mobile number with or without its ninth digit (55 + area + 9 + 8 digits), a
+    Mexican one with or without the 1 after 52. A lead who typed one form writes back from
+    the other; matched on the number alone they would be a stranger whose STOP is ignored."""
+    digits = e164.lstrip("+")
+    if digits.startswith("55") and len(digits) == 12:
+        return [f"+{digits[:4]}9{digits[4:]}"]
+    if digits.startswith("55") and len(digits) == 13 and digits[4] == "9":
+        return [f"+{digits[:4]}{digits[5:]}"]
+    if digits.startswith("521") and len(digits) == 13:
+        return [f"+52{digits[3:]}"]
+    if digits.startswith("52") and len(digits) == 12:
+        return [f"+521{digits[2:]}"]
+    return []
+
+
 def is_configured(org) -> bool:
     return bool(org.whatsapp_phone_number_id and org.whatsapp_access_token)
 
