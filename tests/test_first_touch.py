@@ -353,16 +353,21 @@ def test_a_connection_lost_after_sending_counts_as_maybe_delivered_and_is_not_re
     assert Message.objects.get().status == "sending"
 
 
+def lead_of(org_and_key, **settings_changed) -> Lead:
+    """Ana's new lead, submitted after the organization's settings were changed."""
+    org, key = org_and_key
+    for name, value in settings_changed.items():
+        setattr(org, name, value)
+    org.save()
+    return Lead.objects.get(pk=post_json(api_client(key), "/api/v1/leads", ANA).json()["id"])
+
+
 def test_a_token_pasted_with_a_line_break_fails_at_once_without_leaking_it_and_falls_back(org, provider):
     """requests refuses the header before anything is sent: not "maybe delivered" (which
     would block the SMS for a minute and any resend for ever), and the token stays out
     of the error text."""
-    org, key = org
-    org.whatsapp_access_token = "wa-secret-token\n"
-    org.save()
-    response = post_json(api_client(key), "/api/v1/leads", ANA)
     provider.add(responses.POST, SMS_URL, **sms_ok())
-    greet(Lead.objects.get(pk=response.json()["id"]))
+    greet(lead_of(org, whatsapp_access_token="wa-secret-token\n"))
 
     wa = Message.objects.get(channel="whatsapp")
     assert wa.status == "failed" and "credentials" in wa.error_title and "wa-secret-token" not in wa.error_title
@@ -372,12 +377,8 @@ def test_a_token_pasted_with_a_line_break_fails_at_once_without_leaking_it_and_f
 
 def test_a_multi_line_fallback_text_goes_into_the_template_as_one_line(org, provider):
     """Meta refuses a template parameter with a newline, a tab or a run of spaces."""
-    org, key = org
-    org.greeting_fallback = "Hi {first_name}!\n\nThanks for reaching out.\tWe will call you     soon."
-    org.save()
-    response = post_json(api_client(key), "/api/v1/leads", ANA)
     provider.add(responses.POST, WA_URL, **wa_ok())
-    greet(Lead.objects.get(pk=response.json()["id"]))
+    greet(lead_of(org, greeting_fallback="Hi {first_name}!\n\nThanks for reaching out.\tWe will call you     soon."))
 
     parameter = json.loads(provider.calls[0].request.body)["template"]["components"][0]["parameters"][0]["text"]
     assert parameter == "Hi Ana! Thanks for reaching out. We will call you soon."
