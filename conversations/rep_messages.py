@@ -66,16 +66,31 @@ def options(lead: Lead) -> Options:
     return Options(channel, window, template, org.whatsapp_template_has_parameter, blocked)
 
 
-def queue(*, lead: Lead, rep, body: str, token: uuid.UUID, now: datetime | None = None) -> Message:
-    """Store the rep's message QUEUED (once per token) and have it sent after commit."""
+def mode(opts: Options) -> str:
+    """What the reply box offered (channel, and the template a closed window needs): the form
+    carries it back, so a window that opened or closed meanwhile is noticed, not guessed."""
+    return f"{opts.channel or ''}:{opts.template}"
+
+
+def queue(*, lead: Lead, rep, body: str, token: uuid.UUID, offered: str | None = None, now: datetime | None = None) -> Message:
+    """Store the rep's message QUEUED (once per token) and have it sent after commit.
+
+    `offered`: the form's `mode()`; if the lead's options changed since the page was drawn
+    (the 24-hour window closed, say), nothing is sent and the rep is told to look again."""
     now = now or timezone.now()
+    body = body.strip()
     existing = Message.objects.filter(client_token=token).first()
     if existing is not None:
-        return existing
-    body = body.strip()
+        if existing.lead_id != lead.pk or existing.body not in ("", body):
+            raise CannotSend("This form was already sent with another message; reload the page to write a new one.")
+        return existing  # a double click or a resubmitted form
     opts = options(lead)
     if opts.blocked:
         raise CannotSend(opts.blocked)
+    if offered is not None and offered != mode(opts):
+        raise CannotSend("Since this page was opened, " + (
+            "WhatsApp's 24-hour window closed, so the message would go as a template" if opts.template else
+            "the way this message can go changed") + ": nothing was sent. Check the reply box and send again.")
     if not body and not (opts.template and not opts.template_takes_text):
         raise CannotSend("Write a message first.")
     limit = SMS_MAX_LENGTH if opts.channel == Channel.SMS else MAX_LENGTH

@@ -22,8 +22,8 @@ class NotAllowed(Exception):
     """The change asked for cannot be made, in words for the rep."""
 
 
-def reply(*, lead: Lead, rep: Rep, body: str, token: uuid.UUID) -> Message:
-    message = rep_messages.queue(lead=lead, rep=rep, body=body, token=token)
+def reply(*, lead: Lead, rep: Rep, body: str, token: uuid.UUID, offered: str | None = None) -> Message:
+    message = rep_messages.queue(lead=lead, rep=rep, body=body, token=token, offered=offered)
     routing.record_action(lead.pk)
     return message
 

@@ -13,31 +13,43 @@ from functools import wraps
 
 from django.conf import settings
 from django.contrib import messages
-from django.contrib.auth.decorators import login_required
+from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.utils import timezone
+from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 
-from conversations.rep_messages import CannotSend, options
+from conversations.rep_messages import CannotSend, mode, options
 from leads.models import Lead
 from reps import selectors, services
 from routing.models import Notification, Rep
 
 
 def rep_required(view):
-    """Logged in, and a rep of an organization (a login without one sees nothing)."""
+    """Logged in, and a rep of an organization (a login without one sees nothing).
 
-    @login_required
+    Pages are never cached (Back after logging out shows nothing private), and
+    times show in the rep's time zone (else the organization's). A live update
+    whose session ended gets 401, which the page's script answers by reloading
+    into the login page, instead of the login page drawn inside the lead page.
+    """
+
+    @never_cache
     @wraps(view)
     def wrapper(request: HttpRequest, *args, **kwargs):
+        if not request.user.is_authenticated:
+            if request.headers.get("X-Requested-With") == "fetch":
+                return HttpResponse("Log in again.", status=401, content_type="text/plain")
+            return redirect_to_login(request.get_full_path())
         rep = Rep.objects.select_related("organization", "user").filter(user=request.user).first()
         if rep is None:
             raise PermissionDenied("This login is not a rep of any organization. Ask your admin to add you.")
         request.rep = rep
-        return view(request, *args, **kwargs)
+        with timezone.override(rep.timezone or rep.organization.timezone):
+            return view(request, *args, **kwargs)
 
     return wrapper
 
@@ -57,7 +69,7 @@ def _filters(request: HttpRequest) -> selectors.Filters:
 def lead_list(request: HttpRequest) -> HttpResponse:
     filters = _filters(request)
     page = Paginator(selectors.lead_list(request.rep, filters), selectors.PAGE_SIZE).get_page(request.GET.get("page"))
-    rows = {"page": page, "filters": filters, "waiting": selectors.last_inbound_leads([lead.pk for lead in page])}
+    rows = {"page": page, "filters": filters, "waiting": selectors.last_inbound_leads([lead.pk for lead in page]), "me": request.rep}
     if request.GET.get("partial"):  # the list's own refresh: the rows alone
         return render(request, "reps/_lead_rows.html", rows)
     return render(request, "reps/lead_list.html", {
@@ -78,8 +90,9 @@ def _lead_or_404(request: HttpRequest, lead_id: int) -> Lead:
 def lead_detail(request: HttpRequest, lead_id: int) -> HttpResponse:
     lead = _lead_or_404(request, lead_id)
     Notification.objects.filter(rep=request.rep, lead=lead, read_at__isnull=True).update(read_at=timezone.now())
+    reply = options(lead)
     return render(request, "reps/lead_detail.html", {
-        **_lead_context(lead), "reply": options(lead), "token": uuid.uuid4(), **chrome(request),
+        **_lead_context(lead), "reply": reply, "reply_mode": mode(reply), "token": uuid.uuid4(), **chrome(request),
     })
 
 
@@ -106,7 +119,8 @@ def lead_reply(request: HttpRequest, lead_id: int) -> HttpResponse:
         messages.error(request, "The form was incomplete; reload the page and try again.")
         return redirect("reps:lead", lead_id=lead.pk)
     try:
-        services.reply(lead=lead, rep=request.rep, body=request.POST.get("body", ""), token=token)
+        services.reply(lead=lead, rep=request.rep, body=request.POST.get("body", ""), token=token,
+                       offered=request.POST.get("mode"))
     except CannotSend as exc:
         messages.error(request, str(exc))
     else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import timedelta
 
@@ -65,6 +66,9 @@ def test_my_leads_lists_the_reps_leads_most_urgent_first(team_org):
     assert "Bens" not in page  # ben's, and the default view is "mine"
     everyone = login(ana).get("/app/leads/?scope=all").content.decode()
     assert "Bens" in everyone
+    bens_row = everyone[everyone.index("Bens"):].split("</tr>")[0]
+    assert "New for you" not in bens_row  # it is new for ben
+    assert "New for you" in page[page.index("Older"):].split("</tr>")[0]
 
 
 def test_search_and_filters(team_org):
@@ -107,6 +111,43 @@ def test_a_reply_inside_the_window_goes_as_text_once_per_form(team_org, django_c
     assert len(callbacks) == 1  # one send task
     assert Assignment.objects.get(lead=lead).acted_at is not None  # the rep acted: no escalation
     assert LeadEvent.objects.filter(lead=lead, kind="message.written").count() == 1
+
+
+def test_a_reply_drawn_inside_the_window_is_not_sent_as_a_template_after_it_closed(team_org):
+    org, ana, *_ = team_org
+    lead = new_lead(org, "+14155550100")
+    conversation = Conversation.objects.create(organization=org, contact=lead.contact, channel=Channel.WHATSAPP,
+                                               last_inbound_at=timezone.now() - timedelta(hours=23, minutes=59))
+    client = login(ana)
+    page = client.get(f"/app/leads/{lead.pk}").content.decode()
+    offered = re.search(r'name="mode" value="([^"]*)"', page).group(1)
+    assert offered == "whatsapp:"  # free text, the window is open
+    Conversation.objects.filter(pk=conversation.pk).update(last_inbound_at=timezone.now() - timedelta(hours=25))  # it closed
+    response = client.post(f"/app/leads/{lead.pk}/reply", {"body": "Hi!", "token": str(uuid.uuid4()), "mode": offered}, follow=True)
+    assert "window closed" in response.content.decode() and not Message.objects.filter(sent_by=ana).exists()
+
+
+def test_a_form_token_sent_again_with_another_text_is_refused_not_silently_dropped(team_org):
+    org, ana, *_ = team_org
+    lead = new_lead(org, "+14155550100")
+    Conversation.objects.create(organization=org, contact=lead.contact, channel=Channel.WHATSAPP, last_inbound_at=timezone.now())
+    client, token = login(ana), str(uuid.uuid4())
+    client.post(f"/app/leads/{lead.pk}/reply", {"body": "First text", "token": token})
+    response = client.post(f"/app/leads/{lead.pk}/reply", {"body": "Edited text", "token": token}, follow=True)
+    assert "already sent with another message" in response.content.decode()
+    assert list(Message.objects.filter(sent_by=ana).values_list("body", flat=True)) == ["First text"]
+
+
+def test_rep_pages_are_never_cached_show_local_times_and_a_logged_out_poll_gets_401(team_org):
+    org, ana, *_ = team_org
+    org.timezone = "America/New_York"
+    org.save()
+    lead = new_lead(org, "+14155550100")
+    response = login(ana).get(f"/app/leads/{lead.pk}")
+    assert "no-store" in response["Cache-Control"] and "private" in response["Cache-Control"]
+    assert "times in America/New_York" in response.content.decode()
+    assert Client().get(f"/app/leads/{lead.pk}/live", HTTP_X_REQUESTED_WITH="fetch").status_code == 401
+    assert Client().get(f"/app/leads/{lead.pk}/live").status_code == 302  # a browser's own request: the login page
 
 
 def test_outside_the_window_the_reply_goes_as_the_template(team_org):

@@ -10,6 +10,8 @@
       busy = true;
       fetch(url(), { headers: { "X-Requested-With": "fetch" }, credentials: "same-origin" })
         .then(function (response) {
+          // Logged out meanwhile: reload, which leads to the login page (and back here after it).
+          if (response.status === 401 || response.redirected) { window.location.reload(); return; }
           if (response.status === 200) return response.text().then(function (html) { apply(html, response); });
         })
         .catch(function () { /* offline for a moment: the next tick tries again */ })
