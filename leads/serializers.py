@@ -111,7 +111,7 @@ class LeadSerializer(serializers.Serializer):
         data = self.validated_data
         return LeadInput(
             source=data["source"],
-            name=(data.get("name") or "").strip(),
+            name=" ".join((data.get("name") or "").split()),  # a name is one line: it goes into e-mail subjects
             phone=data.get("phone"),
             email=data.get("email"),
             campaign=(data.get("campaign") or "").strip(),

@@ -31,7 +31,8 @@ def send_pending(*, batch_size: int = 50) -> int:
         for notification in batch:
             try:
                 send_mail(
-                    subject=f"[Swiftex] {notification.text}",
+                    # One line: a line break (from a lead's name) makes Django refuse the header.
+                    subject=" ".join(f"[Swiftex] {notification.text}".split()),
                     message=f"{notification.text}\n\n{settings.PUBLIC_BASE_URL}/app/leads/{notification.lead_id}\n",
                     from_email=None, recipient_list=[notification.rep.user.email],
                 )

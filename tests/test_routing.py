@@ -162,6 +162,16 @@ def test_assignment_is_on_the_timeline_and_notifies_the_rep_in_app_and_by_email(
     assert second.rep == ben
 
 
+def test_a_line_break_in_a_notification_does_not_break_its_e_mail(org, settings):
+    """Django refuses a subject with a line break: a lead's name must not silence the e-mail about it."""
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    rule(org, make_team(org, "Sales", [make_rep(org, "ana", email="ana@example.com", email_notifications=True)]))
+    lead = submit(org)
+    Notification.objects.filter(lead_id=lead.lead_id).update(text="New lead: Ana\nBcc: someone@example.com")
+    assert notify.send_pending() == 1
+    assert mail.outbox[0].subject == "[Swiftex] New lead: Ana Bcc: someone@example.com" and mail.outbox[0].bcc == []
+
+
 def test_failed_notification_email_is_kept_failed_with_its_error(org, settings):
     settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
     settings.EMAIL_HOST, settings.EMAIL_PORT, settings.EMAIL_TIMEOUT = "127.0.0.1", 9, 1  # nothing listens on discard
