@@ -80,6 +80,9 @@ def _insert_followups(rows: list[tuple[int, int, int, datetime, datetime]]) -> i
             INSERT INTO {Job._meta.db_table} (organization_id, lead_id, kind, step_id, due_at, status, attempts, reason, created_at)
             SELECT org, lead, 'followup', step, due, 'pending', 0, '', created
             FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[], %s::timestamptz[], %s::timestamptz[]) AS r(org, lead, step, due, created)
+            -- a lead or step deleted since its event was published drops out (not a foreign-key error)
+            WHERE EXISTS (SELECT 1 FROM {Lead._meta.db_table} l WHERE l.id = r.lead)
+              AND EXISTS (SELECT 1 FROM {FollowUpStep._meta.db_table} s WHERE s.id = r.step)
             ON CONFLICT (lead_id, step_id) WHERE step_id IS NOT NULL DO NOTHING
             RETURNING id
             """,
@@ -92,6 +95,7 @@ def _insert_followups(rows: list[tuple[int, int, int, datetime, datetime]]) -> i
 _UPSERT_TIMEOUTS = f"""
 INSERT INTO {Job._meta.db_table} (organization_id, lead_id, kind, step_id, due_at, status, attempts, reason, created_at)
 SELECT org, lead, %(kind)s, NULL, due, 'pending', 0, '', %(now)s FROM unnest(%(orgs)s::bigint[], %(leads)s::bigint[], %(dues)s::timestamptz[]) AS r(org, lead, due)
+WHERE EXISTS (SELECT 1 FROM {Lead._meta.db_table} l WHERE l.id = r.lead)
 ON CONFLICT (lead_id, kind) WHERE kind IN ('inactivity', 'session_expiry') AND status IN ('pending', 'enqueued', 'running')
 DO UPDATE SET due_at = GREATEST({Job._meta.db_table}.due_at, EXCLUDED.due_at), status = 'pending', enqueued_at = NULL
 """

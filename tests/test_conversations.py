@@ -252,6 +252,15 @@ def test_a_message_queued_before_the_stop_is_not_sent_after_it(org, lead):
 # --- Follow-ups ------------------------------------------------------------------------------------------
 
 
+def test_a_lead_deleted_before_its_sequence_starts_is_skipped_not_an_error(org, lead):
+    """Its event was still queued when an admin deleted it: the batch it is in must go through."""
+    sequence(org, 60, template_name="followup_1")
+    gone = lead.pk
+    Lead.objects.filter(pk=gone).delete()
+    assert followups.start_sequences([(gone, org.pk, timezone.now())]) == 0
+    assert not Job.objects.filter(lead_id=gone).exists()
+
+
 def test_a_sequence_starts_once_per_lead_and_sends_each_step_once(org, lead, provider):
     sequence(org, 60, 2880, template_name="followup_1")
     started = timezone.now()

@@ -245,3 +245,64 @@ def test_an_in_pool_subscriber_acks_each_event_after_its_handler_and_requeues_on
             queue(conn.default_channel).delete()
     finally:
         pool.stop()
+
+
+class _Message:
+    """What Batcher needs of a kombu message: ack, or reject to the dead-letter queue."""
+
+    def __init__(self, event_id: str) -> None:
+        self.event_id, self.acked, self.rejected = event_id, False, False
+        self.properties = {"message_id": event_id}
+
+    def ack(self) -> None:
+        self.acked = True
+
+    def reject(self, requeue: bool) -> None:
+        assert requeue is False
+        self.rejected = True
+
+
+def _batch_of(batcher, ids: str) -> dict[str, _Message]:
+    messages = {event_id: _Message(event_id) for event_id in ids}
+    for event_id, message in messages.items():
+        batcher.add({"id": event_id, "type": "lead.status_changed", "data": {}}, message)
+    return messages
+
+
+def test_one_event_that_keeps_failing_is_dead_lettered_and_the_rest_of_its_batch_goes_through(monkeypatch):
+    """A follow-up event naming a lead deleted meanwhile used to fail its whole batch for ever,
+    stopping that subscriber for every tenant."""
+    from swiftex.events import consumer
+
+    handled: list[str] = []
+
+    def handler(events: list[dict]) -> None:
+        if any(event["id"] == "poison" for event in events):
+            raise RuntimeError("insert or update violates foreign key constraint")
+        handled.extend(event["id"] for event in events)
+
+    batcher = consumer.Batcher("followups", handler, flush_seconds=0)
+    poison = None
+    for round_ in range(consumer.MAX_STRIKES):
+        messages = _batch_of(batcher, ["a" + str(round_), "poison" if poison is None else "b" + str(round_)])
+        poison = poison or messages["poison"]
+        batcher.retry_at = 0  # do not wait out the backoff in a test
+        batcher.flush()
+        assert all(m.acked for event_id, m in messages.items() if event_id != "poison")
+    assert poison.rejected and not poison.acked and batcher.pending == []
+    assert "poison" not in handled and {"a0", "a1", "a2", "b1", "b2"} <= set(handled)
+
+
+def test_when_every_event_fails_it_is_an_outage_and_nothing_is_dead_lettered():
+    from swiftex.events import consumer
+
+    def handler(events: list[dict]) -> None:
+        raise ConnectionError("the database is down")
+
+    batcher = consumer.Batcher("followups", handler, flush_seconds=0)
+    messages = _batch_of(batcher, ["a", "b", "c"])
+    for _ in range(consumer.MAX_STRIKES + 2):
+        batcher.retry_at = 0
+        batcher.flush()
+    assert not any(m.rejected or m.acked for m in messages.values())
+    assert [event["id"] for event, _ in batcher.pending] == ["a", "b", "c"]

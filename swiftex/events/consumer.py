@@ -16,8 +16,11 @@ handler in one of two ways:
 Either way a message is acked only after its handler returned: a worker
 killed in between gets it redelivered, and handlers are idempotent (the
 processed-event ledger, the greeting's claim). A malformed event is
-dead-lettered alone; a failing batch is retried with backoff without
-spinning the loop.
+dead-lettered alone. A failing batch is run again one event at a time:
+what works is acked, and an event that keeps failing alone while the others
+succeed is dead-lettered (MAX_STRIKES), so one event naming a deleted row
+cannot stop a subscriber for every tenant; if every event fails (an outage),
+the batch is retried with backoff without spinning the loop.
 """
 
 from __future__ import annotations
@@ -38,6 +41,9 @@ logger = logging.getLogger(__name__)
 BATCH_SIZE = 100
 FLUSH_INTERVAL = 0.05
 MAX_BACKOFF = 10.0
+# An event that fails alone this many times while the events around it succeed is
+# dead-lettered: it is the event (a row it names was deleted, say), not the database.
+MAX_STRIKES = 3
 REQUEUE_DELAY = 1.0  # a pool handler that failed waits this long before its event goes back
 DRAIN_SECONDS = 15.0  # how long a stopping worker lets pool handlers finish (gunicorn's graceful_timeout is 20)
 
@@ -72,6 +78,7 @@ class Batcher:
         self.oldest_at = 0.0
         self.failures = 0
         self.retry_at = 0.0
+        self.strikes: dict[object, int] = {}
 
     def add(self, body: object, message: Message) -> None:
         try:
@@ -103,9 +110,15 @@ class Batcher:
                 batch = [item for item in batch if item not in bad]
                 continue
             except Exception:
+                logger.exception("%s: batch of %d events failed", self.name, len(batch))
+                if len(batch) > 1:
+                    batch = self._isolate(batch)
+                    if not batch:
+                        self.failures = 0
+                        return
                 self.failures += 1
                 delay = min(MAX_BACKOFF, 0.1 * 2**self.failures)
-                logger.exception("%s: batch of %d events failed; retrying in %.1fs", self.name, len(batch), delay)
+                logger.warning("%s: %d events retried in %.1fs", self.name, len(batch), delay)
                 self.retry_at = time.monotonic() + delay
                 self.pending = batch + self.pending
                 return
@@ -113,6 +126,38 @@ class Batcher:
                 message.ack()
             self.failures = 0
             return
+
+    def _isolate(self, batch: list[tuple[dict, Message]]) -> list[tuple[dict, Message]]:
+        """Run a failed batch's events one by one, acking those that work; returns the rest.
+
+        So one bad event cannot hold back the queue behind it: if others succeed meanwhile
+        (the database is fine), it gets a strike, and at MAX_STRIKES it is dead-lettered.
+        If all fail, it is an outage: no strikes, the batch backs off and waits.
+        """
+        failed: list[tuple[dict, Message, Exception]] = []
+        succeeded = False
+        for event, message in batch:
+            try:
+                self.handler([event])
+            except MalformedEvent as exc:
+                dead_letter(self.name, message, exc)
+                continue
+            except Exception as exc:
+                failed.append((event, message, exc))
+                continue
+            message.ack()
+            self.strikes.pop(event["id"], None)
+            succeeded = True
+        kept = []
+        for event, message, exc in failed:
+            if succeeded:
+                self.strikes[event["id"]] = self.strikes.get(event["id"], 0) + 1
+                if self.strikes[event["id"]] >= MAX_STRIKES:
+                    del self.strikes[event["id"]]
+                    dead_letter(self.name, message, exc)
+                    continue
+            kept.append((event, message))
+        return kept
 
     def drop(self) -> None:
         """The channel is gone: unacked messages will be redelivered by the broker."""
