@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import string
 from datetime import datetime, timedelta
 
@@ -39,6 +38,7 @@ from conversations import greeting_sql, timeline
 from conversations.models import Channel, Conversation, Greeting, Message, Reply, ScheduledJob, StatusReceipt
 from conversations.models import window_open as whatsapp_window_open
 from conversations.providers import ProviderError, model, twilio, whatsapp
+from conversations.providers.base import jittered_backoff
 from leads import selectors
 from leads.models import Contact, Lead, Organization
 from swiftex import metrics
@@ -452,11 +452,11 @@ def settle_failed_attempt(message: Message, exc: ProviderError) -> bool:
 
 
 def backoff(attempt: int, retry_after: float | None = None) -> float:
-    """Exponential with full jitter, capped; never sooner than the provider asked, unless it
+    """Exponential with jitter, capped; never sooner than the provider asked, unless it
     asked for longer than the cap: the task waits unacked in a worker until then, so a
     provider's hour-long Retry-After becomes more attempts at the cap instead."""
-    ceiling = min(settings.SEND_RETRY_BACKOFF_MAX_SECONDS, settings.SEND_RETRY_BACKOFF_SECONDS * 2 ** (attempt - 1))
-    return min(settings.SEND_RETRY_BACKOFF_MAX_SECONDS, max(retry_after or 0.0, random.uniform(ceiling / 2, ceiling)))
+    cap = settings.SEND_RETRY_BACKOFF_MAX_SECONDS
+    return min(cap, jittered_backoff(attempt, base=settings.SEND_RETRY_BACKOFF_SECONDS, cap=cap, retry_after=retry_after))
 
 
 def _accepted(message: Message, lead: Lead, provider_message_id: str) -> None:

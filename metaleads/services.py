@@ -19,7 +19,6 @@ with Meta's message. Admin shows all of it and can retry failed rows.
 from __future__ import annotations
 
 import logging
-import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -28,7 +27,7 @@ from django.db import connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from conversations.providers.base import ProviderError
+from conversations.providers.base import ProviderError, jittered_backoff
 from leads.serializers import LeadSerializer
 from leads.services import lead_ingest
 from metaleads import graph, mapping
@@ -166,7 +165,8 @@ def fetch_and_ingest(row_id: int) -> None:
 
 
 def retry_or_fail(row: MetaLeadgen, error: str, retry_after: float | None) -> None:
-    """Back to pending with a backoff (raises RetryLater), or failed once the attempts are spent."""
+    """Back to pending with a backoff (raises RetryLater, unless the wait is longer than a task
+    should hold it: then the stuck sweep resumes it), or failed once the attempts are spent."""
     if row.attempts >= settings.META_FETCH_MAX_ATTEMPTS:
         fail(row, f"gave up after {row.attempts} attempts; last: {error}")
         return
@@ -176,13 +176,18 @@ def retry_or_fail(row: MetaLeadgen, error: str, retry_after: float | None) -> No
         updated_at=timezone.now(),
     )
     logger.info("meta lead %s: attempt %d failed (%s), retry in %.1fs", row.pk, row.attempts, error[:120], countdown)
+    if countdown > settings.META_FETCH_BACKOFF_MAX_SECONDS:
+        # Meta asked for longer than a task should wait unacked in a worker (RabbitMQ closes the
+        # channel after its consumer timeout, redelivering everything on it): the stuck sweep
+        # resumes the row once next_attempt_at has passed.
+        return
     raise RetryLater(countdown)
 
 
 def backoff(attempt: int, retry_after: float | None = None) -> float:
-    """Exponential with full jitter, capped; never sooner than Meta asked."""
-    ceiling = min(settings.META_FETCH_BACKOFF_MAX_SECONDS, settings.META_FETCH_BACKOFF_SECONDS * 2 ** (attempt - 1))
-    return max(retry_after or 0.0, random.uniform(ceiling / 2, ceiling))
+    """Exponential with jitter, capped; never sooner than Meta asked."""
+    return jittered_backoff(attempt, base=settings.META_FETCH_BACKOFF_SECONDS, cap=settings.META_FETCH_BACKOFF_MAX_SECONDS,
+                            retry_after=retry_after)
 
 
 def ingest(row: MetaLeadgen, lead: dict) -> bool:

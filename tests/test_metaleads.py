@@ -289,6 +289,17 @@ def test_a_transient_graph_error_is_retried_with_backoff_then_failed_when_attemp
     assert row.status == "failed" and "gave up after 3 attempts" in row.last_error
 
 
+def test_a_retry_after_longer_than_the_backoff_cap_is_left_to_the_sweep_not_held_in_a_worker(meta, page, monkeypatch):
+    """An ETA task held unacked past RabbitMQ's consumer timeout closes the lane's channel."""
+    leadgen_id = seed(meta, ANA)
+    post_leadgen(leadgen_payload(leadgen_id))
+    row = row_of(leadgen_id)
+    row.attempts = 1
+    services.retry_or_fail(row, "rate limited", retry_after=3600)  # returns: no RetryLater with an hour's countdown
+    row.refresh_from_db()
+    assert row.status == "pending" and (row.next_attempt_at - timezone.now()).total_seconds() > 3500
+
+
 @pytest.mark.django_db
 def test_graph_errors_are_told_apart_by_code():
     class Answer:

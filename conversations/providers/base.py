@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 import urllib.request
@@ -67,6 +68,13 @@ def session() -> requests.Session:
         # of CPU per call (profiled); skip it unless a proxy is actually configured.
         s.trust_env = any(urllib.request.getproxies().get(scheme) for scheme in ("http", "https"))
     return s
+
+
+def jittered_backoff(attempt: int, *, base: float, cap: float, retry_after: float | None = None) -> float:
+    """Seconds before attempt `attempt` + 1: exponential from `base`, capped at `cap`, times a
+    random 0.5-1 (so workers do not retry in step); never sooner than the provider asked."""
+    ceiling = min(cap, base * 2 ** (attempt - 1))
+    return max(retry_after or 0.0, random.uniform(ceiling / 2, ceiling))
 
 
 def one_line(text: str, limit: int) -> str:
