@@ -21,7 +21,9 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from conversations import timeline
@@ -134,10 +136,14 @@ def send(message_id: int) -> None:
 
 
 def never_published(*, now: datetime | None = None, limit: int = 200) -> list[int]:
-    """Rep messages still QUEUED without a single attempt long after they were written."""
-    cutoff = (now or timezone.now()) - NEVER_PUBLISHED_AFTER
+    """Rep messages still QUEUED that no task will send: without a single attempt long after
+    they were written (the broker was down), or back in QUEUED after a failed attempt for
+    longer than any retry waits (the retry's task was lost, or Celery gave up on it)."""
+    now = now or timezone.now()
+    abandoned = now - timedelta(seconds=settings.SEND_RETRY_BACKOFF_MAX_SECONDS * 2 + 60)
     return list(
-        Message.objects.filter(sent_by__isnull=False, status=Message.Status.QUEUED, attempts=0, created_at__lt=cutoff)
+        Message.objects.filter(sent_by__isnull=False, status=Message.Status.QUEUED)
+        .filter(Q(attempts=0, created_at__lt=now - NEVER_PUBLISHED_AFTER) | Q(attempts__gt=0, sending_at__lt=abandoned))
         .order_by("created_at").values_list("pk", flat=True)[:limit]
     )
 

@@ -150,6 +150,21 @@ def test_rep_pages_are_never_cached_show_local_times_and_a_logged_out_poll_gets_
     assert Client().get(f"/app/leads/{lead.pk}/live").status_code == 302  # a browser's own request: the login page
 
 
+def test_a_rep_message_whose_retry_was_lost_is_found_by_the_sweep(team_org, settings):
+    from conversations import rep_messages
+
+    org, ana, *_ = team_org
+    lead = new_lead(org, "+14155550100")
+    Conversation.objects.create(organization=org, contact=lead.contact, channel=Channel.WHATSAPP, last_inbound_at=timezone.now())
+    login(ana).post(f"/app/leads/{lead.pk}/reply", {"body": "Hi", "token": str(uuid.uuid4())})
+    message = Message.objects.get(sent_by=ana)
+    # An attempt failed transiently (back to QUEUED) and the task that was to retry it is gone.
+    Message.objects.filter(pk=message.pk).update(attempts=1, sending_at=timezone.now() - timedelta(seconds=30))
+    assert rep_messages.never_published() == []  # its retry may still come
+    later = timezone.now() + timedelta(seconds=settings.SEND_RETRY_BACKOFF_MAX_SECONDS * 2 + 61)
+    assert rep_messages.never_published(now=later) == [message.pk]
+
+
 def test_outside_the_window_the_reply_goes_as_the_template(team_org):
     org, ana, *_ = team_org
     lead = new_lead(org, "+14155550100")
