@@ -128,6 +128,8 @@ def contact_wrote(org: Organization, lead_id: int, channel: str, at: datetime) -
 
 def cancel(*, lead_ids: list[int], reason: str, kinds: list[str] | None = None) -> int:
     """Cancel live jobs of these leads (every kind unless `kinds`), with a timeline entry per lead."""
+    if not lead_ids:  # e.g. a STOP from a number that never was a lead (an empty IN cannot be written)
+        return 0
     live = Job.objects.filter(lead_id__in=lead_ids, status__in=[Job.Status.PENDING, Job.Status.ENQUEUED])
     if kinds is not None:
         live = live.filter(kind__in=kinds)

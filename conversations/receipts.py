@@ -304,9 +304,11 @@ def receive(org: Organization, inbound: Inbound) -> Message | None:
         if row is None:
             return None
         Conversation.objects.filter(pk=conversation.pk).exclude(last_inbound_at__gte=inbound.at).update(last_inbound_at=inbound.at)
-        opted_out = is_stop_word(inbound.body, org) and contact.consent
+        # Conditional: of two STOPs handled at once, only one revokes (and gets a confirmation).
+        opted_out = is_stop_word(inbound.body, org) and bool(
+            Contact.objects.filter(pk=contact.pk, consent=True).update(consent=False, updated_at=timezone.now())
+        )
         if opted_out:
-            Contact.objects.filter(pk=contact.pk).update(consent=False, updated_at=timezone.now())
             followups.cancel(lead_ids=list(contact.leads.values_list("pk", flat=True)), reason="the contact opted out")
         elif lead is not None:
             followups.contact_wrote(org, lead.pk, inbound.channel, inbound.at)

@@ -54,3 +54,29 @@ def test_concurrent_retries_with_one_idempotency_key_store_one_submission(org_an
     assert {r.status_code for r in responses} == {201}
     assert len({r.json()["submission_id"] for r in responses}) == 1
     assert Submission.objects.count() == 1
+
+
+def test_two_stop_messages_at_the_same_instant_revoke_consent_once():
+    """Only one opt-out (and one confirmation): the revocation is a conditional update."""
+    import uuid
+
+    from django.db import connection
+    from django.utils import timezone
+
+    from conversations import receipts
+    from tests.factories import org_with_providers
+
+    org, _ = org_with_providers()
+    Contact.objects.create(organization=org, name="Ana", phone="+14155550123", consent=True)
+
+    def stop(i):
+        try:
+            inbound = receipts.Inbound(channel="whatsapp", provider_message_id=f"wamid.{uuid.uuid4().hex}", phone="+14155550123",
+                                       body="STOP", at=timezone.now())
+            return receipts.receive(org, inbound)
+        finally:
+            connection.close()
+
+    race(8, stop)
+    assert OutboxEvent.objects.filter(event_type="message.received", payload__opt_out=True).count() == 1
+    assert Contact.objects.get(phone="+14155550123").consent is False
