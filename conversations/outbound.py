@@ -72,6 +72,14 @@ def deliver(message: Message, org: Organization, *, phone: str, template_languag
     return True
 
 
+def withdraw(message: Message, reason: str) -> bool:
+    """Fail a QUEUED message that no longer should go (code `withdrawn`, `reason` as its title);
+    False if it is not QUEUED any more (a worker took it for sending)."""
+    return Message.objects.filter(pk=message.pk, status=Message.Status.QUEUED).update(
+        status=Message.Status.FAILED, error_code="withdrawn", error_title=reason[:300], failed_at=timezone.now(),
+    ) == 1
+
+
 def _send(message: Message, org: Organization, phone: str, language: str):
     if message.channel == Channel.SMS:
         return twilio.send_sms(org=org, to=phone, body=message.body, status_callback=status_callback_url(message))

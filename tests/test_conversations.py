@@ -307,6 +307,26 @@ def test_a_reply_cancels_the_pending_follow_ups_and_the_worker_checks_again(org,
     assert (job.status, job.reason) == ("cancelled", "the lead replied")
 
 
+def test_a_follow_up_retrying_after_a_provider_error_is_withdrawn_when_the_lead_replied_meanwhile(org, lead, provider):
+    """reply → cancel() cannot reach a RUNNING job waiting out its backoff; its retry checks again."""
+    sequence(org, 60, template_name="followup_1")
+    followups.start_sequences([(lead.pk, org.pk, timezone.now() - timedelta(minutes=2))])
+    job = Job.objects.get(kind="followup")
+    make_due(job)
+    provider.add(responses.POST, WA_URL, status=503, body="upstream down")
+    with pytest.raises(services.RetryLater):
+        run_due()
+    assert Message.objects.get(scheduled_job=job).status == "queued"
+
+    inbound(org, "yes please call me")  # while the retry waits
+    followups.run(job.pk)  # the retry: no second provider call (responses would refuse one)
+    job.refresh_from_db()
+    message = Message.objects.get(scheduled_job=job)
+    assert (job.status, job.reason) == ("cancelled", "the lead replied")
+    assert (message.status, message.error_code, message.error_title) == ("failed", "withdrawn", "the lead replied")
+    assert len(provider.calls) == 1
+
+
 def test_the_dispatcher_keeps_at_most_the_in_flight_cap_enqueued_and_re_enqueues_lost_ones(org, lead, settings):
     settings.FOLLOWUP_MAX_IN_FLIGHT = 3
     other_leads = [lead]
