@@ -90,11 +90,11 @@ def stack_env() -> dict:
         TWILIO_API_URL=f"{FAKE_URL}/twilio",
         HUBSPOT_API_URL=f"{FAKE_URL}/hubspot",  # CRM sync is on only where a bench sets HUBSPOT_ACCESS_TOKEN
         PUBLIC_BASE_URL=f"http://127.0.0.1:{PORT}",
-        WHATSAPP_PHONE_NUMBER_ID="bench-pnid",
+        WHATSAPP_PHONE_NUMBER_ID="100000000000042",
         WHATSAPP_ACCESS_TOKEN="bench-token",
         WHATSAPP_APP_SECRET=WHATSAPP_APP_SECRET,
         WHATSAPP_VERIFY_TOKEN="bench-verify",
-        TWILIO_ACCOUNT_SID="ACbench0000000000000000000000000000",
+        TWILIO_ACCOUNT_SID="AC" + "b" * 32,
         TWILIO_AUTH_TOKEN=TWILIO_AUTH_TOKEN,
         TWILIO_FROM_NUMBER="+15550002222",
     )

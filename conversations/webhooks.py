@@ -145,10 +145,14 @@ def _list(value: object) -> list:
     return value if isinstance(value, list) else []
 
 
+# What an id may look like to be looked up at all (Meta's are digits; local setups use others).
+ROUTING_ID = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+
+
 def _phone_number_id(value: dict) -> str:
-    """The business number a change is for: Meta's ids are digits; anything else routes nowhere."""
+    """The business number a change is for; anything that cannot be an id routes nowhere."""
     pnid = str(_dict(value.get("metadata")).get("phone_number_id", ""))
-    return pnid if pnid.isascii() and pnid.isdigit() and len(pnid) <= 64 else ""
+    return pnid if ROUTING_ID.fullmatch(pnid) else ""
 
 
 def _whatsapp_verify(request: HttpRequest) -> HttpResponse:
@@ -283,7 +287,7 @@ def _e164_digits(value: object) -> bool:
 # --- Twilio ---------------------------------------------------------------------------
 
 
-TWILIO_ACCOUNT_SID = re.compile(r"AC[0-9a-fA-F]{32}")
+TWILIO_ACCOUNT_SID = re.compile(r"AC[A-Za-z0-9]{1,62}")  # Twilio's are AC + 32 hex digits
 
 
 def _twilio_org(request: HttpRequest, *, number: str) -> Organization | None:
