@@ -2,6 +2,7 @@
 
 import psycopg
 import pytest
+from django.db import OperationalError
 from django.db import connection
 
 from leads.models import LeadEvent
@@ -293,16 +294,24 @@ def test_one_event_that_keeps_failing_is_dead_lettered_and_the_rest_of_its_batch
     assert "poison" not in handled and {"a0", "a1", "a2", "b1", "b2"} <= set(handled)
 
 
-def test_when_every_event_fails_it_is_an_outage_and_nothing_is_dead_lettered():
+@pytest.mark.parametrize("error", [OperationalError("connection refused"), RuntimeError("something else")])
+def test_when_every_event_fails_it_is_an_outage_and_nothing_is_dead_lettered(error):
+    """And the one-by-one runs stop early: they happen on the consumer's loop, and in an
+    outage each may wait out a connection timeout."""
     from swiftex.events import consumer
 
+    calls: list[int] = []
+
     def handler(events: list[dict]) -> None:
-        raise ConnectionError("the database is down")
+        calls.append(len(events))
+        raise error
 
     batcher = consumer.Batcher("followups", handler, flush_seconds=0)
-    messages = _batch_of(batcher, ["a", "b", "c"])
+    messages = _batch_of(batcher, [str(n) for n in range(20)])
     for _ in range(consumer.MAX_STRIKES + 2):
         batcher.retry_at = 0
         batcher.flush()
     assert not any(m.rejected or m.acked for m in messages.values())
-    assert [event["id"] for event, _ in batcher.pending] == ["a", "b", "c"]
+    assert [event["id"] for event, _ in batcher.pending] == [str(n) for n in range(20)]
+    singles = calls.count(1)
+    assert singles == (0 if isinstance(error, OperationalError) else (consumer.MAX_STRIKES + 2) * consumer.ISOLATION_PROBES)

@@ -31,9 +31,11 @@ import time
 from collections import deque
 from typing import Callable
 
+import psycopg
 from celery import bootsteps
 from celery.concurrency.thread import TaskPool as ThreadPool
 from kombu import Consumer, Message
+from django.db import InterfaceError, OperationalError
 from kombu.common import ignore_errors
 
 logger = logging.getLogger(__name__)
@@ -44,6 +46,10 @@ MAX_BACKOFF = 10.0
 # An event that fails alone this many times while the events around it succeed is
 # dead-lettered: it is the event (a row it names was deleted, say), not the database.
 MAX_STRIKES = 3
+# A batch that fails with these is an outage, not a bad event: no one-by-one run.
+OUTAGE_ERRORS = (OperationalError, InterfaceError, psycopg.OperationalError, ConnectionError, TimeoutError)
+# One-by-one runs that may fail before one succeeds; past that it is an outage.
+ISOLATION_PROBES = 3
 REQUEUE_DELAY = 1.0  # a pool handler that failed waits this long before its event goes back
 DRAIN_SECONDS = 15.0  # how long a stopping worker lets pool handlers finish (gunicorn's graceful_timeout is 20)
 
@@ -109,9 +115,9 @@ class Batcher:
                     dead_letter(self.name, message, exc)
                 batch = [item for item in batch if item not in bad]
                 continue
-            except Exception:
+            except Exception as exc:
                 logger.exception("%s: batch of %d events failed", self.name, len(batch))
-                if len(batch) > 1:
+                if len(batch) > 1 and not isinstance(exc, OUTAGE_ERRORS):
                     batch = self._isolate(batch)
                     if not batch:
                         self.failures = 0
@@ -136,7 +142,11 @@ class Batcher:
         """
         failed: list[tuple[dict, Message, Exception]] = []
         succeeded = False
-        for event, message in batch:
+        for index, (event, message) in enumerate(batch):
+            if not succeeded and len(failed) >= ISOLATION_PROBES:
+                # Nothing works alone either: an outage after all. Stop here (this runs on the
+                # consumer's loop, and each call may wait out a connection timeout).
+                return [(e, m) for e, m, _ in failed] + batch[index:]
             try:
                 self.handler([event])
             except MalformedEvent as exc:
