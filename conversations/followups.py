@@ -258,17 +258,18 @@ def _finish(job: Job, status: str, reason: str = "") -> bool:
 def _run_followup(job: Job, org: Organization) -> None:
     lead, step = job.lead, job.step
     existing = Message.objects.filter(scheduled_job=job).select_related("conversation").first()
-    if existing is not None and existing.status != Message.Status.QUEUED:  # resumed: only finish what was started
-        _send(job, org, existing, step)
-        return
-    # First run, or a retry whose message never reached the provider: while it waited out a
-    # backoff the lead may have replied or closed, or the evening may have come.
-    why_not = _why_not(job, lead, step)
+    # First run, or a retry whose message never reached the provider: while the retry waited
+    # out a backoff (two minutes at most) the lead may have replied, closed or opted out.
+    why_not = _why_not(job, lead, step) if existing is None or existing.status == Message.Status.QUEUED else ""
     if why_not:
-        if existing is not None and not outbound.withdraw(existing, why_not):
-            return  # another worker is sending it right now
-        _finish(job, Job.Status.CANCELLED, why_not)
-        timeline.record(lead.pk, ("followup.cancelled", {"step": step.position if step else None, "reason": why_not}, timezone.now()))
+        with transaction.atomic():
+            if existing is not None and not outbound.withdraw(existing, why_not):
+                return  # another worker is sending it right now
+            _finish(job, Job.Status.CANCELLED, why_not)
+            timeline.record(lead.pk, ("followup.cancelled", {"step": step.position if step else None, "reason": why_not}, timezone.now()))
+        return
+    if existing is not None:  # only finish what was started (a retry minutes after a first attempt in business hours)
+        _send(job, org, existing, step)
         return
     now = timezone.now()
     allowed = quiet_hours.next_allowed(org, now)
@@ -276,9 +277,6 @@ def _run_followup(job: Job, org: Organization) -> None:
         reason = f"deferred to business hours ({quiet_hours.describe(org)})"
         Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING).update(status=Job.Status.PENDING, due_at=allowed, reason=reason, enqueued_at=None)
         timeline.record(lead.pk, ("followup.deferred", {"step": step.position, "until": allowed.isoformat()}, now))
-        return
-    if existing is not None:
-        _send(job, org, existing, step)
         return
     if not outbound.channel_configured(org, step.channel):
         _finish(job, Job.Status.FAILED, f"{step.channel} is not configured for the organization")
