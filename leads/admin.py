@@ -78,6 +78,10 @@ class OrganizationForm(forms.ModelForm):
                 cleaned[name] = ""
             elif not cleaned.get(name) and self.instance.pk:
                 cleaned[name] = getattr(self.instance, name)  # empty input keeps the stored secret
+            elif not cleaned.get(name) and name in ENV_DEFAULT_SECRETS and name in self.fields:
+                # A new organization: the environment's credential, before the model's checks
+                # (HubSpot sync, pre-filled from the environment, needs its token).
+                cleaned[name] = organization_defaults()[name]
         if not self.editor_is_superuser:
             self._refuse_other_organizations_numbers(cleaned)
         return cleaned
@@ -148,16 +152,9 @@ class OrganizationAdmin(HiddenSecretsMixin, TenantAdminMixin, admin.ModelAdmin):
 
     def get_changeform_initial_data(self, request):
         # A new organization starts from the environment's defaults, as `create_organization`
-        # does; the credentials among them are never put into the page (save_model applies them).
+        # does; the credentials among them are never put into the page (the form's clean applies them).
         shown = {name: value for name, value in organization_defaults().items() if name not in SECRET_FIELDS}
         return {**shown, **super().get_changeform_initial_data(request)}
-
-    def save_model(self, request, obj, form, change):
-        if not change:
-            for name in ENV_DEFAULT_SECRETS:
-                if not getattr(obj, name) and name not in form.cleaned_data.get("clear_secrets", []):
-                    setattr(obj, name, organization_defaults()[name])
-        super().save_model(request, obj, form, change)
 
     def get_form(self, request, obj=None, **kwargs):
         form = super().get_form(request, obj, **kwargs)  # a fresh subclass per request

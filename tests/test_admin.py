@@ -69,17 +69,19 @@ def test_a_view_only_staff_user_sees_whether_a_credential_is_set_never_its_value
 
 def test_an_organization_added_in_admin_starts_from_the_environments_defaults(admin_client, settings):
     settings.LEADS_DEFAULT_PHONE_REGION, settings.WHATSAPP_PHONE_NUMBER_ID = "BR", "100000000000009"
-    settings.WHATSAPP_ACCESS_TOKEN, settings.TWILIO_AUTH_TOKEN = "env-wa-token", ""
+    settings.WHATSAPP_ACCESS_TOKEN, settings.TWILIO_AUTH_TOKEN, settings.HUBSPOT_ACCESS_TOKEN = "env-wa-token", "", "env-hs-token"
     page = admin_client.get("/admin/leads/organization/add/").content.decode()
     assert 'name="phone_region" value="BR"' in page and 'value="100000000000009"' in page
     assert "env-wa-token" not in page and "Leave empty to use the environment's WHATSAPP_ACCESS_TOKEN." in page
 
-    form = {k: v for k, v in change_form(Organization(name="Newco", phone_region="BR", whatsapp_phone_number_id="100000000000009")).items()
+    form = {k: v for k, v in change_form(Organization(name="Newco", phone_region="BR", whatsapp_phone_number_id="100000000000009",
+                                                      crm_adapter="hubspot")).items()
             if k not in ("created_at",)}
     response = admin_client.post("/admin/leads/organization/add/", {**form, "twilio_auth_token": "typed-token"})
     assert response.status_code == 302, response.content.decode()[:3000]
     org = Organization.objects.get(name="Newco")
     assert (org.phone_region, org.whatsapp_access_token, org.twilio_auth_token) == ("BR", "env-wa-token", "typed-token")
+    assert (org.crm_adapter, org.hubspot_access_token) == ("hubspot", "env-hs-token")  # sync on, with the environment's token
 
 
 def test_saving_without_retyping_secrets_keeps_them_and_a_new_value_replaces_one(admin_client):
