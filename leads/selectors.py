@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from django.conf import settings
-from django.db.models import Exists, OuterRef
+from django.db.models import Exists, OuterRef, Q
 
 from leads.models import Lead, Organization, Submission
 from swiftex.ttlcache import TTLCache
@@ -34,7 +34,10 @@ def lead_detail(*, org: Organization, lead_id: int, source: str | None = None) -
     lead = leads.first()
     if lead is None:
         return None
-    submissions = lead.submissions.filter(source=source) if source is not None else lead.submissions.all()
+    submissions, events = lead.submissions.all(), lead.events.all()
+    if source is not None:
+        submissions = submissions.filter(source=source)
+        events = events.exclude(Q(kind="submission.received") & ~Q(data__source=source))
     contact = lead.contact
     return {
         "id": lead.pk,
@@ -85,7 +88,7 @@ def lead_detail(*, org: Organization, lead_id: int, source: str | None = None) -
         ],
         "timeline": [
             {"kind": e.kind, "occurred_at": e.occurred_at, "data": e.data}
-            for e in lead.events.order_by("occurred_at", "pk")
+            for e in events.order_by("occurred_at", "pk")
         ],
     }
 

@@ -47,8 +47,8 @@ def _unstorable_text(text: str, path: str) -> tuple[str, str] | None:
     if not text.isascii():
         try:
             text.encode("utf-8")
-        except UnicodeEncodeError:
-            return path, "text may not contain unpaired surrogates (\\ud800-\\udfff)"
+        except UnicodeEncodeError:  # the path too may hold one: escaped, or the error could not be sent
+            return path.encode("utf-8", "backslashreplace").decode(), "text may not contain unpaired surrogates (\\ud800-\\udfff)"
     return None
 
 

@@ -101,6 +101,7 @@ def test_repeated_external_id_is_deduplicated_without_a_second_submission(client
         (r'{"phone": "+14155550123", "metadata": {"x": "a\u0000b"}}', "application/json", 400, "metadata"),
         (r'{"phone": "+14155550123", "utm_source": "a\u0000b"}', "application/json", 400, "utm_source"),
         (r'{"phone": "+14155550123", "metadata": {"x": "\ud800"}}', "application/json", 400, "metadata"),
+        (r'{"phone": "+14155550123", "metadata": {"\ud800": 1}}', "application/json", 400, "metadata"),
         (r'{"phone": "+14155550123", "metadata": {"x": 1e400}}', "application/json", 400, "metadata"),
         (r'{"phone": "+14155550123", "name": "A\u0000"}', "application/json", 400, "name"),
         ("[" * 5000 + "]" * 5000, "application/json", 400, "body"),
@@ -231,6 +232,8 @@ def test_a_partner_key_reads_only_the_leads_its_source_submitted(org_and_key):
     assert partner.get(f"{URL}/{other}").status_code == 404  # a lead only the web form sent
     detail = partner.get(f"{URL}/{shared}").json()
     assert [s["source"] for s in detail["submissions"]] == ["acme-leads"]  # not the web form's submission
+    received = [e["data"]["source"] for e in detail["timeline"] if e["kind"] == "submission.received"]
+    assert received == ["acme-leads"]  # nor its timeline entry
     assert [s["source"] for s in own.get(f"{URL}/{shared}").json()["submissions"]] == ["web", "acme-leads"]
 
 

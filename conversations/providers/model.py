@@ -119,10 +119,10 @@ def _complete(client: openai.OpenAI, model: str, messages: list[dict]) -> str:
         raise ModelUnavailable("model answered without a message") from None
     if not isinstance(content, str):
         raise ModelUnavailable("model answered with content that is not text")
-    # "length": cut off mid-sentence at max_tokens; "content_filter": withheld. Servers
-    # that leave finish_reason out are taken at their word.
+    # "length": cut off mid-sentence at max_tokens; "content_filter": withheld. Other values
+    # (compatible servers have their own, e.g. "eos_token") are taken at their word.
     finish_reason = choice.get("finish_reason") if isinstance(choice, dict) else None
-    if finish_reason not in (None, "stop"):
+    if finish_reason in ("length", "content_filter"):
         raise ModelUnavailable(f"model stopped early ({str(finish_reason)[:40]})")
     return content
 

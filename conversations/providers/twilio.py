@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 from urllib.parse import urlsplit, urlunsplit
 
 from django.conf import settings
@@ -72,14 +73,16 @@ def signature_valid(auth_token: str, url: str, params, provided: str) -> bool:
 
 
 def _port_forms(url: str) -> set[str]:
+    """`url` as given, without its port, and with the scheme's default port if it had none."""
     parts = urlsplit(url)
-    if not parts.hostname:
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    found = re.fullmatch(r"(\[[^\]]*\]|[^:]*)(?::(\d*))?", hostport)
+    if found is None:
         return {url}
-    host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
-    userinfo = parts.netloc.rpartition("@")[0]
+    host, port = found.groups()
     prefix = f"{userinfo}@" if userinfo else ""
-    port = parts.port or {"https": 443, "http": 80}.get(parts.scheme)
-    forms = {urlunsplit(parts._replace(netloc=prefix + host))}
-    if port:
-        forms.add(urlunsplit(parts._replace(netloc=f"{prefix}{host}:{port}")))
+    forms = {url, urlunsplit(parts._replace(netloc=prefix + host))}
+    default = {"https": "443", "http": "80"}.get(parts.scheme)
+    if not port and default:
+        forms.add(urlunsplit(parts._replace(netloc=f"{prefix}{host}:{default}")))
     return forms

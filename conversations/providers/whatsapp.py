@@ -53,7 +53,7 @@ def number_variants(e164: str) -> list[str]:
     Mexican one with or without the 1 after 52. A lead who typed one form writes back from
     the other; matched on the number alone they would be a stranger whose STOP is ignored."""
     digits = e164.lstrip("+")
-    if digits.startswith("55") and len(digits) == 12:
+    if digits.startswith("55") and len(digits) == 12 and digits[4] in "6789":  # a mobile; landlines start 2-5
         return [f"+{digits[:4]}9{digits[4:]}"]
     if digits.startswith("55") and len(digits) == 13 and digits[4] == "9":
         return [f"+{digits[:4]}{digits[5:]}"]
