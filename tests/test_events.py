@@ -312,6 +312,29 @@ def test_when_every_event_fails_it_is_an_outage_and_nothing_is_dead_lettered(err
         batcher.retry_at = 0
         batcher.flush()
     assert not any(m.rejected or m.acked for m in messages.values())
-    assert [event["id"] for event, _ in batcher.pending] == [str(n) for n in range(20)]
+    assert sorted(event["id"] for event, _ in batcher.pending) == sorted(str(n) for n in range(20))
     singles = calls.count(1)
     assert singles == (0 if isinstance(error, OperationalError) else (consumer.MAX_STRIKES + 2) * consumer.ISOLATION_PROBES)
+
+
+def test_bad_events_at_the_head_of_a_batch_cannot_hide_the_good_ones_behind_them():
+    from swiftex.events import consumer
+
+    bad = {f"bad{n}" for n in range(consumer.ISOLATION_PROBES)}
+
+    def handler(events: list[dict]) -> None:
+        if any(event["id"] in bad for event in events):
+            raise RuntimeError("names a row that is gone")
+
+    batcher = consumer.Batcher("followups", handler, flush_seconds=0)
+    messages = _batch_of(batcher, [*sorted(bad), "good1", "good2"])
+    for _ in range(2):  # the first one-by-one run stops after the bad ones and moves them last
+        batcher.retry_at = 0
+        batcher.flush()
+    assert messages["good1"].acked and messages["good2"].acked  # found behind the bad ones
+    for round_ in range(consumer.MAX_STRIKES + 1):  # events keep arriving: evidence the database is fine
+        messages |= _batch_of(batcher, [f"later{round_}"])
+        batcher.retry_at = 0
+        batcher.flush()
+    assert all(messages[event_id].rejected for event_id in bad) and batcher.pending == []
+    assert all(m.acked for event_id, m in messages.items() if event_id not in bad)

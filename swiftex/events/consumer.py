@@ -34,8 +34,8 @@ from typing import Callable
 import psycopg
 from celery import bootsteps
 from celery.concurrency.thread import TaskPool as ThreadPool
-from kombu import Consumer, Message
 from django.db import InterfaceError, OperationalError
+from kombu import Consumer, Message
 from kombu.common import ignore_errors
 
 logger = logging.getLogger(__name__)
@@ -145,8 +145,9 @@ class Batcher:
         for index, (event, message) in enumerate(batch):
             if not succeeded and len(failed) >= ISOLATION_PROBES:
                 # Nothing works alone either: an outage after all. Stop here (this runs on the
-                # consumer's loop, and each call may wait out a connection timeout).
-                return [(e, m) for e, m, _ in failed] + batch[index:]
+                # consumer's loop, and each call may wait out a connection timeout), and put
+                # these last, so bad events at the head cannot hide the good ones for ever.
+                return batch[index:] + [(e, m) for e, m, _ in failed]
             try:
                 self.handler([event])
             except MalformedEvent as exc:
