@@ -114,9 +114,10 @@ def whatsapp(request: HttpRequest) -> HttpResponse:
 
     with _processing("whatsapp", raw):
         for value in changes:
-            org = orgs.get(_phone_number_id(value))
+            number = _phone_number_id(value)
+            org = orgs.get(number)
             if org is None:
-                logger.info("whatsapp webhook for unknown phone_number_id %r ignored", _phone_number_id(value))
+                logger.info("whatsapp webhook for unknown phone_number_id %r ignored", number)
                 continue
             reports = [report for status in _list(value.get("statuses")) if (report := _whatsapp_status(status, received_at))]
             receipts.enqueue(org, reports)
