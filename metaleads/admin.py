@@ -12,7 +12,7 @@ from django.urls import reverse
 from django.utils.html import format_html
 
 from conversations.admin import ReadOnlyAdmin
-from metaleads import services
+from metaleads import reconcile, services
 from metaleads.models import DEFAULT_MAPPING, MetaLeadForm, MetaLeadgen, MetaPage
 from swiftex.admin_secrets import HiddenSecretsMixin
 from swiftex.admin_tenancy import TenantAdminMixin
@@ -74,7 +74,7 @@ class MetaLeadFormAdmin(TenantAdminMixin, admin.ModelAdmin):
     list_filter = ("consent", "reconcile", "page")
     list_select_related = ("page",)
     search_fields = ("form_id", "name")
-    readonly_fields = ("watermark", "last_reconciled_at", "last_reconcile_error", "created_at")
+    readonly_fields = ("watermark", "reconcile_progress", "last_reconciled_at", "last_reconcile_error", "created_at")
     fieldsets = (
         (None, {"fields": ("page", "form_id", "name", "source", "campaign")}),
         ("Field mapping", {"fields": ("mapping",)}),
@@ -83,9 +83,18 @@ class MetaLeadFormAdmin(TenantAdminMixin, admin.ModelAdmin):
                            "disclaimer is not an opt-in to messaging; a custom disclaimer checkbox or a question is.",
             "fields": ("consent", "consent_question", "consent_answers"),
         }),
-        ("Reconciliation", {"fields": ("reconcile", "watermark", "last_reconciled_at", "last_reconcile_error", "created_at")}),
+        ("Reconciliation", {"fields": ("reconcile", "watermark", "reconcile_progress", "last_reconciled_at", "last_reconcile_error",
+                                       "created_at")}),
     )
     actions = ["reconcile_now"]
+
+    @admin.display(description="Listing in progress")
+    def reconcile_progress(self, obj: MetaLeadForm) -> str:
+        reading = reconcile.Pass.load(obj.reconcile_resume)
+        if reading is None:
+            return "none: the next run reads from the watermark"
+        return (f"leads since {reading.since:%Y-%m-%d %H:%M:%S} UTC, begun {reading.began:%Y-%m-%d %H:%M:%S} UTC; "
+                "the next run goes on from the last page read")
 
     @admin.action(description="Reconcile now (list Meta's leads and ingest any the webhook missed)", permissions=["change"])
     def reconcile_now(self, request, queryset) -> None:

@@ -107,6 +107,8 @@ class MetaLeadForm(models.Model):
     next_reconcile_at = models.DateTimeField(null=True, blank=True)
     last_reconciled_at = models.DateTimeField(null=True, blank=True)
     last_reconcile_error = models.CharField(max_length=500, blank=True, default="")
+    # A pass that stopped with pages left (reconcile.Pass): the next run follows its cursor.
+    reconcile_resume = models.JSONField(null=True, blank=True, editable=False)
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:

@@ -6,7 +6,16 @@ following the cursor to the last page. A lead with no row yet gets one
 (`via=reconcile`) and is ingested from the listing itself: it already carries
 field_data, so no second fetch. A row still pending and not held by a worker
 (its task lost) is ingested the same way. The watermark moves only once every
-page was read, so a failed run repeats its window next time.
+page was read.
+
+A run reads at most MAX_RECONCILE_PAGES pages. A listing longer than that, or
+one cut short by an error, is not started over next time: the form keeps where
+the pass stood (`reconcile_resume`: the window's start, the cursor of the next
+page, the newest lead seen, when the pass began), the next run follows that
+cursor, and a form with more to read is due again at once. Graph lists newest
+first, so starting over would read the same newest pages for ever and never
+reach the older leads of a busy window. A cursor Meta no longer accepts
+starts the window over.
 """
 
 from __future__ import annotations
@@ -36,11 +45,37 @@ class Result:
     error: str = ""
     since: datetime | None = None
     leadgen_ids: list[str] = field(default_factory=list)
+    more: bool = False  # the pass stopped with pages left; the next run continues it
 
     def __str__(self) -> str:
         text = f"form {self.form_id}: {self.listed} listed since {self.since:%Y-%m-%d %H:%M:%S}, {self.recorded} missed"
         text += f", {self.ingested} ingested, {self.failed} failed"
+        text += f"; stopped after {services.MAX_RECONCILE_PAGES} pages, the next run goes on from there" if self.more else ""
         return text + (f"; error: {self.error}" if self.error else "")
+
+
+@dataclass
+class Pass:
+    """Where one reading of a form's window stands; saved on the form between runs."""
+
+    since: datetime
+    began: datetime
+    after: str | None = None
+    newest: datetime | None = None
+    resumed: bool = False
+
+    def saved(self) -> dict:
+        return {"since": self.since.isoformat(), "began": self.began.isoformat(), "after": self.after,
+                "newest": self.newest.isoformat() if self.newest else None}
+
+    @classmethod
+    def load(cls, saved) -> Pass | None:
+        try:
+            return cls(since=datetime.fromisoformat(saved["since"]), began=datetime.fromisoformat(saved["began"]),
+                       after=saved["after"] or None, newest=datetime.fromisoformat(saved["newest"]) if saved["newest"] else None,
+                       resumed=True)
+        except (TypeError, KeyError, ValueError):
+            return None  # nothing saved, or something unreadable: start the window over
 
 
 def overlap() -> timedelta:
@@ -48,32 +83,41 @@ def overlap() -> timedelta:
 
 
 def reconcile_form(form: MetaLeadForm, *, since: datetime | None = None, now: datetime | None = None) -> Result:
-    """List and ingest one form's leads; `since` overrides the watermark (a manual backfill)."""
+    """List and ingest one form's leads; `since` overrides the watermark (a manual backfill).
+
+    Goes on from where the form's last pass stopped, if it did; a backfill starts its own
+    pass, reaching back at least as far as the one it replaces.
+    """
     now = now or timezone.now()
     page = form.page
-    start = since or (form.watermark or form.created_at) - overlap()
-    result = Result(form.form_id, since=start)
+    saved = Pass.load(form.reconcile_resume)
+    if since is not None:
+        reading = Pass(since=min(since, saved.since) if saved else since, began=now)
+    else:
+        reading = saved or Pass(since=(form.watermark or form.created_at) - overlap(), began=now)
+    result = Result(form.form_id, since=reading.since)
     if not page.active or not page.access_token:
         result.error = "the page is inactive or has no access token"
-        _finish(form, now, result, newest=None)
+        _finish(form, now, result, saved)
         return result
-    newest: datetime | None = None
-    after: str | None = None
     try:
         for _ in range(services.MAX_RECONCILE_PAGES):
-            listing = graph.list_leads(form.form_id, token=page.access_token, since=start, after=after)
+            listing = graph.list_leads(form.form_id, token=page.access_token, since=reading.since, after=reading.after)
             for lead in listing.leads:
-                created = mapping.created_at(lead)
-                newest = max(filter(None, (newest, created)), default=None)
+                reading.newest = max(filter(None, (reading.newest, mapping.created_at(lead))), default=None)
                 _one(form, lead, result)
-            after = listing.after
-            if after is None:
+            reading.after = listing.after
+            if reading.after is None:
                 break
         else:
-            result.error = f"stopped after {services.MAX_RECONCILE_PAGES} pages; the rest next run"
+            result.more = True
     except ProviderError as exc:
         result.error = f"Graph {exc.code}: {exc.title}" if exc.code else f"Graph: {exc.title}"
-    _finish(form, now, result, newest)
+        if reading.resumed and reading.after and exc.permanent and exc.code == "100":
+            # Meta refused the saved cursor (expired, or from another listing): read the window again.
+            result.error += "; the saved cursor was refused, so the window is read again from its start"
+            reading = None
+    _finish(form, now, result, reading)
     return result
 
 
@@ -97,12 +141,22 @@ def _one(form: MetaLeadForm, lead: dict, result: Result) -> None:
         result.failed += 1
 
 
-def _finish(form: MetaLeadForm, now: datetime, result: Result, newest: datetime | None) -> None:
+def _finish(form: MetaLeadForm, now: datetime, result: Result, reading: Pass | None) -> None:
+    """Save how the run ended: the watermark moves when a pass is complete, else the pass is kept."""
     updates = {"last_reconciled_at": now, "last_reconcile_error": result.error[:500]}
-    if not result.error:
-        # Never behind what was seen, and walking forward with the clock even when nothing came.
-        candidates = [form.watermark, newest, now - overlap()]
+    complete = reading is not None and not result.error and not result.more
+    if complete:
+        # Never behind what was seen, and walking forward with the clock even when nothing came
+        # (from when the pass began: a lead created while it was under way may not be listed in it).
+        candidates = [form.watermark, reading.newest, reading.began - overlap()]
         updates["watermark"] = max(c for c in candidates if c is not None)
+        updates["reconcile_resume"] = None
+    else:
+        # Only a pass that read at least one page has anywhere to go on from.
+        updates["reconcile_resume"] = reading.saved() if reading is not None and (reading.after or reading.resumed) else None
+    if result.more:
+        updates["next_reconcile_at"] = now  # due at the next sweep, not a whole interval later
+    form.reconcile_resume = updates["reconcile_resume"]
     MetaLeadForm.objects.filter(pk=form.pk).update(**updates)
     (logger.warning if result.error else logger.info)("meta reconcile %s", result)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import io
 import json
 import time
 import urllib.request
@@ -25,7 +26,7 @@ from django.utils import timezone
 
 from conversations.models import Message, WebhookDelivery
 from leads.models import Contact, Lead, LeadEvent, Submission
-from metaleads import graph, services
+from metaleads import graph, reconcile, services
 from metaleads.models import MetaLeadForm, MetaLeadgen, MetaPage
 from tests.factories import org_with_key, org_with_providers
 from tests.support import FakeProviders, Stack, wait_until
@@ -366,6 +367,83 @@ def test_reconciliation_that_fails_midway_keeps_the_watermark_and_says_why(meta,
         call_command("meta_reconcile", form=[FORM_ID])
     form.refresh_from_db()
     assert form.watermark is None and "190" in form.last_reconcile_error
+
+
+def seed_listing(meta, count: int) -> list[str]:
+    """`count` leads of the form, one a minute apart, newest first (as Graph lists them)."""
+    now = int(time.time())
+    return [seed(meta, fields(full_name=f"Lead {i}", phone_number=f"+3519123{i:05d}"), created_time=now - 60 * (i + 1))
+            for i in range(count)]
+
+
+@pytest.mark.django_db
+def test_a_listing_longer_than_one_run_goes_on_from_its_cursor_until_every_lead_is_read(meta, page, monkeypatch, settings):
+    # Graph lists newest first: starting every run over would read the same newest pages for ever.
+    monkeypatch.setattr(graph, "PAGE_SIZE", 2)
+    monkeypatch.setattr(services, "MAX_RECONCILE_PAGES", 2)
+    form = MetaLeadForm.objects.create(page=page, form_id=FORM_ID, consent="form", created_at=timezone.now() - timedelta(hours=1))
+    leadgen_ids = seed_listing(meta, 9)  # 5 pages of 2
+
+    first = reconcile.reconcile_form(form)
+    form.refresh_from_db()
+    assert first.more and not first.error and first.listed == 4
+    assert form.watermark is None and form.reconcile_resume["after"] and form.next_reconcile_at <= timezone.now()
+    assert "the next run goes on from there" in str(first)
+
+    second = reconcile.reconcile_form(form)
+    form.refresh_from_db()
+    assert second.more and second.listed == 4 and second.since == first.since
+    assert set(second.leadgen_ids) == set(leadgen_ids[4:8])  # the older pages, not the newest again
+
+    third = reconcile.reconcile_form(form)
+    form.refresh_from_db()
+    assert not third.more and third.leadgen_ids == [leadgen_ids[8]]
+    assert form.reconcile_resume is None and not form.last_reconcile_error
+    assert form.watermark >= timezone.now() - timedelta(seconds=settings.META_RECONCILE_OVERLAP_SECONDS + 5)
+    assert sorted(MetaLeadgen.objects.filter(status="ingested").values_list("leadgen_id", flat=True)) == sorted(leadgen_ids)
+    assert Lead.objects.count() == 9
+
+
+@pytest.mark.django_db
+def test_a_pass_cut_short_by_an_error_keeps_its_cursor_and_a_refused_cursor_starts_the_window_over(meta, page, monkeypatch):
+    monkeypatch.setattr(graph, "PAGE_SIZE", 2)
+    monkeypatch.setattr(services, "MAX_RECONCILE_PAGES", 1)
+    form = MetaLeadForm.objects.create(page=page, form_id=FORM_ID, consent="form", created_at=timezone.now() - timedelta(hours=1))
+    leadgen_ids = seed_listing(meta, 5)
+    assert reconcile.reconcile_form(form).more
+    form.refresh_from_db()
+    cursor = form.reconcile_resume["after"]
+
+    graph_errors(meta, **{FORM_ID: {"http": 400, "code": 4, "message": "Application request limit reached", "times": 1}})
+    throttled = reconcile.reconcile_form(form)
+    form.refresh_from_db()
+    assert "Graph 4" in throttled.error and form.reconcile_resume["after"] == cursor and form.watermark is None
+
+    assert set(reconcile.reconcile_form(form).leadgen_ids) == set(leadgen_ids[2:4])  # went on from the cursor
+    form.refresh_from_db()
+    graph_errors(meta, **{FORM_ID: {"http": 400, "code": 100, "message": "(#100) Invalid cursor", "times": 1}})
+    refused = reconcile.reconcile_form(form)
+    form.refresh_from_db()
+    assert "read again from its start" in refused.error and form.reconcile_resume is None
+
+    monkeypatch.setattr(services, "MAX_RECONCILE_PAGES", 50)
+    again = reconcile.reconcile_form(form)
+    assert again.listed == 5 and again.leadgen_ids == [leadgen_ids[4]]  # the whole window, each lead recorded once
+    form.refresh_from_db()
+    assert form.reconcile_resume is None and form.watermark is not None and Lead.objects.count() == 5
+
+
+@pytest.mark.django_db
+def test_the_command_reads_a_long_listing_to_its_end(meta, page, monkeypatch):
+    monkeypatch.setattr(graph, "PAGE_SIZE", 2)
+    monkeypatch.setattr(services, "MAX_RECONCILE_PAGES", 2)
+    MetaLeadForm.objects.create(page=page, form_id=FORM_ID, consent="form", created_at=timezone.now() - timedelta(hours=1))
+    leadgen_ids = seed_listing(meta, 7)
+    out = io.StringIO()
+    call_command("meta_reconcile", stdout=out)
+    assert out.getvalue().count("the next run goes on from there") == 1 and out.getvalue().count("form 667788") == 2
+    assert MetaLeadgen.objects.filter(status="ingested").count() == len(leadgen_ids)
+    assert MetaLeadForm.objects.get().reconcile_resume is None
 
 
 @pytest.mark.django_db

@@ -2,7 +2,8 @@
 
 The scheduler does the same every META_RECONCILE_SECONDS on the bulk lane;
 this runs it in the foreground, for every form or the ones named, and can
-reach further back than the watermark with --since (a backfill).
+reach further back than the watermark with --since (a backfill). A listing
+longer than one run's pages is followed to its end here.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from django.core.management.base import BaseCommand, CommandError
 
 from metaleads import reconcile
 from metaleads.models import MetaLeadForm
+
+MAX_RUNS = 200  # per form: 200 × 50 pages × 100 leads, a million leads; the scheduler goes on from there
 
 
 class Command(BaseCommand):
@@ -35,8 +38,13 @@ class Command(BaseCommand):
         failed = 0
         for item in forms:
             result = reconcile.reconcile_form(item, since=start)
-            failed += bool(result.error)
             self.stdout.write(str(result))
+            for _ in range(MAX_RUNS - 1):  # in the foreground, a long listing is read to its end
+                if not result.more:
+                    break
+                result = reconcile.reconcile_form(item)
+                self.stdout.write(str(result))
+            failed += bool(result.error or result.more)
         if failed:
             raise CommandError(f"{failed} form(s) could not be reconciled completely; see the errors above")
 
