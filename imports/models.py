@@ -68,6 +68,8 @@ class LeadImport(models.Model):
     preview = models.JSONField(default=list, blank=True, help_text="The first valid rows as they will be stored.")
     created_at = models.DateTimeField(auto_now_add=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True, help_text="Last chunk committed.")
+    chain = models.PositiveIntegerField(default=0, editable=False,
+                                        help_text="The task chain working the import; a slice of an older one stops.")
     finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:

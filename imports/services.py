@@ -3,9 +3,9 @@
 Both phases run on the bulk lane (imports/tasks.py) as `work(import_id)`: one
 task parses the file once and then does chunk after chunk, each chunk one
 transaction that locks the import row, re-reads the cursor, handles the rows
-after it and moves the cursor past them. A second worker on the same import
-(a stalled one picked up again) therefore just takes turns: no row is done
-twice. Every row goes through `LeadSerializer` and `lead_ingest` like an API
+after it and moves the cursor past them, so no row is done twice. One task
+chain works an import at a time (`work`): picking a stalled import up again
+starts a new chain, and a late slice of the old one stops. Every row goes through `LeadSerializer` and `lead_ingest` like an API
 submission, flagged `imported`: a lead it opens is not greeted, routed or
 counted as speed-to-lead. Each chunk raises one `lead.imported` event (the
 leads it opened, and whether the admin asked to greet them), so a list never
@@ -79,11 +79,12 @@ def start(lead_import: LeadImport, phase: str, *, mapping: list[str] | None = No
             raise ImportRefused(" ".join(problems))
         if mapping != locked.mapping or phase == LeadImport.Status.CHECKING:
             RowError.objects.filter(lead_import=locked).delete()  # errors of another mapping no longer hold
+        chain = locked.chain + 1  # a slice of the check still queued stops instead of working the import
         LeadImport.objects.filter(pk=locked.pk).update(
-            mapping=mapping, status=phase, cursor=0, valid_rows=0, invalid_rows=0, heartbeat_at=timezone.now(),
+            mapping=mapping, status=phase, cursor=0, valid_rows=0, invalid_rows=0, heartbeat_at=timezone.now(), chain=chain,
             **({"preview": []} if phase == LeadImport.Status.CHECKING else {}),
         )
-        transaction.on_commit(lambda: work.apply_async(kwargs={"import_id": locked.pk}))
+        transaction.on_commit(lambda: work.apply_async(kwargs={"import_id": locked.pk, "chain": chain}))
 
 
 def stop(lead_import: LeadImport) -> bool:
@@ -104,31 +105,62 @@ class _Chunk:
     existing: int = 0
 
 
-def work(import_id: int, *, budget_seconds: float | None = None) -> bool:
-    """Do chunks of the current phase for up to `budget_seconds`; True if there is more to do."""
+def work(import_id: int, *, chain: int | None = None, claim: bool = False, budget_seconds: float | None = None) -> int | None:
+    """Do chunks of the current phase for up to `budget_seconds`.
+
+    Returns the chain to queue the next slice with, or None when this chain is done: the
+    phase ended, the import was stopped, or another chain has it. One chain works an import
+    at a time (`LeadImport.chain`): a slice of another chain stops, so a slice that was only
+    late (queued behind a bulk backlog) cannot run beside the one that picked the import up
+    again, and the pace holds. `claim` (resume_stalled) takes the import over only if it is
+    still stalled when the task runs. `chain` None: whichever chain it is (the tests).
+    """
     budget = settings.IMPORT_SLICE_SECONDS if budget_seconds is None else budget_seconds
     lead_import = LeadImport.objects.filter(pk=import_id).first()
     if lead_import is None or not lead_import.running:
-        return False
+        return None
+    if claim:
+        chain = _claim(import_id)
+    elif chain is None:
+        chain = lead_import.chain
+    elif chain != lead_import.chain:
+        return None
+    if chain is None:
+        return None
     importing = lead_import.status == LeadImport.Status.IMPORTING
     pace = settings.IMPORT_ROWS_PER_SECOND if importing else settings.IMPORT_CHECK_ROWS_PER_SECOND
     cells = list(csvfile.rows(lead_import.content, lead_import.delimiter))
     started = time.monotonic()
     while time.monotonic() - started < budget:
         chunk_started = time.monotonic()
-        more, done = _chunk(import_id, lead_import.status, cells)
+        more, done = _chunk(import_id, lead_import.status, chain, cells)
         if not more:
-            return False
+            return None
         time.sleep(max(0.0, done / pace - (time.monotonic() - chunk_started)))
-    return True
+    return chain
 
 
-def _chunk(import_id: int, phase: str, cells: list[tuple[int, list[str]]]) -> tuple[bool, int]:
+def _claim(import_id: int) -> int | None:
+    """Take over a stalled import: its new chain, or None if it moved meanwhile (its own slice came)."""
+    cutoff = timezone.now() - timedelta(seconds=settings.IMPORT_STALL_SECONDS)
+    with transaction.atomic():
+        lead_import = LeadImport.objects.select_for_update().defer("content").filter(
+            pk=import_id, status__in=LeadImport.RUNNING, heartbeat_at__lt=cutoff).first()
+        if lead_import is None:
+            return None
+        lead_import.chain += 1
+        lead_import.heartbeat_at = timezone.now()  # picked up: not stalled, so no second claim
+        lead_import.save(update_fields=["chain", "heartbeat_at"])
+    logger.info("import %s picked up again (chain %s)", import_id, lead_import.chain)
+    return lead_import.chain
+
+
+def _chunk(import_id: int, phase: str, chain: int, cells: list[tuple[int, list[str]]]) -> tuple[bool, int]:
     """One transaction: the rows after the cursor, up to IMPORT_CHUNK_ROWS. (more to do, rows done)."""
     with transaction.atomic():
         lead_import = LeadImport.objects.select_for_update().defer("content").get(pk=import_id)
-        if lead_import.status != phase:
-            return False, 0  # stopped, or the other phase began
+        if lead_import.status != phase or lead_import.chain != chain:
+            return False, 0  # stopped, the other phase began, or another chain has it
         batch = cells[lead_import.cursor:lead_import.cursor + settings.IMPORT_CHUNK_ROWS]
         counts, lead_ids = _rows(lead_import, batch, ingest=phase == LeadImport.Status.IMPORTING)
         lead_import.cursor += len(batch)

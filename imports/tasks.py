@@ -11,12 +11,14 @@ from swiftex.db import DB_RETRY
 
 
 @shared_task(ignore_result=True, **DB_RETRY)
-def work(*, import_id: int) -> None:
-    if services.work(import_id):
-        work.apply_async(kwargs={"import_id": import_id})
+def work(*, import_id: int, chain: int = 0, claim: bool = False) -> None:
+    # chain 0: a slice queued before chains existed, for an import started then (its chain is 0 too).
+    chain = services.work(import_id, chain=chain, claim=claim)
+    if chain is not None:
+        work.apply_async(kwargs={"import_id": import_id, "chain": chain})
 
 
 @shared_task(ignore_result=True)
 def resume_stalled() -> None:
     for import_id in services.stalled():
-        work.apply_async(kwargs={"import_id": import_id})
+        work.apply_async(kwargs={"import_id": import_id, "claim": True})

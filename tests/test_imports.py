@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import csv
 import io
+from datetime import timedelta
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.utils import timezone
 
 from conversations.models import Greeting
 from imports import csvfile, services
@@ -54,7 +56,7 @@ def list_with_bad_rows(n: int) -> tuple[bytes, set[int]]:
 
 
 def run(lead_import: LeadImport) -> LeadImport:
-    while services.work(lead_import.pk, budget_seconds=60):
+    while services.work(lead_import.pk, budget_seconds=60) is not None:
         pass
     lead_import.refresh_from_db()
     return lead_import
@@ -189,6 +191,31 @@ def test_a_worker_that_dies_mid_chunk_leaves_no_row_done_twice(settings, monkeyp
     monkeypatch.setattr(services, "lead_ingest", real_ingest)
     lead_import = run(lead_import)
     assert (lead_import.status, lead_import.created_leads, Lead.objects.count(), Submission.objects.count()) == ("done", 12, 12, 12)
+
+
+def test_a_stalled_import_is_picked_up_by_one_chain_and_a_late_slice_of_the_old_one_stops(settings):
+    # The bulk lane was busy for over IMPORT_STALL_SECONDS: the import's own next slice was only late.
+    settings.IMPORT_CHUNK_ROWS = 3
+    org, _ = org_with_providers()
+    rows = [[f"P{i}", f"+1415555{i:04d}", "", "", "", ""] for i in range(9)]
+    lead_import = services.upload(organization=org, file_name="list.csv", raw=csv_bytes(rows))
+    services.start(lead_import, LeadImport.Status.IMPORTING)
+    first = LeadImport.objects.get().chain
+    assert services.work(lead_import.pk, chain=first, budget_seconds=0.0001) == first  # one chunk, more to do
+
+    assert services.work(lead_import.pk, claim=True, budget_seconds=0.0001) is None  # not stalled: no takeover
+    LeadImport.objects.update(heartbeat_at=timezone.now() - timedelta(seconds=settings.IMPORT_STALL_SECONDS + 1))
+    assert services.stalled() == [lead_import.pk]
+    second = services.work(lead_import.pk, claim=True, budget_seconds=0.0001)
+    assert second == first + 1 and services.stalled() == []
+    assert services.work(lead_import.pk, claim=True, budget_seconds=0.0001) is None  # a second resume task: nothing
+
+    assert services.work(lead_import.pk, chain=first, budget_seconds=60) is None  # the late slice stops at once
+    lead_import.refresh_from_db()
+    assert lead_import.cursor == 6 and Lead.objects.count() == 6
+    assert services.work(lead_import.pk, chain=second, budget_seconds=60) is None
+    lead_import.refresh_from_db()
+    assert (lead_import.status, lead_import.created_leads, Lead.objects.count()) == ("done", 9, 9)
 
 
 def test_re_importing_a_list_with_external_ids_adds_nothing(org_and_key):
