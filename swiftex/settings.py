@@ -374,6 +374,15 @@ WEBFORM_IP_BURST = env_int("WEBFORM_IP_BURST", 10, minimum=1)
 # (a client can write any X-Forwarded-For it likes, so it is read only when a proxy is declared).
 WEBFORM_TRUSTED_PROXIES = env_int("WEBFORM_TRUSTED_PROXIES", 0, minimum=0, maximum=10)
 
+# --- Sign-in (reps' pages and admin) ----------------------------------------------
+# Failed sign-ins per username, and per client address (behind WEBFORM_TRUSTED_PROXIES), within
+# LOGIN_LOCKOUT_SECONDS of the first: past either, sign-in is refused until the window ends.
+LOGIN_FAILURES_PER_ACCOUNT = env_int("LOGIN_FAILURES_PER_ACCOUNT", 10, minimum=1)
+LOGIN_FAILURES_PER_ADDRESS = env_int("LOGIN_FAILURES_PER_ADDRESS", 50, minimum=1)
+LOGIN_LOCKOUT_SECONDS = env_int("LOGIN_LOCKOUT_SECONDS", 900, minimum=1)
+# Password reset e-mails per e-mail address asked for, and per client address.
+PASSWORD_RESETS_PER_HOUR = env_int("PASSWORD_RESETS_PER_HOUR", 5, minimum=1)
+
 # --- E-mail (reps' notifications) -------------------------------------------------
 # Printed to the console unless an SMTP server is configured.
 EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")

@@ -1,9 +1,12 @@
 from django.contrib import admin
+from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
 from conversations import webhooks
 from leads.api import LeadBatchApi, LeadCreateApi, LeadDetailApi
-from swiftex import health
+from swiftex import auth_forms, health
+
+admin.site.login_form = auth_forms.ThrottledAdminAuthenticationForm
 
 urlpatterns = [
     path("api/v1/leads", LeadCreateApi.as_view(), name="lead-create"),
@@ -20,5 +23,8 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("app/analytics/", include("analytics.urls")),
     path("app/", include("reps.urls")),
+    path("accounts/login/", auth_views.LoginView.as_view(authentication_form=auth_forms.ThrottledAuthenticationForm), name="login"),
+    path("accounts/password_reset/", auth_views.PasswordResetView.as_view(form_class=auth_forms.ThrottledPasswordResetForm),
+         name="password_reset"),
     path("accounts/", include("django.contrib.auth.urls")),
 ]

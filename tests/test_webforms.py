@@ -15,7 +15,7 @@ from prometheus_client import REGISTRY
 from leads.models import Contact, Lead, Submission
 from tests.factories import PROVIDER_CREDENTIALS, make_rep, org_with_key, org_with_providers
 from webforms.models import WebForm
-from webforms.protection import client_ip
+from swiftex.client_address import client_ip
 
 pytestmark = pytest.mark.django_db
 

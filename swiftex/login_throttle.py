@@ -1,0 +1,117 @@
+"""Sign-in throttling: failed sign-ins counted per account and per address.
+
+After LOGIN_FAILURES_PER_ACCOUNT failed sign-ins for one username, or
+LOGIN_FAILURES_PER_ADDRESS from one address (IPv6: its /64), within
+LOGIN_LOCKOUT_SECONDS of the first, sign-in for that account or from that
+address is refused until the window ends, without checking the password: a
+guesser learns nothing more, right guess or wrong. A successful sign-in
+clears its account's count. The per-address limit is higher, so an office
+behind one address is not locked out by one person's typos, and a guesser
+spraying many accounts from one address is still stopped.
+
+Counts live in Redis (shared by every web process); while Redis is down
+each process counts on its own, so the limits loosen but still hold.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import threading
+import time
+
+from django.conf import settings
+
+from swiftex import redis as swx_redis
+from swiftex.client_address import bucket_of
+
+
+def _keys(username: str, ip: str) -> list[tuple[str, int]]:
+    account = hashlib.sha256(username.strip().casefold().encode()).hexdigest()[:32]  # no usernames in Redis
+    return [(swx_redis.key("login-failures", "account", account), settings.LOGIN_FAILURES_PER_ACCOUNT),
+            (swx_redis.key("login-failures", "address", bucket_of(ip)), settings.LOGIN_FAILURES_PER_ADDRESS)]
+
+
+def wait_seconds(username: str, ip: str) -> int:
+    """Seconds until this account may be tried from this address again; 0: now."""
+    keys = _keys(username, ip)
+    try:
+        pipe = swx_redis.client().pipeline(transaction=False)
+        for key, _ in keys:
+            pipe.get(key)
+            pipe.ttl(key)
+        replies = pipe.execute()
+        counts = [(int(replies[i] or 0), replies[i + 1]) for i in range(0, len(replies), 2)]
+    except swx_redis.RedisUnavailable:
+        counts = [_local.get(key) for key, _ in keys]
+    except swx_redis.UNAVAILABLE_ERRORS as exc:
+        swx_redis.breaker.trip(exc)
+        counts = [_local.get(key) for key, _ in keys]
+    waits = [max(1, ttl) for (count, ttl), (_, limit) in zip(counts, keys) if count >= limit]
+    return max(waits, default=0)
+
+
+def failed(username: str, ip: str) -> None:
+    """Count one failed sign-in against the account and the address."""
+    window = settings.LOGIN_LOCKOUT_SECONDS
+    keys = [key for key, _ in _keys(username, ip)]
+    try:
+        pipe = swx_redis.client().pipeline(transaction=False)
+        for key in keys:
+            pipe.incr(key)
+            pipe.expire(key, window, nx=True)  # the window runs from the first failure
+        pipe.execute()
+        return
+    except swx_redis.RedisUnavailable:
+        pass
+    except swx_redis.UNAVAILABLE_ERRORS as exc:
+        swx_redis.breaker.trip(exc)
+    for key in keys:
+        _local.incr(key, window)
+
+
+def succeeded(username: str) -> None:
+    """The right password: the account's count starts again (the address's does not)."""
+    key = _keys(username, "")[0][0]
+    try:
+        swx_redis.client().delete(key)
+    except swx_redis.RedisUnavailable:
+        pass
+    except swx_redis.UNAVAILABLE_ERRORS as exc:
+        swx_redis.breaker.trip(exc)
+    _local.delete(key)
+
+
+def refusal(wait: int) -> str:
+    minutes = math.ceil(wait / 60)
+    return (f"Too many failed sign-ins for this account or from this address. "
+            f"Try again in {minutes} minute{'s' if minutes != 1 else ''}.")
+
+
+class _LocalCounts:
+    """The same counts in this process's memory, while Redis is unreachable."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[str, tuple[int, float]] = {}
+
+    def get(self, key: str) -> tuple[int, int]:
+        with self._lock:
+            count, until = self._counts.get(key, (0, 0.0))
+        left = until - time.monotonic()
+        return (count, math.ceil(left)) if left > 0 else (0, -2)
+
+    def incr(self, key: str, window: float) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if len(self._counts) > 10_000:  # a spray of addresses: keep memory bounded
+                self._counts = {k: v for k, v in self._counts.items() if v[1] > now}
+            count, until = self._counts.get(key, (0, 0.0))
+            self._counts[key] = (count + 1, until) if until > now else (1, now + window)
+
+    def delete(self, key: str) -> None:
+        with self._lock:
+            self._counts.pop(key, None)
+
+
+_local = _LocalCounts()
