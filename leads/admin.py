@@ -263,6 +263,28 @@ class LeadEventInline(TenantInlineMixin, admin.TabularInline):
         return False
 
 
+class LeadAdminForm(forms.ModelForm):
+    # The status the page showed: the status is changed only if the admin picked another one,
+    # not because the greeting or a rep moved it while the page was open.
+    status_seen = forms.CharField(widget=forms.HiddenInput, required=False)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["status_seen"].initial = self.instance.status
+
+    @property
+    def status_edited(self) -> bool:
+        return self.cleaned_data.get("status") != (self.cleaned_data.get("status_seen") or self.instance.status)
+
+    def clean(self):
+        from reps.services import CLOSED, stays_closed
+
+        cleaned = super().clean()
+        if "status" in cleaned and self.status_edited and self.instance.status in CLOSED:
+            self.add_error("status", stays_closed(self.instance))
+        return cleaned
+
+
 @admin.register(Lead)
 class LeadAdmin(TenantAdminMixin, admin.ModelAdmin):
     """The list stays fast at hundreds of thousands of leads (docs/admin.md has the measurements):
@@ -279,14 +301,30 @@ class LeadAdmin(TenantAdminMixin, admin.ModelAdmin):
     search_help_text = "A whole phone number or e-mail address finds its lead at once; other text searches names, phones and e-mails."
     show_full_result_count = False
     show_facets = admin.ShowFacets.NEVER
-    fields = ("organization", "contact", "status", "source", "campaign", "routing", "captured_at", "first_response_at",
-              "closed_at", "imported", "created_at")
-    readonly_fields = ("contact", "captured_at", "first_response_at", "imported", "created_at")
+    form = LeadAdminForm
+    fields = ("organization", "contact", "status", "status_seen", "source", "campaign", "routing", "captured_at",
+              "first_response_at", "closed_at", "imported", "created_at")
+    # A lead stays in its organization (its contact, messages and timeline are there); closed_at follows the status.
+    readonly_fields = ("organization", "contact", "captured_at", "first_response_at", "closed_at", "imported", "created_at")
     inlines = [LeadEventInline]
     actions = [admin_actions.reassign, admin_actions.resend_greeting, admin_actions.retry_crm_sync]
 
     def has_add_permission(self, request):
         return False  # leads come in through the API: dedupe, routing and the greeting happen there
+
+    def save_model(self, request, obj, form, change):
+        """Only the fields edited are written (a status the greeting or a rep set meanwhile stays),
+        and a new status goes through the same rules and effects as a rep's change."""
+        from reps import services as rep_services
+
+        edited = [name for name in form.changed_data if name not in ("status", "status_seen")]
+        if edited:
+            obj.save(update_fields=edited)
+        if form.status_edited:
+            try:
+                rep_services.change_status(lead=obj, by=f"{request.user.get_username()} (admin)", status=obj.status, reason="admin")
+            except rep_services.NotAllowed as exc:
+                self.message_user(request, str(exc), messages.ERROR)
 
     def get_list_display(self, request):
         columns = super().get_list_display(request)

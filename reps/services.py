@@ -22,13 +22,20 @@ class NotAllowed(Exception):
     """The change asked for cannot be made, in words for the rep."""
 
 
+def stays_closed(lead: Lead) -> str:
+    return f"The lead is already {lead.get_status_display().lower()}; closed leads stay closed (a new submission opens a new lead)."
+
+
 def reply(*, lead: Lead, rep: Rep, body: str, token: uuid.UUID, offered: str | None = None) -> Message:
     message = rep_messages.queue(lead=lead, rep=rep, body=body, token=token, offered=offered)
     routing.record_action(lead.pk)
     return message
 
 
-def change_status(*, lead: Lead, rep: Rep, status: str) -> None:
+def change_status(*, lead: Lead, by: str, status: str, reason: str = "rep") -> None:
+    """Move the lead to `status` with everything that goes with it: closed_at, the timeline,
+    follow-ups cancelled on close, the event, escalation stopped. `by`: who, as shown on the
+    timeline; `reason`: who, in the event ("rep" from the rep pages, "admin" from admin)."""
     if status not in Lead.Status.values:
         raise NotAllowed(f"{status!r} is not a lead status.")
     now = timezone.now()
@@ -37,11 +44,11 @@ def change_status(*, lead: Lead, rep: Rep, status: str) -> None:
         if locked.status == status:
             return
         if locked.status in CLOSED:
-            raise NotAllowed(f"The lead is already {locked.get_status_display().lower()}; closed leads stay closed (a new submission opens a new lead).")
+            raise NotAllowed(stays_closed(locked))
         Lead.objects.filter(pk=lead.pk).update(status=status, closed_at=now if status in CLOSED else None)
-        timeline.record(lead.pk, ("lead.status_changed", {"from": locked.status, "to": status, "by": str(rep)}, now))
+        timeline.record(lead.pk, ("lead.status_changed", {"from": locked.status, "to": status, "by": by}, now))
         if status in CLOSED:
-            followups.cancel(lead_ids=[lead.pk], reason=f"the lead was marked {status} by {rep}")
-        emit("lead.status_changed", organization_id=lead.organization_id, data={"lead_id": lead.pk, "status": status, "reason": "rep"})
+            followups.cancel(lead_ids=[lead.pk], reason=f"the lead was marked {status} by {by}")
+        emit("lead.status_changed", organization_id=lead.organization_id, data={"lead_id": lead.pk, "status": status, "reason": reason})
         routing.record_action(lead.pk, now)
     lead.status = status

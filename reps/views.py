@@ -133,7 +133,7 @@ def lead_reply(request: HttpRequest, lead_id: int) -> HttpResponse:
 def lead_status(request: HttpRequest, lead_id: int) -> HttpResponse:
     lead = _lead_or_404(request, lead_id)
     try:
-        services.change_status(lead=lead, rep=request.rep, status=request.POST.get("status", ""))
+        services.change_status(lead=lead, by=str(request.rep), status=request.POST.get("status", ""))
     except services.NotAllowed as exc:
         messages.error(request, str(exc))
     else:

@@ -23,6 +23,7 @@ from crmsync.models import ContactSync
 from leads.admin import SECRET_FIELDS
 from leads.models import ApiKey, Lead, LeadEvent, Organization
 from routing.models import Assignment, Notification, Rep
+from swiftex.models import OutboxEvent
 from tests.factories import PROVIDER_CREDENTIALS, make_rep, org_with_providers
 from tests.support import api_client, post_json
 from tests.test_admin_tenancy import a_lead
@@ -338,6 +339,54 @@ def test_retry_email_requeues_only_failed_notifications(admin_client):
     sent.refresh_from_db()
     assert (failed.email, failed.email_error, sent.email) == ("pending", "", "sent")
     assert "1 e-mail(s) queued again" in page and "1 notification(s) skipped" in page
+
+
+# --- Editing a lead --------------------------------------------------------------------------------
+
+
+def lead_form(client, lead: Lead) -> dict:
+    """What the lead's change page would post back untouched."""
+    page = client.get(f"/admin/leads/lead/{lead.pk}/change/")
+    form = page.context["adminform"].form
+    data = {name: form[name].value() for name in form.fields} | {"routing": "{}"}
+    inline = {f"{fs.formset.prefix}-{key}": value for fs in page.context["inline_admin_formsets"]
+              for key, value in fs.formset.management_form.initial.items()}
+    return {**data, **inline}
+
+
+def lead_change(client, lead: Lead, data: dict | None = None, **changes):
+    return client.post(f"/admin/leads/lead/{lead.pk}/change/", {**(data or lead_form(client, lead)), **changes})
+
+
+def test_a_status_set_in_admin_follows_the_same_rules_and_effects_as_a_reps(admin_client):
+    org, _ = org_with_providers()
+    lead = a_lead(org)
+    assert lead_change(admin_client, lead, status="won").status_code == 302
+    lead.refresh_from_db()
+    assert lead.status == "won" and lead.closed_at is not None
+    change = LeadEvent.objects.get(lead=lead, kind="lead.status_changed")
+    assert (change.data["from"], change.data["to"], change.data["by"]) == ("new", "won", "admin (admin)")
+    event = OutboxEvent.objects.filter(event_type="lead.status_changed").latest("pk")
+    assert event.payload == {"lead_id": lead.pk, "status": "won", "reason": "admin"}
+
+    page = lead_change(admin_client, lead, status="new")  # closed leads stay closed, as on the rep pages
+    assert page.status_code == 200 and "closed leads stay closed" in page.content.decode()
+    lead.refresh_from_db()
+    assert lead.status == "won"
+
+
+def test_editing_a_leads_campaign_in_admin_writes_only_the_campaign(admin_client):
+    org, _ = org_with_providers()
+    lead = a_lead(org)
+    page = admin_client.get(f"/admin/leads/lead/{lead.pk}/change/")
+    assert "organization" not in page.context["adminform"].form.fields  # a lead never moves to another organization
+    drawn = lead_form(admin_client, lead)
+    Lead.objects.filter(pk=lead.pk).update(status="contacted")  # the greeting went out while the page was open
+    response = lead_change(admin_client, lead, drawn, campaign="spring")
+    assert response.status_code == 302
+    lead.refresh_from_db()
+    assert (lead.campaign, lead.status) == ("spring", "contacted")
+    assert not LeadEvent.objects.filter(lead=lead, kind="lead.status_changed").exists()
 
 
 # --- Lead actions --------------------------------------------------------------------------------

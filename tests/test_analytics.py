@@ -273,7 +273,7 @@ def test_a_rep_status_change_and_a_batch_of_receipts_reach_the_facts(seeded):
 
     org, boss, ana = seeded
     first, second = Lead.objects.filter(organization=org).order_by("pk")[:2]
-    change_status(lead=first, rep=ana, status=Lead.Status.QUALIFIED)
+    change_status(lead=first, by=str(ana), status=Lead.Status.QUALIFIED)
     deliver_outbox("lead.status_changed")
     assert LeadFact.objects.get(lead=first).qualified_at is not None
 
