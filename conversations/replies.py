@@ -38,6 +38,11 @@ HISTORY_MESSAGES = 20  # the conversation the model sees, newest last
 TWILIO_OPT_OUT_KEYWORDS = frozenset({"stop", "stopall", "unsubscribe", "cancel", "end", "quit", "revoke", "optout"})
 # A reply still composing or sending after this long lost its worker: the sweep resumes it.
 UNFINISHED_AFTER = timedelta(seconds=120)
+# ... and after this long the sweep gives it up: a reply that fails every time it is composed
+# or sent is not retried for ever, and an answer an hour late would confuse more than help.
+GIVE_UP_AFTER = timedelta(hours=1)
+_IN_FLIGHT = [Message.Status.SENDING, Message.Status.ACCEPTED, Message.Status.SENT, Message.Status.DELIVERED,
+              Message.Status.READ, Message.Status.FAILED]  # a reply whose message is here is the message's business
 
 
 class ReplyRetryLater(RetryLater):
@@ -155,14 +160,35 @@ def orphaned_conversations(*, now: datetime | None = None, limit: int = 200) -> 
         return [row[0] for row in cursor.fetchall()]
 
 
+def _unfinished(older_than: datetime):
+    return Reply.objects.filter(state__in=[Reply.State.COMPOSING, Reply.State.SENDING], created_at__lt=older_than).exclude(
+        message__status__in=_IN_FLIGHT)
+
+
 def unfinished_replies(*, now: datetime | None = None, limit: int = 200) -> list[int]:
     """Replies whose worker died while composing or sending (the message, if any, still QUEUED)."""
     now = now or timezone.now()
-    stuck = Reply.objects.filter(
-        state__in=[Reply.State.COMPOSING, Reply.State.SENDING], created_at__lt=now - UNFINISHED_AFTER
-    ).exclude(message__status__in=[Message.Status.SENDING, Message.Status.ACCEPTED, Message.Status.SENT,
-                                   Message.Status.DELIVERED, Message.Status.READ, Message.Status.FAILED])
+    stuck = _unfinished(now - UNFINISHED_AFTER).filter(created_at__gte=now - GIVE_UP_AFTER)
     return list(stuck.values_list("pk", flat=True)[:limit])
+
+
+def give_up_stale_replies(*, now: datetime | None = None, limit: int = 200) -> int:
+    """Fail the replies still unfinished after GIVE_UP_AFTER, on the lead's timeline; how many."""
+    now = now or timezone.now()
+    reason = f"not composed and sent within {int(GIVE_UP_AFTER.total_seconds() // 60)} minutes; the worker's log has the error"
+    given_up = 0
+    for reply_id, lead_id in _unfinished(now - GIVE_UP_AFTER).values_list("pk", "lead_id")[:limit]:
+        with transaction.atomic():
+            if not Reply.objects.filter(pk=reply_id, state__in=[Reply.State.COMPOSING, Reply.State.SENDING]).update(
+                    state=Reply.State.FAILED, reason=reason):
+                continue  # finished meanwhile
+            for message in Message.objects.filter(reply_id=reply_id, status=Message.Status.QUEUED):
+                outbound.withdraw(message, f"the reply was given up: {reason}")
+            timeline.record(lead_id, ("reply.failed", {"reply_id": reply_id, "reason": reason}, now))
+        given_up += 1
+    if given_up:
+        logger.warning("gave up %d replies unfinished after %s", given_up, GIVE_UP_AFTER)
+    return given_up
 
 
 def resume(reply_id: int) -> None:

@@ -103,10 +103,11 @@ def send_rep_message(self, *, message_id: int) -> None:
 
 @shared_task(ignore_result=True)
 def reply_sweep() -> None:
-    """Answer messages whose debounce state was lost, resume replies whose worker died,
-    and send reps' messages whose task never reached the broker or was lost between retries."""
+    """Answer messages whose debounce state was lost, resume replies whose worker died (and
+    give up those still unfinished after an hour), and send reps' messages whose task never reached the broker or was lost between retries."""
     for conversation_id in replies.orphaned_conversations():
         flush_replies.apply_async(kwargs={"conversation_id": conversation_id, "from_database": True})
+    replies.give_up_stale_replies()
     for reply_id in replies.unfinished_replies():
         send_reply.apply_async(kwargs={"reply_id": reply_id})
     for message_id in rep_messages.never_published():

@@ -443,3 +443,24 @@ def test_the_sweep_fails_a_reply_whose_provider_never_answered(org, lead, settin
     sent.refresh_from_db()
     reply.refresh_from_db()
     assert sent.status == "failed" and reply.state == "failed"
+
+
+def test_a_reply_that_cannot_be_finished_is_resumed_then_given_up_on_the_timeline(org, lead):
+    message = inbound(org, "Hi")
+    now = timezone.now()
+    composing = Reply.objects.create(organization=org, conversation_id=message.conversation_id, lead=lead,
+                                     created_at=now - timedelta(minutes=5))
+    assert replies.unfinished_replies(now=now) == [composing.pk] and replies.give_up_stale_replies(now=now) == 0
+
+    stuck = Reply.objects.create(organization=org, conversation_id=message.conversation_id, lead=lead, state="sending",
+                                 text="Hello", created_at=now - timedelta(hours=2))  # its compose or send failed every time
+    queued = Message.objects.create(organization=org, conversation_id=message.conversation_id, lead=lead, reply=stuck,
+                                    direction="outbound", channel="whatsapp", body="Hello", status="queued")
+    assert replies.unfinished_replies(now=now) == [composing.pk]  # not retried again
+    assert replies.give_up_stale_replies(now=now) == 1 and replies.give_up_stale_replies(now=now) == 0
+    stuck.refresh_from_db()
+    queued.refresh_from_db()
+    assert stuck.state == "failed" and "within 60 minutes" in stuck.reason
+    assert (queued.status, queued.error_code) == ("failed", "withdrawn")
+    entry = LeadEvent.objects.get(lead=lead, kind="reply.failed")
+    assert entry.data["reply_id"] == stuck.pk

@@ -27,6 +27,7 @@ LABELS = {
     "message.unsupported": "Lead sent something WhatsApp cannot show",
     "reply.started": "AI reply started",
     "reply.skipped": "AI reply skipped",
+    "reply.failed": "AI reply failed",
     "consent.revoked": "Opted out",
     "followup.deferred": "Follow-up deferred",
     "followup.cancelled": "Follow-up cancelled",
