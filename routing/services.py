@@ -19,7 +19,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from conversations import timeline
-from leads.models import Lead, Organization
+from leads.models import Lead, LeadEvent, Organization
 from routing import rules as routing_rules
 from routing import selectors
 from routing.models import Assignment, Notification, Rep, Team, TeamMember
@@ -133,7 +133,10 @@ def _escalate(assignment: Assignment, now: datetime) -> int:
         assignment.escalate_at = None
         assignment.save(update_fields=["escalate_at"])
         return 0
-    pick = _next_rep(assignment.team_id, org, now, exclude={previous.pk} if previous else set())
+    # Each teammate gets the lead once: round the team it would go back and forth for ever
+    # (two reps: every escalation_minutes, with a notification each time).
+    held = _held_by(lead.pk) | ({previous.pk} if previous else set())
+    pick = _next_rep(assignment.team_id, org, now, exclude=held)
     if pick.rep is None and previous is None:
         assignment.escalate_at = now + UNASSIGNED_RETRY  # still nobody: the lead waits, visibly unassigned
         assignment.save(update_fields=["escalate_at"])
@@ -142,8 +145,10 @@ def _escalate(assignment: Assignment, now: datetime) -> int:
         # Nobody to hand it to now; the current rep keeps it and a person sees why.
         assignment.escalate_at = None
         assignment.save(update_fields=["escalate_at"])
+        others = TeamMember.objects.filter(team_id=assignment.team_id).exclude(rep_id__in=held).exists()
+        reason = "no other team member is available" if others else "every team member has had this lead"
         timeline.record(lead.pk, ("lead.escalation_skipped", {
-            "rep": str(previous), "waited_minutes": waited, "reason": "no other team member is available", "skipped": pick.skipped,
+            "rep": str(previous), "waited_minutes": waited, "reason": reason, "skipped": pick.skipped,
         }, now))
         return 0
     assignment.rep, assignment.assigned_at, assignment.escalate_at = pick.rep, now, _escalation_time(org, now)
@@ -154,6 +159,16 @@ def _escalate(assignment: Assignment, now: datetime) -> int:
         "team": assignment.team.name, "skipped": pick.skipped,
     }, now)
     return 1
+
+
+def _held_by(lead_id: int) -> set[int]:
+    """The reps this lead has been assigned to, from its timeline."""
+    held = set()
+    for kind, data in LeadEvent.objects.filter(lead_id=lead_id, kind__in=["lead.assigned", "lead.reassigned"]).values_list(
+            "kind", "data"):
+        held.update(rep_id for rep_id in ((data.get("rep_id"),) if kind == "lead.assigned" else (data.get("from_id"), data.get("to_id")))
+                    if isinstance(rep_id, int))
+    return held
 
 
 def _record_reassignment(lead_id: int, previous: Rep | None, to: Rep, data: dict, now: datetime) -> None:

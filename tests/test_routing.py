@@ -259,6 +259,26 @@ def test_escalation_with_nobody_else_available_keeps_the_rep_and_says_so(org):
     assert entry.data["skipped"] == {"Ben": "out of office"}
 
 
+def test_escalation_goes_round_the_team_once_instead_of_back_and_forth(org):
+    org.escalation_minutes = 5
+    org.save()
+    ana, ben, cleo = make_rep(org, "ana"), make_rep(org, "ben"), make_rep(org, "cleo")
+    rule(org, make_team(org, "Sales", [ana, ben, cleo]))
+    start = timezone.now()
+    assignment = submit(org, at=start)
+    holders = [assignment.rep.user.username]
+    for minutes in (5, 10, 15):
+        services.escalate_due(now=start + timedelta(minutes=minutes))
+        assignment.refresh_from_db()
+        holders.append(assignment.rep.user.username)
+
+    assert holders[:3] == ["ana", "ben", "cleo"] and holders[3] == "cleo"  # nobody gets it back
+    assert assignment.escalate_at is None and assignment.reassignments == 2
+    entry = LeadEvent.objects.get(lead_id=assignment.lead_id, kind="lead.escalation_skipped")
+    assert entry.data["reason"] == "every team member has had this lead"
+    assert Notification.objects.filter(lead_id=assignment.lead_id).count() == 3
+
+
 def test_closed_leads_do_not_escalate(org):
     org.escalation_minutes = 5
     org.save()
