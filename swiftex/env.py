@@ -71,6 +71,24 @@ def env_float(name: str, default: float, *, minimum: float | None = None, maximu
     return number
 
 
+def env_optional_float(name: str, default: float | None, *, minimum: float | None = None,
+                       maximum: float | None = None) -> float | None:
+    """A number, or None when the variable is set but empty (e.g. "leave this parameter out")."""
+    value = _raw(name)
+    if value is not None and not value.strip():
+        return None
+    return env_float(name, default, minimum=minimum, maximum=maximum) if value is not None else default
+
+
+def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = _raw(name)
+    if value is None:
+        return default
+    if value.strip() not in choices:
+        raise ImproperlyConfigured(f"{name}={value!r} is not one of {', '.join(choices)}")
+    return value.strip()
+
+
 def _check_range(name: str, number: float, minimum: float | None, maximum: float | None) -> None:
     if minimum is not None and number < minimum:
         raise ImproperlyConfigured(f"{name}={number} is below the minimum of {minimum}")

@@ -14,8 +14,10 @@ from kombu import Exchange, Queue
 from swiftex.env import (
     database_from_url,
     env_bool,
+    env_choice,
     env_float,
     env_int,
+    env_optional_float,
     env_str,
     env_url,
 )
@@ -323,6 +325,13 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = LEADS_BATCH_MAX_BODY_BYTES
 # --- Providers (defaults an organization starts with; editable per organization)
 OPENAI_BASE_URL = env_url("OPENAI_BASE_URL", "https://api.openai.com/v1", schemes=("http", "https"))
 OPENAI_API_KEY = env_str("OPENAI_API_KEY")
+# The request's length limit and temperature. Most OpenAI-compatible servers take `max_tokens`;
+# OpenAI's reasoning models (o-series, GPT-5) refuse it and any temperature but their own: for
+# them set max_completion_tokens, a larger limit (they spend tokens thinking first) and an empty
+# OPENAI_TEMPERATURE (not sent).
+OPENAI_MAX_TOKENS_PARAMETER = env_choice("OPENAI_MAX_TOKENS_PARAMETER", "max_tokens", ("max_tokens", "max_completion_tokens"))
+OPENAI_MAX_TOKENS = env_int("OPENAI_MAX_TOKENS", 160, minimum=16, maximum=100_000)
+OPENAI_TEMPERATURE = env_optional_float("OPENAI_TEMPERATURE", 0.7, minimum=0, maximum=2)
 WHATSAPP_API_URL = env_url("WHATSAPP_API_URL", "https://graph.facebook.com/v23.0", schemes=("http", "https"))
 TWILIO_API_URL = env_url("TWILIO_API_URL", "https://api.twilio.com", schemes=("http", "https"))
 HUBSPOT_API_URL = env_url("HUBSPOT_API_URL", "https://api.hubapi.com", schemes=("http", "https"))

@@ -331,6 +331,36 @@ def test_a_failing_model_falls_back_to_the_template(lead, provider, model):
     assert greeting.text_source == "template" and "HTTP 500" in greeting.model_error
 
 
+def test_the_length_limit_and_temperature_are_sent_as_configured_for_reasoning_models(lead, provider, model, settings):
+    settings.OPENAI_MAX_TOKENS_PARAMETER, settings.OPENAI_MAX_TOKENS, settings.OPENAI_TEMPERATURE = "max_completion_tokens", 2000, None
+    model.configure(model_latency_ms=0)
+    provider.add(responses.POST, WA_URL, **wa_ok())
+    greet(lead)
+    [call] = model.requests("openai")
+    assert call["body"]["max_completion_tokens"] == 2000
+    assert "max_tokens" not in call["body"] and "temperature" not in call["body"]
+
+
+def test_a_refused_request_says_which_parameter_without_the_servers_message(monkeypatch, settings):
+    import httpx2
+    import openai
+
+    from conversations.providers import model as model_client
+
+    class Refuses:
+        def post(self, path, *, body, cast_to):
+            response = httpx2.Response(400, request=httpx2.Request("POST", "http://model.test/chat/completions"))
+            raise openai.BadRequestError("Unsupported parameter: 'max_tokens' (key sk-abc***xyz)", response=response, body={
+                "message": "Unsupported parameter: 'max_tokens' (key sk-abc***xyz)", "type": "invalid_request_error",
+                "param": "max_tokens", "code": "unsupported_parameter"})
+
+    settings.OPENAI_API_KEY = "test-openai-key"
+    monkeypatch.setattr(model_client, "_client", lambda budget: Refuses())
+    with pytest.raises(model_client.ModelUnavailable) as caught:
+        model_client.write_greeting(model="o3-mini", system_prompt="Greet.", lead_facts="Name: Ana")
+    assert caught.value.reason == "model server answered HTTP 400 (unsupported_parameter: max_tokens)"
+
+
 def test_a_greeting_whatsapp_accepted_is_not_also_sent_by_sms_just_because_statuses_are_late(lead, provider, settings):
     provider.add(responses.POST, WA_URL, **wa_ok())
     greet(lead)

@@ -37,12 +37,21 @@ def test_every_celery_setting_is_a_real_celery_setting():
         (lambda: env.env_url("X_NUM", "redis://x", schemes=("redis",)), "http://x", "must be a URL starting with redis://"),
         (lambda: env.database_from_url("X_NUM", "postgres://h/db"), "postgres://127.0.0.1:5432/", "must name a database"),
         (lambda: env.env_url("X_NUM", "redis://x", schemes=("redis",)), "redis://host:port", "invalid port"),
+        (lambda: env.env_choice("X_NUM", "a", ("a", "b")), "max_token", "X_NUM='max_token' is not one of a, b"),
+        (lambda: env.env_optional_float("X_NUM", 0.7, maximum=2), "3", "above the maximum"),
     ],
 )
 def test_bad_environment_values_are_rejected_with_the_variable_named(monkeypatch, reader, value, message):
     monkeypatch.setenv("X_NUM", value)
     with pytest.raises(ImproperlyConfigured, match=message):
         reader()
+
+
+def test_an_empty_optional_number_means_none_and_an_unset_one_its_default(monkeypatch):
+    monkeypatch.setenv("X_NUM", "")
+    assert env.env_optional_float("X_NUM", 0.7) is None
+    monkeypatch.delenv("X_NUM")
+    assert env.env_optional_float("X_NUM", 0.7) == 0.7
 
 
 def test_secret_can_come_from_a_file(monkeypatch, tmp_path):

@@ -9,6 +9,7 @@ and uses the organization's fallback text.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -79,7 +80,7 @@ def _write(model: str, messages: list[dict], budget: float | None) -> str:
     except openai.APITimeoutError:
         raise ModelUnavailable(f"no answer within the {budget:.2f}s budget") from None
     except openai.APIStatusError as exc:
-        raise ModelUnavailable(f"model server answered HTTP {exc.status_code}") from None
+        raise ModelUnavailable(f"model server answered HTTP {exc.status_code}{_detail(exc)}") from None
     except openai.OpenAIError as exc:
         raise ModelUnavailable(f"model call failed: {type(exc).__name__}") from None
     except ModelUnavailable:
@@ -101,7 +102,7 @@ def _complete(client: openai.OpenAI, model: str, messages: list[dict]) -> str:
     try:
         completion = client.post(
             "/chat/completions",
-            body={"model": model, "messages": messages, "max_tokens": 160, "temperature": 0.7},
+            body=_request(model, messages),
             cast_to=object,
         )
     except openai.APIStatusError as exc:
@@ -125,6 +126,25 @@ def _complete(client: openai.OpenAI, model: str, messages: list[dict]) -> str:
     if finish_reason in ("length", "content_filter"):
         raise ModelUnavailable(f"model stopped early ({str(finish_reason)[:40]})")
     return content
+
+
+def _request(model: str, messages: list[dict]) -> dict:
+    body = {"model": model, "messages": messages, settings.OPENAI_MAX_TOKENS_PARAMETER: settings.OPENAI_MAX_TOKENS}
+    if settings.OPENAI_TEMPERATURE is not None:
+        body["temperature"] = settings.OPENAI_TEMPERATURE
+    return body
+
+
+_IDENTIFIER = re.compile(r"[A-Za-z0-9_.\-]{1,60}")
+
+
+def _detail(exc: openai.APIStatusError) -> str:
+    """The error's code and parameter, e.g. " (unsupported_parameter: max_tokens)", so whoever
+    reads the timeline can tell a setting to change from an outage. Never the message: a
+    server may echo part of the key there."""
+    parts = [str(part) for part in (getattr(exc, "code", None), getattr(exc, "param", None))
+             if part and _IDENTIFIER.fullmatch(str(part))]
+    return f" ({': '.join(parts)})" if parts else ""
 
 
 def _clean(text: str) -> str:
