@@ -305,9 +305,12 @@ def receive(org: Organization, inbound: Inbound) -> Message | None:
             return None
         Conversation.objects.filter(pk=conversation.pk).exclude(last_inbound_at__gte=inbound.at).update(last_inbound_at=inbound.at)
         # Conditional: of two STOPs handled at once, only one revokes (and gets a confirmation).
-        opted_out = is_stop_word(inbound.body, org) and bool(
-            Contact.objects.filter(pk=contact.pk, consent=True).update(consent=False, updated_at=timezone.now())
-        )
+        # Any STOP is remembered, consent or not: an older opt-in (a list, a Meta lead) cannot undo it.
+        stop = is_stop_word(inbound.body, org)
+        opted_out = stop and bool(Contact.objects.filter(pk=contact.pk, consent=True).update(
+            consent=False, consent_revoked_at=inbound.at, updated_at=timezone.now()))
+        if stop and not opted_out:
+            Contact.objects.filter(pk=contact.pk).exclude(consent_revoked_at__gte=inbound.at).update(consent_revoked_at=inbound.at)
         if opted_out:
             followups.cancel(lead_ids=list(contact.leads.values_list("pk", flat=True)), reason="the contact opted out")
         elif lead is not None:

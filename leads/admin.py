@@ -244,7 +244,7 @@ class ContactAdmin(TenantAdminMixin, admin.ModelAdmin):
     show_full_result_count = False
     # Consent comes from the contact (the form's checkbox, an opt-out keyword), never from
     # an admin: ticking it back on for someone who wrote STOP would message them again.
-    readonly_fields = ("consent", "consent_at")
+    readonly_fields = ("consent", "consent_at", "consent_revoked_at")
 
 
 class LeadEventInline(TenantInlineMixin, admin.TabularInline):

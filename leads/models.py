@@ -307,6 +307,11 @@ class Contact(models.Model):
     email = models.CharField(max_length=254, null=True, blank=True, help_text="Stored lower-cased.")
     consent = models.BooleanField(default=False, help_text="Opted in to WhatsApp/SMS messages.")
     consent_at = models.DateTimeField(null=True, blank=True)
+    consent_revoked_at = models.DateTimeField(
+        null=True, blank=True,
+        help_text="The contact's last opt-out word (STOP). Only an opt-in given after it restores consent: a live "
+                  "submission does, an imported list or a Meta lead created before it does not.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

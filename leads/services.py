@@ -48,6 +48,9 @@ class LeadInput:
     message: str = ""
     consent: bool = False
     metadata: dict = field(default_factory=dict)
+    # When the person gave that consent, if not now (a Meta lead: its created_time). It restores
+    # consent an opt-out (STOP) revoked only if given after the opt-out.
+    consent_given_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -173,7 +176,7 @@ def _ingest_new_contact(params: dict) -> IngestResult | None:
 
 def _ingest_known_contact(org: Organization, data: LeadInput, params: dict) -> IngestResult:
     with transaction.atomic(), prepared_cursor() as cursor:
-        contact_id = _find_and_enrich_contact(cursor, org, data, params["now"])
+        contact_id = _find_and_enrich_contact(cursor, org, data, params["now"], params["imported"])
         lead_id, status, captured_at, created, promoted = _open_or_reuse_lead(cursor, contact_id, params)
         cursor.execute(ingest_sql.KNOWN_LEAD, {**params, "lead_id": lead_id, "contact_id": contact_id, "created": created})
         submission_id = cursor.fetchone()[0]
@@ -185,7 +188,7 @@ def _violated_constraint(exc: IntegrityError) -> str | None:
     return getattr(diag, "constraint_name", None)
 
 
-def _find_and_enrich_contact(cursor, org: Organization, data: LeadInput, now: datetime) -> int:
+def _find_and_enrich_contact(cursor, org: Organization, data: LeadInput, now: datetime, imported: bool) -> int:
     """The contact that owns this phone or email (phone wins: it is what we message)."""
     table = Contact._meta.db_table
     cursor.execute(
@@ -198,12 +201,15 @@ def _find_and_enrich_contact(cursor, org: Organization, data: LeadInput, now: da
         raise _LostRace  # the conflicting contact went away; start over
     contact_id, phone, email = row
     # Fill what the contact lacks; touch the row only when something changes,
-    # so repeat submissions do not queue on its row lock.
+    # so repeat submissions do not queue on its row lock. An opt-in restores consent
+    # only if given after the contact's last opt-out (an imported list: never).
+    given = None if imported else (data.consent_given_at or now)
+    restores = "(%(consent)s AND (consent_revoked_at IS NULL OR COALESCE(consent_revoked_at < %(given)s, FALSE)))"
     cursor.execute(
-        f"UPDATE {table} SET name = CASE WHEN name = '' THEN %s ELSE name END, "
-        "consent = consent OR %s, consent_at = CASE WHEN NOT consent AND %s THEN %s ELSE consent_at END, updated_at = %s "
-        "WHERE id = %s AND ((name = '' AND %s <> '') OR (NOT consent AND %s))",
-        [data.name, data.consent, data.consent, now, now, contact_id, data.name, data.consent],
+        f"UPDATE {table} SET name = CASE WHEN name = '' THEN %(name)s ELSE name END, "
+        f"consent = consent OR {restores}, consent_at = CASE WHEN NOT consent AND {restores} THEN %(now)s ELSE consent_at END, "
+        f"updated_at = %(now)s WHERE id = %(id)s AND ((name = '' AND %(name)s <> '') OR (NOT consent AND {restores}))",
+        {"name": data.name, "consent": data.consent, "given": given, "now": now, "id": contact_id},
     )
     _fill_missing_identity(cursor, table, org, contact_id, phone, email, data, now)
     return contact_id

@@ -19,7 +19,7 @@ with Meta's message. Admin shows all of it and can retry failed rows.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from django.conf import settings
@@ -203,7 +203,10 @@ def ingest(row: MetaLeadgen, lead: dict) -> bool:
     payload = {"meta_lead": lead, "page_id": row.page.page_id, "via": row.via}
     now = timezone.now()
     with transaction.atomic():
-        result = lead_ingest(org=org, data=serializer.to_lead_input(), payload=payload, received_at=row.received_at)
+        # The person opted in when they filled in the form, not when we read it: an opt-out
+        # (STOP) since then is not undone by a lead found later.
+        data = replace(serializer.to_lead_input(), consent_given_at=mapping.created_at(lead) or row.meta_created_at or row.received_at)
+        result = lead_ingest(org=org, data=data, payload=payload, received_at=row.received_at)
         MetaLeadgen.objects.filter(pk=row.pk).update(
             status=MetaLeadgen.Status.INGESTED, lead_id=result.lead_id, form_id=form.pk, last_error="", errors={},
             lease_until=None, finished_at=now, updated_at=now, meta_created_at=mapping.created_at(lead) or row.meta_created_at,

@@ -219,6 +219,43 @@ def test_stop_revokes_consent_cancels_everything_and_sends_one_confirmation(org,
     assert reply.state == "skipped" and "opted out" in reply.reason
 
 
+def test_an_opt_out_is_undone_only_by_an_opt_in_given_after_it(org, lead):
+    from dataclasses import replace
+
+    from leads.services import LeadInput, lead_ingest
+
+    stop_at = timezone.now() - timedelta(minutes=10)
+    inbound(org, "STOP", at=stop_at)
+    contact = lead.contact
+    contact.refresh_from_db()
+    assert (contact.consent, contact.consent_revoked_at) == (False, stop_at)
+    Lead.objects.filter(pk=lead.pk).update(status="lost")  # an old list or a backfill would open a new lead
+    opt_in = LeadInput(source="import", name="Ana Lima", phone=PHONE, consent=True)
+
+    lead_ingest(org=org, data=opt_in, payload={}, imported=True)  # "everyone on this list opted in"
+    lead_ingest(org=org, data=replace(opt_in, source="meta", consent_given_at=stop_at - timedelta(days=3)), payload={})
+    contact.refresh_from_db()
+    assert contact.consent is False
+
+    response = post_json(api_client(org.api_key), "/api/v1/leads", {"phone": PHONE, "source": "web", "consent": True})
+    assert response.status_code in (200, 201)
+    contact.refresh_from_db()
+    assert contact.consent is True and contact.consent_at > stop_at  # they ticked the box again, today
+
+
+def test_a_stop_from_someone_who_never_opted_in_is_remembered_too(org):
+    stop_at = timezone.now() - timedelta(minutes=1)
+    inbound(org, "STOP", at=stop_at)
+    from leads.models import Contact
+    from leads.services import LeadInput, lead_ingest
+
+    contact = Contact.objects.get(phone=PHONE)
+    assert (contact.consent, contact.consent_revoked_at) == (False, stop_at)
+    lead_ingest(org=org, data=LeadInput(source="import", phone=PHONE, consent=True), payload={}, imported=True)
+    contact.refresh_from_db()
+    assert contact.consent is False
+
+
 def test_the_opt_out_keywords_are_the_organizations(org, lead):
     org.opt_out_keywords = "basta, nao quero"
     org.save()
