@@ -54,25 +54,44 @@ def decode(raw: bytes) -> str:
 
 def sniff_delimiter(text: str) -> str:
     """Comma, semicolon (European Excel) or tab, read off the header line."""
-    header = text.split("\n", 1)[0]
+    header = re.split(r"\r\n|\r|\n", text, maxsplit=1)[0]
     counts = {delimiter: header.count(delimiter) for delimiter in (",", ";", "\t")}
     best = max(counts, key=counts.get)
     return best if counts[best] else ","
 
 
+def _reader(text: str, delimiter: str):
+    # newline="": rows end at \n, \r\n or a lone \r (Excel's "CSV (Macintosh)"), and a line
+    # break inside quotes stays in its cell. strict: a quote left open to the end of the file
+    # is an error, not one cell silently holding every row after it.
+    return csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+
+
+def _invalid(exc: csv.Error, reader) -> CsvError:
+    hint = " (a quote opened and never closed?)" if "end of data" in str(exc) or "expected after" in str(exc) else ""
+    return CsvError(f"The file is not valid CSV at line {reader.line_num}: {exc}{hint}.")
+
+
 def read_header(text: str, delimiter: str) -> list[str]:
     if not text.strip():
         raise CsvError("The file is empty.")
-    header = next(csv.reader(io.StringIO(text), delimiter=delimiter), [])
+    reader = _reader(text, delimiter)
+    try:
+        header = next(reader, [])
+    except csv.Error as exc:
+        raise _invalid(exc, reader) from None
     names = [name.strip() for name in header]
     if not any(names):
         raise CsvError("The first row must name the columns (e.g. name, phone, email).")
-    return [name or f"column {index + 1}" for index, name in enumerate(names)]
+    names = [name or f"column {index + 1}" for index, name in enumerate(names)]
+    # Two columns of one name would share one metadata key, and the first one's values be lost.
+    return [name if names[:index].count(name) == 0 else f"{name} ({names[:index].count(name) + 1})"
+            for index, name in enumerate(names)]
 
 
 def rows(text: str, delimiter: str, *, start: int = 0) -> Iterator[tuple[int, list[str]]]:
     """(spreadsheet row number, cells) for each data row from the `start`-th on; blank rows skipped but counted."""
-    reader = csv.reader(io.StringIO(text), delimiter=delimiter)
+    reader = _reader(text, delimiter)
     next(reader, None)  # the header
     for index, cells in enumerate(reader):
         if index >= start:
@@ -80,10 +99,12 @@ def rows(text: str, delimiter: str, *, start: int = 0) -> Iterator[tuple[int, li
 
 
 def count_rows(text: str, delimiter: str) -> int:
+    reader = _reader(text, delimiter)
     try:
-        return sum(1 for _ in rows(text, delimiter))
+        next(reader, None)
+        return sum(1 for _ in reader)
     except csv.Error as exc:
-        raise CsvError(f"The file is not valid CSV: {exc}.") from None
+        raise _invalid(exc, reader) from None
 
 
 def guess_mapping(headers: list[str]) -> list[str]:
@@ -123,12 +144,12 @@ def lead_body(cells: list[str], headers: list[str], mapping: list[str], *, sourc
     errors = {}
     if len(cells) > len(headers) and any(cell.strip() for cell in cells[len(headers):]):
         errors["row"] = [f"{len(cells)} cells but the header names {len(headers)} columns."]
-    consent = consent_all
+    consent = consent_all  # "everyone on this list opted in" answers for the rows that say nothing
     if values["consent"]:
         answer = values["consent"].lower()
         if answer not in YES | NO:
             errors["consent"] = [f"{values['consent']!r} is not yes or no."]
-        consent = consent_all or answer in YES
+        consent = answer in YES  # a row's own "no" is never overridden
     name = values["name"] or " ".join(part for part in (values["first_name"], values["last_name"]) if part)
     body = {
         "name": name, "phone": values["phone"] or None, "email": values["email"] or None, "message": values["message"],

@@ -53,7 +53,8 @@ class LeadImport(models.Model):
     )
     campaign = models.CharField(max_length=128, blank=True, default="", help_text="Used where the row has no campaign column value.")
     consent_all = models.BooleanField(
-        default=False, help_text="Every contact in this list opted in to WhatsApp/SMS messages (otherwise a consent column decides).",
+        default=False, help_text="Every contact in this list opted in to WhatsApp/SMS messages. A row whose consent column says "
+                                "no stays without consent, and a list never opts back in someone who sent STOP.",
     )
     greet = models.BooleanField(
         default=False, help_text="Greet every new lead of the list, at the bulk lane's pace. Off: no messages are sent.",

@@ -27,7 +27,7 @@ def streamed_csv(filename: str, header: list[str], rows: Iterable[list]) -> Stre
     writer = csv.writer(_Echo())
 
     def lines():
-        yield writer.writerow(header)
+        yield writer.writerow([safe_cell(value) for value in header])  # headers can come from an uploaded file
         for row in rows:
             yield writer.writerow([safe_cell(value) for value in row])
 

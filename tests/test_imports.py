@@ -83,6 +83,10 @@ def test_columns_are_guessed_from_their_headers_and_unknown_ones_kept_as_metadat
     ("name,phone\nAna,+14155550100\n".encode("utf-16-le"), "NUL bytes"),  # UTF-16 without its byte-order mark
     (b"name,phone\n", "no rows"),
     (b",,\n1,2,3\n", "first row must name the columns"),
+    (b'name,phone,notes\nAna,+14155550100,"call after 5\nBia,+14155550101,\nCris,+14155550102,\n',
+     r"not valid CSV at line 4: .* \(a quote opened and never closed\?\)"),  # not 1 row silently holding 3
+    (b"name,phone\n" + b"x" * 140_000 + b",1\n", "not valid CSV at line 2: field larger than field limit"),
+    (b"x" * 140_000 + b",phone\nAna,1\n", "not valid CSV at line 1: field larger than field limit"),
 ])
 def test_an_unreadable_file_is_refused_with_what_to_do(raw, message):
     org, _ = org_with_providers()
@@ -100,6 +104,26 @@ def test_semicolons_a_byte_order_mark_and_first_plus_last_names_are_read():
 
     lead = Lead.objects.select_related("contact").get()
     assert (lead.contact.name, lead.contact.phone, lead.source, lead.imported) == ("Ana Souza", "+14155550100", "import", True)
+
+
+def test_mac_line_endings_quoted_line_breaks_and_repeated_headers_are_read():
+    org, _ = org_with_providers()
+    raw = b'Name,Phone,Notes,Notes\rAna,+14155550100,"first line\r\nsecond",a\rBia,+14155550101,,b\r'  # Excel "CSV (Macintosh)"
+    lead_import = services.upload(organization=org, file_name="mac.csv", raw=raw)
+    assert lead_import.rows_total == 2 and lead_import.headers == ["Name", "Phone", "Notes", "Notes (2)"]
+    services.start(lead_import, LeadImport.Status.IMPORTING)
+    run(lead_import)
+    row = Lead.objects.get(contact__name="Ana").submissions.get().payload["row"]
+    assert (row["Notes"], row["Notes (2)"]) == ("first line\r\nsecond", "a")
+
+
+def test_a_rows_own_no_is_not_overridden_by_everyone_opted_in():
+    body, errors = csvfile.lead_body(["Ana", "+14155550100", "no"], ["Name", "Phone", "Opt-in"], ["name", "phone", "consent"],
+                                     source="import", campaign="", consent_all=True)
+    assert body["consent"] is False and not errors
+    body, _ = csvfile.lead_body(["Bia", "+14155550101", ""], ["Name", "Phone", "Opt-in"], ["name", "phone", "consent"],
+                                source="import", campaign="", consent_all=True)
+    assert body["consent"] is True
 
 
 def test_a_mapping_without_phone_or_email_cannot_start():
@@ -302,3 +326,10 @@ def test_the_command_names_a_bad_option_instead_of_a_traceback(tmp_path):
     with pytest.raises(CommandError, match=r"--source: "):
         call_command("import_leads", str(file), "--organization", str(org.pk), "--source", "Bad Source")
     assert not LeadImport.objects.exists()
+
+
+def test_a_downloaded_csv_defuses_formulas_in_its_header_too():
+    from swiftex.csvexport import streamed_csv
+
+    response = streamed_csv("bad-rows.csv", ["=HYPERLINK(1)", "phone"], [["@SUM(1)", "+1415"]])
+    assert b"".join(response.streaming_content).decode().splitlines() == ["'=HYPERLINK(1),phone", "'@SUM(1),'+1415"]
