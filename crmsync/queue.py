@@ -186,10 +186,12 @@ def settle_refused(adapter: str, claimed_at: datetime, refused: list[tuple[int, 
 
 def retry_later(sync_ids: list[int], claimed_at: datetime, *, error: str, after: float | None = None,
                 count_attempt: bool = True) -> list[int]:
-    """Back to PENDING: after `after` seconds (a CRM's Retry-After), else after
-    min(CRM_SYNC_BACKOFF_MAX_SECONDS, CRM_SYNC_BACKOFF_BASE_SECONDS * 2^attempts), times a
-    random 0.5-1 so workers do not retry in step. A counted attempt past CRM_SYNC_MAX_ATTEMPTS dead-letters the contact;
-    returns the ids dead-lettered now."""
+    """Back to PENDING. A counted attempt waits the backoff, min(CRM_SYNC_BACKOFF_MAX_SECONDS,
+    CRM_SYNC_BACKOFF_BASE_SECONDS * 2^attempts) times a random 0.5-1 (so workers do not retry
+    in step), or `after` seconds (a CRM's Retry-After) if that is longer: a short Retry-After on
+    every answer must not spend CRM_SYNC_MAX_ATTEMPTS in seconds. An uncounted one (a rate
+    limit) waits `after` as asked. A counted attempt past CRM_SYNC_MAX_ATTEMPTS dead-letters
+    the contact; returns the ids dead-lettered now."""
     if not sync_ids:
         return []
     rows = fetch_rows(
@@ -199,8 +201,9 @@ def retry_later(sync_ids: list[int], claimed_at: datetime, *, error: str, after:
             state = CASE WHEN s.attempts + %(counted)s >= %(max)s AND s.version <= s.pushing_version THEN 'dead'
                          ELSE 'pending' END,
             pushing_version = NULL, claimed_at = NULL, last_error = %(error)s,
-            next_attempt_at = now() + make_interval(secs => COALESCE(%(after)s::float8,
-                              LEAST(%(cap)s, %(base)s * power(2, s.attempts)) * (0.5 + random() / 2)))
+            next_attempt_at = now() + make_interval(secs => CASE WHEN %(counted)s = 1
+                THEN GREATEST(COALESCE(%(after)s::float8, 0), LEAST(%(cap)s, %(base)s * power(2, s.attempts)) * (0.5 + random() / 2))
+                ELSE COALESCE(%(after)s::float8, LEAST(%(cap)s, %(base)s * power(2, s.attempts)) * (0.5 + random() / 2)) END)
         WHERE s.id = ANY(%(ids)s) AND s.state = 'in_flight' AND s.claimed_at = %(claimed_at)s
         RETURNING s.id, s.state
         """,

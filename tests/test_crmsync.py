@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from crmsync import push, queue
 from crmsync.adapters.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from crmsync.models import ContactSync, CrmPush
-from leads.models import Lead, LeadEvent
+from leads.models import Lead, LeadEvent, Organization
 from swiftex import ratelimit
 from tests.factories import org_with_key
 from tests.support import ROOT, api_client, child_env, post_json
@@ -177,6 +177,17 @@ def test_refused_credentials_fail_the_batch_at_once(org, crm):
     assert len(contacts(crm)) == 4
 
 
+def test_a_token_that_cannot_be_sent_fails_the_batch_at_once_without_showing_it(org, crm):
+    Organization.objects.filter(pk=org.pk).update(hubspot_access_token="hs-token\nsecret-tail")  # pasted with a line break
+    lead = submit(org, email="nl@example.com")
+    queue.mark_changed(lead_ids=[lead.pk])
+    push.push_due(org.pk)
+    sync = ContactSync.objects.get()
+    assert sync.state == State.FAILED and sync.attempts == 0  # not 12 attempts over 50 minutes
+    assert "request could not be sent" in sync.last_error and "secret-tail" not in sync.last_error
+    assert crm.hubspot()["stats"]["requests"] == 0
+
+
 def test_a_429_pauses_the_account_for_every_worker_and_spends_no_attempt(org, crm):
     lead = submit(org, email="r@example.com")
     queue.mark_changed(lead_ids=[lead.pk])
@@ -225,10 +236,12 @@ def test_server_errors_back_off_then_dead_letter_and_an_admin_retry_recovers(org
     assert ContactSync.objects.get().state == State.SYNCED
 
 
-@pytest.mark.parametrize("status, headers, at_least", [(423, {}, 2.0), (477, {"Retry-After": "30"}, 30.0)])
+@pytest.mark.parametrize("status, headers, at_least", [(423, {}, 2.0), (477, {"Retry-After": "30"}, 30.0),
+                                                       (503, {"Retry-After": "1"}, 2.5)])
 def test_a_locked_record_or_a_portal_migration_is_retried_later_not_refused(org, settings, status, headers, at_least):
     """HubSpot's 423 (a record locked for 2 s) and 477 (portal migration) say nothing about the
-    contacts: the batch waits and is sent again, no contact fails."""
+    contacts: the batch waits and is sent again, no contact fails. A Retry-After shorter than
+    the backoff (CRM_SYNC_BACKOFF_BASE_SECONDS, 5 s, times 0.5-1) does not shorten it."""
     lead = submit(org, email="l@example.com")
     queue.mark_changed(lead_ids=[lead.pk])
     with responses.RequestsMock() as mock:

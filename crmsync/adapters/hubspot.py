@@ -81,6 +81,8 @@ class HubSpot:
         try:
             response = post(PROVIDER, url, json={"inputs": inputs}, headers={"Authorization": f"Bearer {self.token}"})
         except ProviderError as exc:
+            if exc.permanent:  # the token or base URL cannot make a request at all: retrying cannot help
+                raise AccountRefused(f"HubSpot: {exc.title}") from None
             raise Transient(exc.title) from exc  # an upsert is safe to repeat, even if it may have landed
         status = response.status_code
         body = _json(response)

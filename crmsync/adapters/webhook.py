@@ -61,6 +61,8 @@ class SignedWebhook:
         try:
             response = post(PROVIDER, self.url, data=body, headers=headers)
         except ProviderError as exc:
+            if exc.permanent:  # the base title names no URL or secret
+                raise AccountRefused(f"webhook: {exc.title}") from None
             # Not the exception's text: it can quote the URL, and a URL may carry the receiver's token.
             what = "no answer, or the connection was lost, after sending" if exc.maybe_delivered else "could not connect"
             raise Transient(f"webhook: {what}") from exc
