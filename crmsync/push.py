@@ -145,8 +145,9 @@ class _Batch:
             self.settle_error(group, CrmError(f"{type(exc).__name__}: {exc}"))
             raise
         else:
-            refused_any = any(isinstance(o, Refused) for o in outcomes.values())
-            self.log(Outcome.PARTIAL if refused_any or len(outcomes) < len(group) else Outcome.OK, group, started, None)
+            refused = [o for o in outcomes.values() if isinstance(o, Refused)]
+            self.log(Outcome.PARTIAL if refused or len(outcomes) < len(group) else Outcome.OK, group, started, None,
+                     detail=next((o.batch_errors for o in refused if o.batch_errors), ""))
             self.settle(group, outcomes)
         return None
 
@@ -195,11 +196,11 @@ class _Batch:
         if dead:
             logger.warning("crm sync: %d contacts of organization %s dead-lettered: %s", len(dead), self.org.pk, exc.message)
 
-    def log(self, outcome: str, group: list[Snapshot], started: float, exc: CrmError | None) -> None:
+    def log(self, outcome: str, group: list[Snapshot], started: float, exc: CrmError | None, *, detail: str = "") -> None:
         CrmPush.objects.create(
             organization=self.org, adapter=self.adapter.kind, outcome=outcome, items=len(group),
             status_code=exc.status_code if exc else None, duration_ms=round((time.perf_counter() - started) * 1000, 1),
-            detail=exc.message if exc else "", at=timezone.now(),
+            detail=(exc.message if exc else detail)[:300], at=timezone.now(),
         )
 
 

@@ -254,6 +254,31 @@ def test_a_locked_record_or_a_portal_migration_is_retried_later_not_refused(org,
     assert LeadEvent.objects.filter(lead=lead, kind="crm.failed").count() == 0
 
 
+def test_a_207_fails_each_contact_with_its_own_error_and_never_anothers(org, settings):
+    leads = [submit(org, email=f"{name}@example.com") for name in ("ok", "bad", "odd")]
+    queue.mark_changed(lead_ids=[lead.pk for lead in leads])
+    syncs = {s.contact.email: s for s in ContactSync.objects.select_related("contact")}
+    body = {
+        "status": "COMPLETE",
+        "results": [{"id": "901", "objectWriteTraceId": str(syncs["ok@example.com"].pk), "properties": {}}],
+        "errors": [
+            {"status": "error", "category": "VALIDATION_ERROR", "message": "Property values were not valid: bad@example.com",
+             "context": {"objectWriteTraceId": [str(syncs["bad@example.com"].pk)]}},
+            {"status": "error", "category": "VALIDATION_ERROR", "message": "Something about odd@example.com"},
+        ],
+    }
+    with responses.RequestsMock() as mock:
+        mock.add(responses.POST, f"{settings.HUBSPOT_API_URL}/crm/v3/objects/contacts/batch/upsert", status=207, json=body)
+        push.push_due(org.pk)
+    state = {s.contact.email: (s.state, s.last_error) for s in ContactSync.objects.select_related("contact")}
+    assert state["ok@example.com"][0] == State.SYNCED
+    assert state["bad@example.com"] == (State.FAILED, "Property values were not valid: bad@example.com")
+    odd_state, odd_error = state["odd@example.com"]
+    assert odd_state == State.FAILED and "@" not in odd_error and "CRM pushes" in odd_error
+    log = CrmPush.objects.get()
+    assert log.outcome == CrmPush.Outcome.PARTIAL and "odd@example.com" in log.detail and "bad@example.com" in log.detail
+
+
 def test_organizations_without_a_crm_queue_nothing(crm):
     org, key = org_with_key()
     response = post_json(api_client(key), "/api/v1/leads", {"email": "t@example.com", "source": "web"})

@@ -56,7 +56,8 @@ class Accepted:
 
 @dataclass(frozen=True)
 class Refused:
-    message: str
+    message: str  # about this contact only: it goes on the lead's timeline
+    batch_errors: str = ""  # everything the CRM said about the batch, for the push log (admin) only
 
 
 Outcome = Accepted | Refused

@@ -153,12 +153,33 @@ def _outcomes(snapshots: list[Snapshot], inputs: list[dict], body: dict) -> dict
             sync_id = by_value.get(_key(prop, str(properties.get(prop, ""))))
         if sync_id is not None:
             outcomes[sync_id] = Accepted(str(result["id"]))
-    errors = [e.get("message", "") for e in body.get("errors") or [] if isinstance(e, dict)]
+    errors = [e for e in body.get("errors") or [] if isinstance(e, dict)]
     if errors:
-        refused = Refused("; ".join(m for m in errors if m)[:300] or "refused by HubSpot")
+        # Each error goes to the contact its context names; never another contact's message (it
+        # can quote their e-mail, and a rep may read only their own leads' timelines).
+        batch_errors = "; ".join(str(e.get("message") or e.get("category") or "") for e in errors)[:1000]
+        traces = {i["objectWriteTraceId"]: int(i["objectWriteTraceId"]) for i in inputs}
+        prop = inputs[0]["idProperty"]
+        for error in errors:
+            message = str(error.get("message") or error.get("category") or "refused by HubSpot")[:300]
+            for value in _context_values(error):
+                sync_id = traces.get(value) or by_value.get(_key(prop, value))
+                if sync_id is not None and sync_id not in outcomes:
+                    outcomes[sync_id] = Refused(message, batch_errors)
+        unnamed = Refused(f"refused by HubSpot in a batch with {len(errors)} error(s) naming no contact; "
+                          "CRM sync › CRM pushes has them", batch_errors)
         for snapshot in snapshots:
-            outcomes.setdefault(snapshot.sync_id, refused)
+            outcomes.setdefault(snapshot.sync_id, unnamed)
     return outcomes  # a snapshot missing here was neither accepted nor refused: the pusher retries it
+
+
+def _context_values(error: dict) -> list[str]:
+    """The strings of an error's context ({"objectWriteTraceId": ["17"], "id": ["a@b.co"], ...})."""
+    context = error.get("context") if isinstance(error.get("context"), dict) else {}
+    values = []
+    for value in context.values():
+        values += [str(v) for v in (value if isinstance(value, list) else [value]) if isinstance(v, (str, int))]
+    return values
 
 
 def _key(prop: str, value: str) -> tuple[str, str]:
