@@ -117,6 +117,9 @@ def reconcile_form(form: MetaLeadForm, *, since: datetime | None = None, now: da
             # Meta refused the saved cursor (expired, or from another listing): read the window again.
             result.error += "; the saved cursor was refused, so the window is read again from its start"
             reading = None
+    except Exception as exc:  # noqa: BLE001 - e.g. the database went away: the run ends where the form shows it
+        logger.exception("meta reconcile of form %s stopped", form.form_id)
+        result.error = f"stopped by {type(exc).__name__}; the next run goes on from the last page read"
     _finish(form, now, result, reading)
     return result
 
@@ -135,7 +138,16 @@ def _one(form: MetaLeadForm, lead: dict, result: Result) -> None:
     row = services.claim(row_id) if row_id else None
     if row is None:
         return  # ingested, failed (admin retries those), or a worker is on it right now
-    if services.ingest(row, lead):
+    try:
+        ingested = services.ingest(row, lead)
+    except Exception as exc:  # noqa: BLE001 - one lead's database error or bug must not stop the form's run
+        logger.exception("meta reconcile: lead %s raised", row.pk)
+        ingested = False
+        try:
+            services.retry_or_fail(row, f"ingest error: {type(exc).__name__}: {exc}", None)
+        except services.RetryLater:
+            pass  # no task to retry in here: the stuck sweep resumes the row after its backoff
+    if ingested:
         result.ingested += 1
     else:
         result.failed += 1

@@ -434,6 +434,29 @@ def test_a_pass_cut_short_by_an_error_keeps_its_cursor_and_a_refused_cursor_star
 
 
 @pytest.mark.django_db
+def test_a_lead_that_cannot_be_ingested_does_not_stop_the_run_and_a_crash_is_shown_on_the_form(meta, page, monkeypatch):
+    form = MetaLeadForm.objects.create(page=page, form_id=FORM_ID, consent="form", created_at=timezone.now() - timedelta(hours=1))
+    leadgen_ids = seed_listing(meta, 3)
+    real_ingest = services.ingest
+
+    def breaks_on_the_second(row, lead):
+        if row.leadgen_id == leadgen_ids[1]:
+            raise RuntimeError("a bug")
+        return real_ingest(row, lead)
+
+    monkeypatch.setattr(services, "ingest", breaks_on_the_second)
+    result = reconcile.reconcile_form(form)
+    assert (result.ingested, result.failed, result.error) == (2, 1, "")
+    broken = row_of(leadgen_ids[1])
+    assert broken.status == "pending" and "RuntimeError" in broken.last_error and broken.lease_until is None  # the sweep resumes it
+
+    monkeypatch.setattr(services, "record", lambda *a, **k: (_ for _ in ()).throw(ConnectionError("db gone")))
+    crashed = reconcile.reconcile_form(form)
+    form.refresh_from_db()
+    assert "stopped by ConnectionError" in crashed.error and form.last_reconcile_error == crashed.error
+
+
+@pytest.mark.django_db
 def test_the_command_reads_a_long_listing_to_its_end(meta, page, monkeypatch):
     monkeypatch.setattr(graph, "PAGE_SIZE", 2)
     monkeypatch.setattr(services, "MAX_RECONCILE_PAGES", 2)
