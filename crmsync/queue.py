@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from django.conf import settings
 
 from conversations.models import Message
-from crmsync.adapters.base import Snapshot
+from crmsync.adapters.base import MAX_BATCH, Snapshot
 from crmsync.models import ContactSync
 from leads.models import Contact, Lead, Organization
 from swiftex.db import fetch_rows
@@ -60,11 +60,18 @@ def mark_changed(lead_ids: list[int] = (), contact_ids: list[int] = ()) -> int:
 
 
 def due_by_organization() -> list[tuple[int, int]]:
-    """(organization id, contacts due) for every organization with something to push."""
+    """(organization id, contacts due, counted up to what one tick can push) for every organization
+    with something to push. Counting no further keeps the dispatcher's tick cheap behind a
+    backlog of a million contacts (a big import to a rate-limited CRM)."""
     return fetch_rows(
-        f"SELECT s.organization_id, count(*) FROM {_SYNC} s JOIN {Organization._meta.db_table} o ON o.id = s.organization_id "
-        "WHERE s.state = 'pending' AND s.next_attempt_at <= now() AND o.crm_adapter <> '' GROUP BY s.organization_id",
-        [],
+        f"""
+        SELECT o.id, due.n FROM {Organization._meta.db_table} o,
+        LATERAL (SELECT count(*) AS n FROM (
+            SELECT 1 FROM {_SYNC} s WHERE s.organization_id = o.id AND s.state = 'pending' AND s.next_attempt_at <= now()
+            LIMIT GREATEST(1, floor(o.crm_requests_per_second * %(tick)s))::int * %(batch)s) AS capped) AS due
+        WHERE o.crm_adapter <> '' AND due.n > 0
+        """,
+        {"tick": settings.CRM_SYNC_TICK_SECONDS, "batch": MAX_BATCH},
     )
 
 

@@ -279,6 +279,16 @@ def test_a_207_fails_each_contact_with_its_own_error_and_never_anothers(org, set
     assert log.outcome == CrmPush.Outcome.PARTIAL and "odd@example.com" in log.detail and "bad@example.com" in log.detail
 
 
+def test_the_dispatcher_counts_no_further_than_one_tick_can_push(org, monkeypatch, settings):
+    monkeypatch.setattr(queue, "MAX_BATCH", 2)
+    Organization.objects.filter(pk=org.pk).update(crm_requests_per_second=1)
+    settings.CRM_SYNC_TICK_SECONDS = 1
+    leads = [submit(org, email=f"d{n}@example.com") for n in range(5)]
+    queue.mark_changed(lead_ids=[lead.pk for lead in leads])
+    ContactSync.objects.update(next_attempt_at=timezone.now())
+    assert queue.due_by_organization() == [(org.pk, 2)]  # one request of 2 per tick: no need to count all 5
+
+
 def test_organizations_without_a_crm_queue_nothing(crm):
     org, key = org_with_key()
     response = post_json(api_client(key), "/api/v1/leads", {"email": "t@example.com", "source": "web"})
