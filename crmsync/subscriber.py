@@ -1,8 +1,9 @@
 """crmsync event subscriber: changes to a lead or its conversation queue its contact for the CRM.
 
-`lead.created`, `lead.imported` (a chunk of a CSV import), `lead.status_changed`
-and `message.received` (the lead's first reply is a milestone the CRM shows)
-mark the contact changed, one
+`lead.created`, `lead.imported` (a chunk of a CSV import), `lead.status_changed`,
+`message.received` (the lead's first reply is a milestone the CRM shows) and
+`contact.updated` (a repeat submission or an admin added a name, an e-mail, a
+phone or consent) mark the contact changed, one
 statement per batch, in the same transaction as the processed-event ledger,
 so a redelivered batch queues nothing twice and a crash between the two
 loses nothing. Organizations without a CRM queue nothing.

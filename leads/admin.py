@@ -21,6 +21,7 @@ from leads import admin_actions, admin_filters, auth
 from leads.models import ApiKey, Contact, Lead, LeadEvent, Organization, Submission
 from leads.services import organization_defaults
 from swiftex.admin_secrets import HiddenSecretsMixin
+from swiftex.events import emit
 from swiftex.admin_tenancy import TenantAdminMixin, TenantInlineMixin, scope_of
 
 SECRET_FIELDS = (
@@ -245,6 +246,15 @@ class ContactAdmin(TenantAdminMixin, admin.ModelAdmin):
     # Consent comes from the contact (the form's checkbox, an opt-out keyword), never from
     # an admin: ticking it back on for someone who wrote STOP would message them again.
     readonly_fields = ("consent", "consent_at", "consent_revoked_at")
+
+    def get_readonly_fields(self, request, obj=None):
+        # A contact stays in its organization: its leads and messages are there.
+        return self.readonly_fields + (("organization",) if obj is not None else ())
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        if change and form.changed_data:  # the CRM shows the contact as edited here too
+            emit("contact.updated", organization_id=obj.organization_id, data={"contact_id": obj.pk})
 
 
 class LeadEventInline(TenantInlineMixin, admin.TabularInline):

@@ -27,6 +27,7 @@ from leads import ingest_sql
 from leads.models import ApiKey, Contact, Lead, Organization, Submission
 from routing import services as routing
 from swiftex.db import prepared_cursor
+from swiftex.events import emit
 
 logger = logging.getLogger(__name__)
 
@@ -176,10 +177,12 @@ def _ingest_new_contact(params: dict) -> IngestResult | None:
 
 def _ingest_known_contact(org: Organization, data: LeadInput, params: dict) -> IngestResult:
     with transaction.atomic(), prepared_cursor() as cursor:
-        contact_id = _find_and_enrich_contact(cursor, org, data, params["now"], params["imported"])
+        contact_id, enriched = _find_and_enrich_contact(cursor, org, data, params["now"], params["imported"])
         lead_id, status, captured_at, created, promoted = _open_or_reuse_lead(cursor, contact_id, params)
         cursor.execute(ingest_sql.KNOWN_LEAD, {**params, "lead_id": lead_id, "contact_id": contact_id, "created": created})
         submission_id = cursor.fetchone()[0]
+        if enriched and not created:  # a new lead's own event already says so
+            emit("contact.updated", organization_id=org.pk, data={"contact_id": contact_id, "lead_id": lead_id})
     return IngestResult(lead_id, contact_id, submission_id, status, captured_at, created, promoted=promoted)
 
 
@@ -188,8 +191,9 @@ def _violated_constraint(exc: IntegrityError) -> str | None:
     return getattr(diag, "constraint_name", None)
 
 
-def _find_and_enrich_contact(cursor, org: Organization, data: LeadInput, now: datetime, imported: bool) -> int:
-    """The contact that owns this phone or email (phone wins: it is what we message)."""
+def _find_and_enrich_contact(cursor, org: Organization, data: LeadInput, now: datetime, imported: bool) -> tuple[int, bool]:
+    """The contact that owns this phone or email (phone wins: it is what we message), and
+    whether this submission added to it (a name, consent, the missing phone or email)."""
     table = Contact._meta.db_table
     cursor.execute(
         f"SELECT id, phone, email FROM {table} WHERE organization_id = %s AND (phone = %s OR email = %s) "
@@ -211,18 +215,18 @@ def _find_and_enrich_contact(cursor, org: Organization, data: LeadInput, now: da
         f"updated_at = %(now)s WHERE id = %(id)s AND ((name = '' AND %(name)s <> '') OR (NOT consent AND {restores}))",
         {"name": data.name, "consent": data.consent, "given": given, "now": now, "id": contact_id},
     )
-    _fill_missing_identity(cursor, table, org, contact_id, phone, email, data, now)
-    return contact_id
+    enriched = cursor.rowcount > 0
+    return contact_id, _fill_missing_identity(cursor, table, org, contact_id, phone, email, data, now) or enriched
 
 
-def _fill_missing_identity(cursor, table, org, contact_id, phone, email, data: LeadInput, now) -> None:
-    """Add the phone or email the contact lacks, unless another contact already owns it."""
+def _fill_missing_identity(cursor, table, org, contact_id, phone, email, data: LeadInput, now) -> bool:
+    """Add the phone or email the contact lacks, unless another contact already owns it; whether it did."""
     if phone and not email and data.email:
         column, value = "email", data.email
     elif email and not phone and data.phone:
         column, value = "phone", data.phone
     else:
-        return
+        return False
     # Rare path, guarded by a savepoint: a concurrent claim of the same value
     # loses to the unique key instead of failing the whole submission.
     try:
@@ -232,8 +236,10 @@ def _fill_missing_identity(cursor, table, org, contact_id, phone, email, data: L
                 f"AND NOT EXISTS (SELECT 1 FROM {table} WHERE organization_id = %s AND {column} = %s)",
                 [value, now, contact_id, org.pk, value],
             )
+            return cursor.rowcount > 0
     except IntegrityError as exc:
         logger.info("contact %s keeps its %s unset: %s", contact_id, column, type(exc).__name__)
+        return False
 
 
 def _open_or_reuse_lead(cursor, contact_id: int, params: dict):

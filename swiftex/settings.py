@@ -293,7 +293,7 @@ SWIFTEX_SUBSCRIBERS = {
     "followups": {"routing_keys": ["lead.status_changed"], "handler": "conversations.subscriber.handle_lead_changes"},
     "analytics": {"routing_keys": ["lead.#", "message.#"], "handler": "analytics.subscriber.handle_events"},
     "crmsync": {
-        "routing_keys": ["lead.created", "lead.imported", "lead.status_changed", "message.received"],
+        "routing_keys": ["lead.created", "lead.imported", "lead.status_changed", "message.received", "contact.updated"],
         "handler": "crmsync.subscriber.handle_events",
     },
     # A CSV import whose admin chose to greet the list: greetings at the bulk lane's pace,

@@ -289,6 +289,23 @@ def test_the_dispatcher_counts_no_further_than_one_tick_can_push(org, monkeypatc
     assert queue.due_by_organization() == [(org.pk, 2)]  # one request of 2 per tick: no need to count all 5
 
 
+def test_a_repeat_submission_that_adds_an_email_or_consent_reaches_the_crm(org):
+    from crmsync.subscriber import handle_events
+    from swiftex.models import OutboxEvent
+
+    lead = submit(org, phone="+14155550177", consent=False)
+    before = OutboxEvent.objects.count()
+    submit(org, phone="+14155550177", consent=False)  # nothing new: no event
+    assert OutboxEvent.objects.count() == before
+    submit(org, phone="+14155550177", email="late@example.com", consent=True)
+    event = OutboxEvent.objects.get(event_type="contact.updated")
+    assert event.payload == {"contact_id": lead.contact_id, "lead_id": lead.pk}
+
+    handle_events([{"id": str(event.event_id), "type": event.event_type, "data": event.payload}])
+    sync = ContactSync.objects.get(contact_id=lead.contact_id)
+    assert sync.state == State.PENDING
+
+
 def test_organizations_without_a_crm_queue_nothing(crm):
     org, key = org_with_key()
     response = post_json(api_client(key), "/api/v1/leads", {"email": "t@example.com", "source": "web"})
