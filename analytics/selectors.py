@@ -155,14 +155,22 @@ def trend(org: Organization, rng: Range) -> list[dict]:
         )
     }
     step = dt.timedelta(hours=1) if bucket == "hour" else dt.timedelta(days=1)
-    minutes = step.total_seconds() / 60
     points, at = [], dt.datetime.combine(rng.first_day, dt.time())
     while at < dt.datetime.combine(rng.last_day + dt.timedelta(days=1), dt.time()):
-        p50, p95, p99 = percentiles.get(at) or (None, None, None)
-        leads = counts.get(at, 0)
-        points.append({"at": at, "leads": leads, "per_minute": leads / minutes, "p50": p50, "p95": p95, "p99": p99})
+        # The bucket's real length: on a clock change a local day has 23 or 25 hours, the hour the
+        # clocks go back is two hours long, and the hour they skip does not exist (no point).
+        minutes = (_utc(at + step, rng.tz) - _utc(at, rng.tz)).total_seconds() / 60
+        if minutes > 0:
+            p50, p95, p99 = percentiles.get(at) or (None, None, None)
+            leads = counts.get(at, 0)
+            points.append({"at": at, "leads": leads, "per_minute": leads / minutes, "p50": p50, "p95": p95, "p99": p99})
         at += step
     return points
+
+
+def _utc(local: dt.datetime, tz: ZoneInfo) -> dt.datetime:
+    """A local wall-clock time as an instant (the earlier one when the clocks go back)."""
+    return local.replace(tzinfo=tz).astimezone(dt.timezone.utc)
 
 
 def breakdown(org: Organization, rng: Range, dimension: str, *, now: dt.datetime | None = None, limit: int = 20) -> list[dict]:

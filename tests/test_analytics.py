@@ -198,6 +198,22 @@ def test_breakdowns_histogram_trend_and_breaches():
     assert [b["name"] for b in selectors.breaches(org, rng)] == ["Silent Sam", "Ana"]
 
 
+def test_the_trend_reads_clock_changes_by_their_real_length():
+    # New York, 2026-11-01: the clocks go back at 02:00, so 01:00-02:00 local happens twice.
+    org, _ = org_with_key(timezone="America/New_York")
+    first_one_am = dt.datetime(2026, 11, 1, 5, 30, tzinfo=UTC)  # 01:30 EDT
+    ids = [make_lead_history(org, phone(), at=first_one_am + dt.timedelta(hours=h), response_ms=500).pk for h in (0, 1)]
+    services.refresh(ids)
+    hours = selectors.trend(org, selectors.date_range(org, "2026-11-01", "2026-11-01"))
+    one_am = next(p for p in hours if p["at"].hour == 1)
+    assert len(hours) == 24 and one_am["leads"] == 2 and one_am["per_minute"] == 2 / 120  # two hours long
+    days = selectors.trend(org, selectors.date_range(org, "2026-10-31", "2026-11-04"))
+    assert days[1]["per_minute"] == 2 / (25 * 60)  # a 25-hour day
+
+    spring = selectors.trend(org, selectors.date_range(org, "2026-03-08", "2026-03-08"))
+    assert len(spring) == 23 and 2 not in [p["at"].hour for p in spring]  # 02:00-03:00 never happened
+
+
 def test_ranges_are_local_days_and_bad_ranges_say_what_is_wrong():
     org, _ = org_with_key(timezone="America/Sao_Paulo")
     rng = selectors.date_range(org, "2026-11-16", "2026-11-16")
