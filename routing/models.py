@@ -204,6 +204,7 @@ class Notification(models.Model):
     class Email(models.TextChoices):
         NONE = "", "Not e-mailed"
         PENDING = "pending", "Waiting to be sent"
+        SENDING = "sending", "Being sent"
         SENT = "sent", "Sent"
         FAILED = "failed", "Failed"
 
@@ -214,6 +215,7 @@ class Notification(models.Model):
     read_at = models.DateTimeField(null=True, blank=True)
     email = models.CharField(max_length=8, choices=Email.choices, blank=True, default=Email.NONE)
     email_error = models.CharField(max_length=300, blank=True, default="")
+    email_started_at = models.DateTimeField(null=True, blank=True, help_text="When the e-mail was handed to the mail server.")
 
     class Meta:
         indexes = [

@@ -182,6 +182,34 @@ def test_failed_notification_email_is_kept_failed_with_its_error(org, settings):
     assert notification.email == Notification.Email.FAILED and "ConnectionRefusedError" in notification.email_error
 
 
+def test_a_worker_killed_mid_batch_never_sends_an_e_mail_twice(org, settings, monkeypatch):
+    from django.core.mail import EmailMessage
+
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    rule(org, make_team(org, "Sales", [make_rep(org, "ana", email="ana@example.com", email_notifications=True)]))
+    first, second = submit(org), submit(org)
+    real_send, sends = EmailMessage.send, []
+
+    def killed_on_the_second(message, *args, **kwargs):
+        sends.append(1)
+        if len(sends) == 2:
+            raise SystemExit("worker killed")
+        return real_send(message, *args, **kwargs)
+
+    monkeypatch.setattr(EmailMessage, "send", killed_on_the_second)
+    with pytest.raises(SystemExit):
+        notify.send_pending()
+    monkeypatch.setattr(EmailMessage, "send", real_send)
+    states = dict(Notification.objects.values_list("lead_id", "email"))
+    assert states == {first.lead_id: "sent", second.lead_id: "sending"} and len(mail.outbox) == 1
+
+    assert notify.send_pending() == 0 and len(mail.outbox) == 1  # the first is not sent again, the second not blindly
+    Notification.objects.filter(email="sending").update(email_started_at=timezone.now() - notify.STUCK_AFTER)
+    notify.send_pending()
+    unsure = Notification.objects.get(lead_id=second.lead_id)
+    assert unsure.email == "failed" and "may have arrived" in unsure.email_error and len(mail.outbox) == 1
+
+
 def test_known_contact_resubmitting_keeps_the_owner(org):
     reps = [make_rep(org, "ana"), make_rep(org, "ben")]
     rule(org, make_team(org, "Sales", reps))
