@@ -256,6 +256,27 @@ def test_a_stop_from_someone_who_never_opted_in_is_remembered_too(org):
     assert contact.consent is False
 
 
+def test_opt_outs_from_before_the_column_existed_are_filled_in_by_the_migration(org, lead):
+    import importlib
+
+    from leads.models import Contact
+
+    backfill = importlib.import_module("leads.migrations.0015_backfill_consent_revoked_at").BACKFILL
+    stop_at = timezone.now() - timedelta(days=30)
+    inbound(org, " Stop! ", at=stop_at)  # the lead's contact: a timeline entry and the message
+    stranger = "+14155550999"
+    receive(org, Inbound(channel="whatsapp", provider_message_id="wamid.in.x", phone=stranger, body="PARAR", at=stop_at))
+    once = Contact.objects.create(organization=org, phone="+14155550998", consent=False, consent_at=stop_at - timedelta(days=9))
+    never = Contact.objects.create(organization=org, phone="+14155550997", consent=False)
+    Contact.objects.update(consent_revoked_at=None)  # as the data stood before the deploy
+
+    with connection.cursor() as cursor:
+        cursor.execute(backfill)
+    revoked = dict(Contact.objects.values_list("phone", "consent_revoked_at"))
+    assert revoked[PHONE] == stop_at and revoked[stranger] == stop_at
+    assert revoked[once.phone] is not None and revoked[never.phone] is None
+
+
 def test_the_opt_out_keywords_are_the_organizations(org, lead):
     org.opt_out_keywords = "basta, nao quero"
     org.save()
