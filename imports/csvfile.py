@@ -60,11 +60,11 @@ def sniff_delimiter(text: str) -> str:
     return best if counts[best] else ","
 
 
-def _reader(text: str, delimiter: str):
+def _reader(text: str, delimiter: str, *, strict: bool = True):
     # newline="": rows end at \n, \r\n or a lone \r (Excel's "CSV (Macintosh)"), and a line
     # break inside quotes stays in its cell. strict: a quote left open to the end of the file
     # is an error, not one cell silently holding every row after it.
-    return csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+    return csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=strict)
 
 
 def _invalid(exc: csv.Error, reader) -> CsvError:
@@ -89,9 +89,10 @@ def read_header(text: str, delimiter: str) -> list[str]:
             for index, name in enumerate(names)]
 
 
-def rows(text: str, delimiter: str, *, start: int = 0) -> Iterator[tuple[int, list[str]]]:
-    """(spreadsheet row number, cells) for each data row from the `start`-th on; blank rows skipped but counted."""
-    reader = _reader(text, delimiter)
+def rows(text: str, delimiter: str, *, start: int = 0, strict: bool = True) -> Iterator[tuple[int, list[str]]]:
+    """(spreadsheet row number, cells) for each data row from the `start`-th on; blank rows skipped but counted.
+    `strict` False: as files were read before strict parsing (one uploaded then, imported now)."""
+    reader = _reader(text, delimiter, strict=strict)
     next(reader, None)  # the header
     for index, cells in enumerate(reader):
         if index >= start:
