@@ -7,7 +7,9 @@ address is refused until the window ends, without checking the password: a
 guesser learns nothing more, right guess or wrong. A successful sign-in
 clears its account's count. The per-address limit is higher, so an office
 behind one address is not locked out by one person's typos, and a guesser
-spraying many accounts from one address is still stopped.
+spraying many accounts from one address is still stopped. Addresses are
+counted only when they are the client's: a public address, or any address
+once WEBFORM_TRUSTED_PROXIES says how to find the client behind a proxy.
 
 Counts live in Redis (shared by every web process); while Redis is down
 each process counts on its own, so the limits loosen but still hold.
@@ -16,6 +18,7 @@ each process counts on its own, so the limits loosen but still hold.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import math
 import threading
 import time
@@ -28,8 +31,22 @@ from swiftex.client_address import bucket_of
 
 def _keys(username: str, ip: str) -> list[tuple[str, int]]:
     account = hashlib.sha256(username.strip().casefold().encode()).hexdigest()[:32]  # no usernames in Redis
-    return [(swx_redis.key("login-failures", "account", account), settings.LOGIN_FAILURES_PER_ACCOUNT),
-            (swx_redis.key("login-failures", "address", bucket_of(ip)), settings.LOGIN_FAILURES_PER_ADDRESS)]
+    keys = [(swx_redis.key("login-failures", "account", account), settings.LOGIN_FAILURES_PER_ACCOUNT)]
+    if _counts_addresses(ip):
+        keys.append((swx_redis.key("login-failures", "address", bucket_of(ip)), settings.LOGIN_FAILURES_PER_ADDRESS))
+    return keys
+
+
+def _counts_addresses(ip: str) -> bool:
+    """Whether `ip` is the client's own. A private or loopback address with no trusted proxy
+    declared is most likely a load balancer's: everyone's sign-ins would come from it, and 50
+    wrong passwords from anyone would lock every rep out. Then only accounts are counted."""
+    if settings.WEBFORM_TRUSTED_PROXIES:
+        return True
+    try:
+        return ipaddress.ip_address(ip).is_global
+    except ValueError:
+        return False
 
 
 def wait_seconds(username: str, ip: str) -> int:
@@ -56,10 +73,12 @@ def failed(username: str, ip: str) -> None:
     window = settings.LOGIN_LOCKOUT_SECONDS
     keys = [key for key, _ in _keys(username, ip)]
     try:
-        pipe = swx_redis.client().pipeline(transaction=False)
+        pipe = swx_redis.client().pipeline(transaction=True)  # MULTI: nothing expires between the two
         for key in keys:
+            # The window runs from the first failure; SET NX with its expiry, then INCR, so a
+            # count never exists without one (that would lock the account for good).
+            pipe.set(key, 0, ex=window, nx=True)
             pipe.incr(key)
-            pipe.expire(key, window, nx=True)  # the window runs from the first failure
         pipe.execute()
         return
     except swx_redis.RedisUnavailable:
