@@ -97,8 +97,8 @@ def answer(conversation_id: int, message_ids: list[int] | None) -> Reply | None:
     if not outbound.channel_configured(org, conversation.channel):
         _skip(reply, f"{conversation.channel} is not configured for the organization")
         return reply
-    _compose(reply, org, conversation, contact)
-    _send_or_hand_over(reply)
+    if _compose(reply, org, conversation, contact):
+        _send_or_hand_over(reply)
     return reply
 
 
@@ -179,9 +179,8 @@ def give_up_stale_replies(*, now: datetime | None = None, limit: int = 200) -> i
     given_up = 0
     for reply_id, lead_id in _unfinished(now - GIVE_UP_AFTER).values_list("pk", "lead_id")[:limit]:
         with transaction.atomic():
-            if not Reply.objects.filter(pk=reply_id, state__in=[Reply.State.COMPOSING, Reply.State.SENDING]).update(
-                    state=Reply.State.FAILED, reason=reason):
-                continue  # finished meanwhile
+            if not _unfinished(now - GIVE_UP_AFTER).filter(pk=reply_id).update(state=Reply.State.FAILED, reason=reason):
+                continue  # finished, or its message went out, meanwhile
             for message in Message.objects.filter(reply_id=reply_id, status=Message.Status.QUEUED):
                 outbound.withdraw(message, f"the reply was given up: {reason}")
             timeline.record(lead_id, ("reply.failed", {"reply_id": reply_id, "reason": reason}, now))
@@ -200,7 +199,8 @@ def resume(reply_id: int) -> None:
         if not reply.conversation.contact.consent and reply.kind == Reply.Kind.REPLY:
             _skip(reply, "the contact has opted out or never opted in")
             return
-        _compose(reply, org, reply.conversation, reply.conversation.contact)
+        if not _compose(reply, org, reply.conversation, reply.conversation.contact):
+            return
     send(reply)
 
 
@@ -241,7 +241,8 @@ def _skip(reply: Reply, reason: str) -> None:
     timeline.record(reply.lead_id, ("reply.skipped", {"reply_id": reply.pk, "kind": reply.kind, "reason": reason}, timezone.now()))
 
 
-def _compose(reply: Reply, org: Organization, conversation: Conversation, contact: Contact) -> None:
+def _compose(reply: Reply, org: Organization, conversation: Conversation, contact: Contact) -> bool:
+    """Write the reply's text; False if the reply was given up meanwhile (nothing to send)."""
     history = conversation_history(conversation)
     release_db_connection()
     started = timezone.now()
@@ -253,14 +254,16 @@ def _compose(reply: Reply, org: Organization, conversation: Conversation, contac
         text, source, error = render_text(org.reply_fallback, org, contact, lead), Greeting.TextSource.TEMPLATE, exc.reason
     model_ms = int((timezone.now() - started).total_seconds() * 1000)
     with transaction.atomic():
-        Reply.objects.filter(pk=reply.pk).update(
+        if not Reply.objects.filter(pk=reply.pk, state=Reply.State.COMPOSING).update(
             text=text, text_source=source, model_ms=model_ms, model_error=error[:300], state=Reply.State.SENDING
-        )
+        ):
+            return False
         composed = {"reply_id": reply.pk, "source": source, "model_ms": model_ms}
         if error:
             composed["model_error"] = error
         timeline.record(reply.lead_id, ("reply.composed", composed, timezone.now()))
     reply.text, reply.text_source, reply.model_ms, reply.state = text, source, model_ms, Reply.State.SENDING
+    return True
 
 
 def conversation_history(conversation: Conversation) -> list[tuple[str, str]]:

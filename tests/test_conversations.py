@@ -522,3 +522,18 @@ def test_a_reply_that_cannot_be_finished_is_resumed_then_given_up_on_the_timelin
     assert (queued.status, queued.error_code) == ("failed", "withdrawn")
     entry = LeadEvent.objects.get(lead=lead, kind="reply.failed")
     assert entry.data["reply_id"] == stuck.pk
+
+
+def test_a_reply_given_up_while_it_was_being_composed_is_not_sent(org, lead, monkeypatch):
+    message = inbound(org, "Hi")
+    reply = Reply.objects.create(organization=org, conversation_id=message.conversation_id, lead=lead)
+    real_history = replies.conversation_history
+
+    def given_up_meanwhile(conversation):
+        Reply.objects.filter(pk=reply.pk).update(state="failed")  # the sweep, in another process
+        return real_history(conversation)
+
+    monkeypatch.setattr(replies, "conversation_history", given_up_meanwhile)
+    replies.resume(reply.pk)  # no provider mock: a send would fail the test
+    reply.refresh_from_db()
+    assert reply.state == "failed" and not Message.objects.filter(reply=reply).exists()
