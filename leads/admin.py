@@ -280,17 +280,17 @@ class LeadAdminForm(forms.ModelForm):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.fields["status_seen"].initial = self.instance.status
+        self.status_in_db = self.fields["status_seen"].initial = self.instance.status  # the form copies the new one in
 
     @property
     def status_edited(self) -> bool:
-        return self.cleaned_data.get("status") != (self.cleaned_data.get("status_seen") or self.instance.status)
+        return self.cleaned_data.get("status") != (self.cleaned_data.get("status_seen") or self.status_in_db)
 
     def clean(self):
         from reps.services import CLOSED, stays_closed
 
         cleaned = super().clean()
-        if "status" in cleaned and self.status_edited and self.instance.status in CLOSED:
+        if "status" in cleaned and self.status_edited and self.status_in_db in CLOSED:
             self.add_error("status", stays_closed(self.instance))
         return cleaned
 

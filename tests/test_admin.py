@@ -369,6 +369,10 @@ def test_a_status_set_in_admin_follows_the_same_rules_and_effects_as_a_reps(admi
     event = OutboxEvent.objects.filter(event_type="lead.status_changed").latest("pk")
     assert event.payload == {"lead_id": lead.pk, "status": "won", "reason": "admin"}
 
+    other = a_lead(org)
+    assert lead_change(admin_client, other, status="qualified", status_seen="").status_code == 302  # a page drawn without it
+    assert Lead.objects.get(pk=other.pk).status == "qualified"
+
     page = lead_change(admin_client, lead, status="new")  # closed leads stay closed, as on the rep pages
     assert page.status_code == 200 and "closed leads stay closed" in page.content.decode()
     lead.refresh_from_db()
