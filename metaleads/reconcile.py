@@ -82,11 +82,13 @@ def overlap() -> timedelta:
     return timedelta(seconds=settings.META_RECONCILE_OVERLAP_SECONDS)
 
 
-def reconcile_form(form: MetaLeadForm, *, since: datetime | None = None, now: datetime | None = None) -> Result:
+def reconcile_form(form: MetaLeadForm, *, since: datetime | None = None, now: datetime | None = None,
+                   foreground: bool = False) -> Result:
     """List and ingest one form's leads; `since` overrides the watermark (a manual backfill).
 
     Goes on from where the form's last pass stopped, if it did; a backfill starts its own
-    pass, reaching back at least as far as the one it replaces.
+    pass, reaching back at least as far as the one it replaces. `foreground` (the command, which
+    goes on itself): a pass left unfinished is not made due for the scheduler meanwhile.
     """
     now = now or timezone.now()
     page = form.page
@@ -98,7 +100,7 @@ def reconcile_form(form: MetaLeadForm, *, since: datetime | None = None, now: da
     result = Result(form.form_id, since=reading.since)
     if not page.active or not page.access_token:
         result.error = "the page is inactive or has no access token"
-        _finish(form, now, result, saved)
+        _finish(form, now, result, saved, foreground)
         return result
     try:
         for _ in range(services.MAX_RECONCILE_PAGES):
@@ -120,7 +122,7 @@ def reconcile_form(form: MetaLeadForm, *, since: datetime | None = None, now: da
     except Exception as exc:  # noqa: BLE001 - e.g. the database went away: the run ends where the form shows it
         logger.exception("meta reconcile of form %s stopped", form.form_id)
         result.error = f"stopped by {type(exc).__name__}; the next run goes on from the last page read"
-    _finish(form, now, result, reading)
+    _finish(form, now, result, reading, foreground)
     return result
 
 
@@ -153,7 +155,7 @@ def _one(form: MetaLeadForm, lead: dict, result: Result) -> None:
         result.failed += 1
 
 
-def _finish(form: MetaLeadForm, now: datetime, result: Result, reading: Pass | None) -> None:
+def _finish(form: MetaLeadForm, now: datetime, result: Result, reading: Pass | None, foreground: bool) -> None:
     """Save how the run ended: the watermark moves when a pass is complete, else the pass is kept."""
     updates = {"last_reconciled_at": now, "last_reconcile_error": result.error[:500]}
     complete = reading is not None and not result.error and not result.more
@@ -167,7 +169,9 @@ def _finish(form: MetaLeadForm, now: datetime, result: Result, reading: Pass | N
         # Only a pass that read at least one page has anywhere to go on from.
         updates["reconcile_resume"] = reading.saved() if reading is not None and (reading.after or reading.resumed) else None
     if result.more:
-        updates["next_reconcile_at"] = now  # due at the next sweep, not a whole interval later
+        # Due at the next sweep, not a whole interval later; while the command follows the
+        # listing itself, not at all (two runs would read the same pages and race for the cursor).
+        updates["next_reconcile_at"] = now + timedelta(seconds=settings.META_RECONCILE_SECONDS) if foreground else now
     form.reconcile_resume = updates["reconcile_resume"]
     MetaLeadForm.objects.filter(pk=form.pk).update(**updates)
     (logger.warning if result.error else logger.info)("meta reconcile %s", result)

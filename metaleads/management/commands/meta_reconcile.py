@@ -37,12 +37,12 @@ class Command(BaseCommand):
         start = _parse_since(since) if since else None
         failed = 0
         for item in forms:
-            result = reconcile.reconcile_form(item, since=start)
+            result = reconcile.reconcile_form(item, since=start, foreground=True)
             self.stdout.write(str(result))
             for _ in range(MAX_RUNS - 1):  # in the foreground, a long listing is read to its end
                 if not result.more:
                     break
-                result = reconcile.reconcile_form(item)
+                result = reconcile.reconcile_form(item, foreground=True)
                 self.stdout.write(str(result))
             failed += bool(result.error or result.more)
         if failed:
