@@ -71,7 +71,7 @@ class CrmPush(models.Model):
     items = models.PositiveIntegerField()
     status_code = models.PositiveIntegerField(null=True, blank=True)
     duration_ms = models.FloatField()
-    detail = models.CharField(max_length=300, blank=True, default="")
+    detail = models.CharField(max_length=2000, blank=True, default="")  # a 207 can list many errors
     at = models.DateTimeField(db_index=True)
 
     class Meta:

@@ -200,7 +200,7 @@ class _Batch:
         CrmPush.objects.create(
             organization=self.org, adapter=self.adapter.kind, outcome=outcome, items=len(group),
             status_code=exc.status_code if exc else None, duration_ms=round((time.perf_counter() - started) * 1000, 1),
-            detail=(exc.message if exc else detail)[:300], at=timezone.now(),
+            detail=(exc.message if exc else detail)[:2000], at=timezone.now(),
         )
 
 

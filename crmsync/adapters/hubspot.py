@@ -157,7 +157,7 @@ def _outcomes(snapshots: list[Snapshot], inputs: list[dict], body: dict) -> dict
     if errors:
         # Each error goes to the contact its context names; never another contact's message (it
         # can quote their e-mail, and a rep may read only their own leads' timelines).
-        batch_errors = "; ".join(str(e.get("message") or e.get("category") or "") for e in errors)[:1000]
+        batch_errors = "; ".join(str(e.get("message") or e.get("category") or "") for e in errors)[:2000]
         traces = {i["objectWriteTraceId"]: int(i["objectWriteTraceId"]) for i in inputs}
         prop = inputs[0]["idProperty"]
         for error in errors:
