@@ -20,6 +20,11 @@ def rules(org_id: int) -> list[Rule]:
     )
 
 
+def forget_rules(org_id: int) -> None:
+    """Drop this process's cached rules (all organizations': the cache has no per-key drop)."""
+    _rules.clear()
+
+
 def open_lead_counts(rep_ids: list[int]) -> dict[int, int]:
     if not rep_ids:
         return {}

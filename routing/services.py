@@ -36,6 +36,7 @@ class Pick:
     rep: Rep | None
     team: str = ""
     skipped: dict[str, str] = field(default_factory=dict)  # rep name -> why they were passed over
+    gone: bool = False  # the rule or team was deleted or switched off since this process cached the rules
 
 
 def routes_leads(org: Organization) -> bool:
@@ -52,25 +53,32 @@ def assign_new_lead(*, org: Organization, lead_id: int, source: str, campaign: s
     """Route a lead that was just opened, inside the transaction that opened it."""
     rules = selectors.rules(org.pk)
     rule = routing_rules.first_match(rules, source=source, campaign=campaign, phone=phone, metadata=metadata)
-    pick = _next_rep(rule.team_id, org, now) if rule else Pick(None)
+    pick = _next_rep(rule.team_id, org, now, rule_id=rule.id) if rule else Pick(None)
+    if pick.gone:  # an admin just deleted or switched off the rule: it matches nothing
+        selectors.forget_rules(org.pk)
+        rule = None
     data = {"rule": rule.name if rule else None, "team": pick.team or None}
     if pick.skipped:
         data["skipped"] = pick.skipped
+    no_team = "nobody in the team was available" if rule else "no routing rule matched"
     if pick.rep is not None:
         data["via"] = "rule"
     elif org.fallback_owner_id:
-        pick.rep, data["via"] = Rep.objects.select_related("user").get(pk=org.fallback_owner_id), "fallback"
-        data["reason"] = "nobody in the team was available" if rule else "no routing rule matched"
-    if pick.rep is not None:
+        pick.rep, why = _fallback_owner(org, now)
+        data.update({"via": "fallback", "reason": no_team} if pick.rep else {"fallback_skipped": why})
+    if pick.rep is not None and data["via"] == "fallback" and rule:
+        escalate_at = now + UNASSIGNED_RETRY  # offered to the team again until one of them is back
+    elif pick.rep is not None:
         escalate_at = _escalation_time(org, now) if rule else None
-    else:  # a team with nobody available now: look again until someone is
-        escalate_at = now + UNASSIGNED_RETRY if rule else None
+    else:  # nobody available now: look again until someone is
+        escalate_at = now + UNASSIGNED_RETRY if rule or org.fallback_owner_id else None
     assignment = Assignment.objects.create(
         lead_id=lead_id, rep=pick.rep, team_id=rule.team_id if rule else None, rule_id=rule.id if rule else None,
         assigned_at=now, escalate_at=escalate_at,
     )
     if pick.rep is None:
-        data["reason"] = ("nobody in the team was available" if rule else "no routing rule matched") + " and no fallback owner is set"
+        data["reason"] = no_team + (f" and the fallback owner is {data['fallback_skipped']}" if org.fallback_owner_id
+                                    else " and no fallback owner is set")
         timeline.record(lead_id, ("lead.unassigned", data, now))
         return assignment
     timeline.record(lead_id, ("lead.assigned", {**data, "rep": str(pick.rep), "rep_id": pick.rep.pk}, now))
@@ -125,20 +133,25 @@ def escalate_due(*, limit: int = 200, now: datetime | None = None) -> int:
 
 
 def _escalate(assignment: Assignment, now: datetime) -> int:
-    """Move an overdue lead to a teammate, or give an unassigned lead its first owner."""
+    """Move an overdue lead to a teammate; give an unassigned lead its first owner; offer a team's
+    lead the fallback owner is holding to the team again."""
     lead, org, previous = assignment.lead, assignment.lead.organization, assignment.rep
     waited = int((now - assignment.assigned_at).total_seconds() // 60)
-    stale = lead.status not in Lead.OPEN_STATUSES or assignment.acted_at or assignment.team_id is None
-    if stale or (previous is not None and org.escalation_minutes == 0):
-        assignment.escalate_at = None
-        assignment.save(update_fields=["escalate_at"])
-        return 0
+    if lead.status not in Lead.OPEN_STATUSES or assignment.acted_at:
+        return _stop_escalating(assignment)
+    if assignment.team_id is None:  # no rule matched: only the fallback owner can take it
+        return _offer_to_fallback_owner(assignment, org, now, waited) if previous is None else _stop_escalating(assignment)
+    held, holding_as_fallback = _history(lead.pk)
+    held |= {previous.pk} if previous else set()
+    if previous is not None and org.escalation_minutes == 0 and not holding_as_fallback:
+        return _stop_escalating(assignment)
     # Each teammate gets the lead once: round the team it would go back and forth for ever
     # (two reps: every escalation_minutes, with a notification each time).
-    held = _held_by(lead.pk) | ({previous.pk} if previous else set())
     pick = _next_rep(assignment.team_id, org, now, exclude=held)
-    if pick.rep is None and previous is None:
-        assignment.escalate_at = now + UNASSIGNED_RETRY  # still nobody: the lead waits, visibly unassigned
+    if pick.gone:
+        return _stop_escalating(assignment)
+    if pick.rep is None and (previous is None or holding_as_fallback):
+        assignment.escalate_at = now + UNASSIGNED_RETRY  # still nobody: it waits (unassigned, or with the fallback owner)
         assignment.save(update_fields=["escalate_at"])
         return 0
     if pick.rep is None:
@@ -154,21 +167,55 @@ def _escalate(assignment: Assignment, now: datetime) -> int:
     assignment.rep, assignment.assigned_at, assignment.escalate_at = pick.rep, now, _escalation_time(org, now)
     assignment.reassignments += 1 if previous else 0
     assignment.save(update_fields=["rep", "assigned_at", "escalate_at", "reassignments"])
+    reason = ("a team member is available again" if holding_as_fallback else "escalation") if previous \
+        else "nobody was available when it arrived"
     _record_reassignment(lead.pk, previous, pick.rep, {
-        "reason": "escalation" if previous else "nobody was available when it arrived", "waited_minutes": waited,
-        "team": assignment.team.name, "skipped": pick.skipped,
+        "reason": reason, "waited_minutes": waited, "team": assignment.team.name, "skipped": pick.skipped,
     }, now)
     return 1
 
 
-def _held_by(lead_id: int) -> set[int]:
-    """The reps this lead has been assigned to, from its timeline."""
-    held = set()
-    for kind, data in LeadEvent.objects.filter(lead_id=lead_id, kind__in=["lead.assigned", "lead.reassigned"]).values_list(
-            "kind", "data"):
+def _stop_escalating(assignment: Assignment) -> int:
+    assignment.escalate_at = None
+    assignment.save(update_fields=["escalate_at"])
+    return 0
+
+
+def _offer_to_fallback_owner(assignment: Assignment, org: Organization, now: datetime, waited: int) -> int:
+    rep, _ = _fallback_owner(org, now) if org.fallback_owner_id else (None, "")
+    if rep is None:
+        assignment.escalate_at = now + UNASSIGNED_RETRY if org.fallback_owner_id else None
+        assignment.save(update_fields=["escalate_at"])
+        return 0
+    assignment.rep, assignment.assigned_at, assignment.escalate_at = rep, now, None
+    assignment.save(update_fields=["rep", "assigned_at", "escalate_at"])
+    _record_reassignment(assignment.lead_id, None, rep, {
+        "reason": "the fallback owner is available again", "waited_minutes": waited, "team": None, "via": "fallback",
+    }, now)
+    return 1
+
+
+def _fallback_owner(org: Organization, now: datetime) -> tuple[Rep | None, str]:
+    """The organization's fallback owner if they can take a lead now, else None and why not.
+    Working hours do not count: the fallback owner is the catch-all, not a shift."""
+    rep = Rep.objects.select_related("user").filter(pk=org.fallback_owner_id).first()
+    if rep is None:
+        return None, "gone (deleted)"
+    if not rep.user.is_active or (rep.out_of_office_until and now < rep.out_of_office_until):
+        return None, rep.unavailable_because(now, org.timezone)
+    return rep, ""
+
+
+def _history(lead_id: int) -> tuple[set[int], bool]:
+    """The reps this lead has been assigned to, from its timeline, and whether it is with the
+    fallback owner because its team had nobody available (its latest assignment says so)."""
+    held, via_fallback = set(), False
+    for kind, data in LeadEvent.objects.filter(lead_id=lead_id, kind__in=["lead.assigned", "lead.reassigned"]).order_by(
+            "occurred_at", "pk").values_list("kind", "data"):
         held.update(rep_id for rep_id in ((data.get("rep_id"),) if kind == "lead.assigned" else (data.get("from_id"), data.get("to_id")))
                     if isinstance(rep_id, int))
-    return held
+        via_fallback = data.get("via") == "fallback"
+    return held, via_fallback
 
 
 def _record_reassignment(lead_id: int, previous: Rep | None, to: Rep, data: dict, now: datetime) -> None:
@@ -190,9 +237,16 @@ def _escalation_time(org: Organization, now: datetime) -> datetime | None:
     return now + timedelta(minutes=org.escalation_minutes) if org.escalation_minutes else None
 
 
-def _next_rep(team_id: int, org: Organization, now: datetime, exclude: set[int] = frozenset()) -> Pick:
-    """The team's next available rep (smooth weighted round robin), under the team's row lock."""
-    team = Team.objects.select_for_update().get(pk=team_id)
+def _next_rep(team_id: int, org: Organization, now: datetime, exclude: set[int] = frozenset(), *,
+              rule_id: int | None = None) -> Pick:
+    """The team's next available rep (smooth weighted round robin), under the team's row lock.
+    With `rule_id`, only while that rule still exists and is active (the rules are cached)."""
+    teams = Team.objects.select_for_update(of=("self",)).filter(pk=team_id)
+    if rule_id is not None:
+        teams = teams.filter(rules__pk=rule_id, rules__active=True)
+    team = teams.first()
+    if team is None:
+        return Pick(None, gone=True)
     members = list(TeamMember.objects.filter(team_id=team_id).select_related("rep__user").order_by("pk"))
     pick = Pick(None, team=team.name)
     candidates = []

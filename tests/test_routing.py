@@ -95,6 +95,57 @@ def test_unassigned_lead_says_why_on_its_timeline(org):
     assert "no fallback owner" in entry.data["reason"]
 
 
+def test_a_rule_deleted_in_another_process_matches_nothing_instead_of_failing_the_lead(org, settings):
+    settings.ORGANIZATION_CACHE_SECONDS = 60
+    boss = make_rep(org, "boss")
+    org.fallback_owner = boss
+    org.save()
+    doomed = rule(org, make_team(org, "Sales", [make_rep(org, "ana")]))
+    assert submit(org).rep.user.username == "ana"  # the rules are cached now
+    doomed.delete()  # in admin, i.e. another process: this one's cache still has the rule
+
+    assignment = submit(org)
+    assert assignment.rep == boss and assignment.rule_id is None
+    entry = LeadEvent.objects.get(lead_id=assignment.lead_id, kind="lead.assigned")
+    assert entry.data["reason"] == "no routing rule matched"
+
+
+def test_an_absent_fallback_owner_gets_no_leads_and_takes_them_once_back(org):
+    now = timezone.now()
+    boss = make_rep(org, "boss", out_of_office_until=now + timedelta(hours=1))
+    org.fallback_owner = boss
+    org.save()
+    assignment = submit(org, at=now)
+    assert assignment.rep is None and assignment.escalate_at == now + services.UNASSIGNED_RETRY
+    entry = LeadEvent.objects.get(lead_id=assignment.lead_id, kind="lead.unassigned")
+    assert entry.data["reason"] == "no routing rule matched and the fallback owner is out of office"
+
+    assert services.escalate_due(now=now + timedelta(minutes=5)) == 0  # still away: it waits
+    assert services.escalate_due(now=now + timedelta(hours=1, minutes=1)) == 1
+    assignment.refresh_from_db()
+    assert assignment.rep == boss and assignment.escalate_at is None
+    assert Notification.objects.filter(rep=boss, lead_id=assignment.lead_id).exists()
+
+
+def test_a_teams_lead_held_by_the_fallback_owner_goes_to_the_first_teammate_back_even_without_escalation(org):
+    now = timezone.now()
+    boss = make_rep(org, "boss")
+    ana = make_rep(org, "ana", out_of_office_until=now + timedelta(minutes=30))
+    org.fallback_owner, org.escalation_minutes = boss, 0
+    org.save()
+    rule(org, make_team(org, "Night", [ana]))
+    assignment = submit(org, at=now)
+    assert assignment.rep == boss
+
+    assert services.escalate_due(now=now + timedelta(minutes=5)) == 0
+    assert services.escalate_due(now=now + timedelta(minutes=31)) == 1
+    assignment.refresh_from_db()
+    assert assignment.rep == ana
+    entry = LeadEvent.objects.get(lead_id=assignment.lead_id, kind="lead.reassigned")
+    assert entry.data["reason"] == "a team member is available again" and entry.data["from"] == "Boss"
+    assert assignment.escalate_at is None  # escalation is off: ana keeps it
+
+
 def test_round_robin_gives_each_rep_one_lead_in_turn(org):
     reps = [make_rep(org, name) for name in ("ana", "ben", "cy")]
     rule(org, make_team(org, "Sales", reps))
