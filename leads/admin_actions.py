@@ -58,7 +58,7 @@ class ReassignForm(forms.Form):
 def reassign(modeladmin, request, queryset):
     if _too_many(modeladmin, request, queryset):
         return None
-    leads = list(queryset.select_related("organization").order_by("pk"))
+    leads = list(queryset.select_related("organization", "contact").order_by("pk"))  # the page names each lead's contact
     organizations = {lead.organization_id for lead in leads}
     if len(organizations) != 1:
         modeladmin.message_user(

@@ -59,8 +59,8 @@ def _filters(request: HttpRequest) -> selectors.Filters:
     return selectors.Filters(
         status=request.GET.get("status", "open"),
         mine=request.GET.get("scope", "mine") == "mine" or not selectors.can_see_everyone(rep),
-        source=request.GET.get("source", "")[:64],
-        q=request.GET.get("q", "")[:100],
+        source=request.GET.get("source", "").replace("\x00", "")[:64],  # PostgreSQL refuses NUL in text
+        q=request.GET.get("q", "").replace("\x00", "")[:100],
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from django.contrib import admin, messages
 from django.contrib.admin.views.main import ChangeList
+from django.core.exceptions import PermissionDenied
 from django.db.models import Count
 from django.utils import timezone
 
@@ -63,6 +64,18 @@ class RepAdmin(TenantAdminMixin, admin.ModelAdmin):
         else:
             obj.user = form.create_user()
         super().save_model(request, obj, form, change)
+
+    def has_delete_permission(self, request, obj=None):
+        # As with their login and role: an organization's admin cannot remove another admin
+        # (deleting their Rep would end that admin's access to the organization).
+        if obj is not None and obj.user.is_staff and not request.user.is_superuser:
+            return False
+        return super().has_delete_permission(request, obj)
+
+    def delete_queryset(self, request, queryset):
+        if not request.user.is_superuser and queryset.filter(user__is_staff=True).exists():
+            raise PermissionDenied("Another admin of the organization cannot be removed here; ask a Swiftex administrator.")
+        super().delete_queryset(request, queryset)
 
     def get_changelist(self, request, **kwargs):
         return _RepChangeList

@@ -221,6 +221,14 @@ def test_an_organization_admin_cannot_claim_another_organizations_whatsapp_numbe
     assert "Another organization already uses this WhatsApp phone number id" in response.content.decode()
 
 
+def test_an_organization_admin_cannot_remove_a_fellow_admin(manager_a, a):
+    fellow = org_admin(a.org, "acme-admin-2")
+    rep = Rep.objects.get(user=fellow)
+    assert manager_a.post(f"/admin/routing/rep/{rep.pk}/delete/", {"post": "yes"}).status_code == 403
+    response = manager_a.post("/admin/routing/rep/", {"action": "delete_selected", "_selected_action": [rep.pk], "post": "yes"})
+    assert response.status_code == 403 and Rep.objects.filter(pk=rep.pk).exists()
+
+
 def test_a_staff_user_without_a_manager_rep_sees_no_tenant_data(a):
     staff = User.objects.create_user("helpdesk", password="pw", is_staff=True)
     rep_only = make_rep(a.org, "plain-rep").user

@@ -80,6 +80,7 @@ def test_search_and_filters(team_org):
     assert "Dora" not in client.get("/app/leads/?q=carla&scope=all").content.decode()
     assert "Dora" in client.get("/app/leads/?q=555-0102&scope=all").content.decode()  # ben's lead, any spelling of the number
     assert "Carla" not in client.get("/app/leads/?status=closed").content.decode()
+    assert client.get("/app/leads/?q=car%00la&source=web%00site").status_code == 200  # not a 500 from PostgreSQL
 
 
 def test_the_list_refreshes_as_a_fragment(team_org):
