@@ -229,6 +229,22 @@ def test_an_organization_admin_cannot_remove_a_fellow_admin(manager_a, a):
     assert response.status_code == 403 and Rep.objects.filter(pk=rep.pk).exists()
 
 
+def test_an_organization_admin_enters_and_reads_times_in_the_organizations_time_zone():
+    import datetime as dt
+
+    org, _ = org_with_key(name="Lion", timezone="Asia/Singapore")
+    rep = make_rep(org, "lion-rep")
+    manager = client_for(org_admin(org, "lion-admin"))
+    manager.post(f"/admin/routing/rep/{rep.pk}/change/", {
+        "first_name": "Lion", "email": "", "login_enabled": "on", "new_password": "", "role": "rep", "max_open_leads": "0",
+        "working_days": "1,2,3,4,5", "out_of_office_until_0": "2026-12-01", "out_of_office_until_1": "09:00:00",
+    })
+    rep.refresh_from_db()
+    assert rep.out_of_office_until == dt.datetime(2026, 12, 1, 1, 0, tzinfo=dt.timezone.utc)  # 09:00 in Singapore
+    page = manager.get(f"/admin/routing/rep/{rep.pk}/change/")
+    assert 'name="out_of_office_until_1" value="09:00:00"' in page.content.decode()
+
+
 def test_a_staff_user_without_a_manager_rep_sees_no_tenant_data(a):
     staff = User.objects.create_user("helpdesk", password="pw", is_staff=True)
     rep_only = make_rep(a.org, "plain-rep").user
