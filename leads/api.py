@@ -12,7 +12,7 @@ from rest_framework.views import APIView
 from leads.idempotency import IdempotencyKeyReused, idempotent
 from leads.selectors import lead_detail
 from leads.serializers import LeadSerializer
-from leads.services import IngestResult, lead_ingest
+from leads.services import IngestResult, lead_ingest, route_batch
 from leads.throttle import take_ingest_tokens
 from swiftex import metrics
 from swiftex.api import PayloadTooLarge, error_response, guard_json_body, json_object
@@ -114,10 +114,13 @@ class LeadBatchApi(APIView):
             return limited
 
         def work():
-            # A batch is stored all or nothing: one transaction, each lead in a savepoint.
+            # A batch is stored all or nothing: one transaction, each lead in a savepoint; its new
+            # leads are routed at the end, team by team (leads.services.route_batch).
             with transaction.atomic():
-                context = _serializer_context(request)
-                results = [{"index": index, **self._one(org, item, context, received_at)} for index, item in enumerate(items)]
+                context, route_later = _serializer_context(request), []
+                results = [{"index": index, **self._one(org, item, context, received_at, route_later)}
+                           for index, item in enumerate(items)]
+                route_batch(org, route_later)
             codes = [r["http_status"] for r in results]
             summary = {"created": codes.count(201), "deduplicated": codes.count(200), "invalid": codes.count(400)}
             return status.HTTP_200_OK, {"results": results, "summary": summary}
@@ -125,14 +128,15 @@ class LeadBatchApi(APIView):
         return _run_idempotent(request, org, body, work)
 
     @staticmethod
-    def _one(org, item, context: dict, received_at) -> dict:
+    def _one(org, item, context: dict, received_at, route_later: list) -> dict:
         if not isinstance(item, dict):
             return {"http_status": 400, "errors": {"body": ["Each lead must be a JSON object."]}}
         serializer = LeadSerializer(data=item, context=context)
         if not serializer.is_valid():
             metrics.INGEST_REJECTED.labels(reason="invalid").inc()
             return {"http_status": 400, "errors": serializer.errors}
-        result = lead_ingest(org=org, data=serializer.to_lead_input(), payload=item, received_at=received_at)
+        result = lead_ingest(org=org, data=serializer.to_lead_input(), payload=item, received_at=received_at,
+                             route_later=route_later)
         metrics.LEADS_INGESTED.labels(outcome="created" if result.created else "deduplicated").inc()
         return {"http_status": _result_status(result), "lead": _result_body(result)}
 

@@ -109,23 +109,45 @@ def organization_create(*, name: str, **fields) -> tuple[Organization, str]:
 
 def lead_ingest(
     *, org: Organization, data: LeadInput, payload: dict, received_at: datetime | None = None, imported: bool = False,
+    route_later: list | None = None,
 ) -> IngestResult:
     """Store one submission. `imported` (a CSV list row): a lead it opens is flagged,
     raises no `lead.created` (the import announces its leads in batches) and is not
-    routed: reps are not paged for every row of a list."""
+    routed: reps are not paged for every row of a list. `route_later` (a batch, inside its
+    transaction): the lead is added to it, to be routed by `route_batch` before the commit."""
     received_at = received_at or timezone.now()
     if imported or not routing.routes_leads(org):
         return _ingest(org, data, payload, received_at, imported)
+    if route_later is not None:
+        result = _ingest(org, data, payload, received_at, imported)
+        route_later.append((data, result, received_at))
+        return result
     # The lead and its owner commit together (routing/services.py).
     with transaction.atomic():
         result = _ingest(org, data, payload, received_at, imported)
-        # A promoted list lead may have been given an owner by hand already; it keeps them.
-        if result.created and not (result.promoted and routing.has_assignment(result.lead_id)):
-            routing.assign_new_lead(
-                org=org, lead_id=result.lead_id, source=data.source, campaign=data.campaign, phone=data.phone,
-                metadata=data.metadata, contact_label=data.name or data.phone or data.email or "", now=received_at,
-            )
+        _route(org, data, result, received_at)
     return result
+
+
+def route_batch(org: Organization, pending: list) -> None:
+    """Route a batch's new leads, grouped by team in team order: each team's lock is taken once
+    the leads are stored and in one order for every batch, so two batches cannot deadlock and
+    a live lead waits for a team's lock only while the batch routes, not while it stores."""
+    def team_of(item) -> int:
+        data = item[0]
+        return routing.matched_team(org, source=data.source, campaign=data.campaign, phone=data.phone, metadata=data.metadata)
+
+    for data, result, received_at in sorted(pending, key=team_of):
+        _route(org, data, result, received_at)
+
+
+def _route(org: Organization, data: LeadInput, result: IngestResult, received_at: datetime) -> None:
+    # A promoted list lead may have been given an owner by hand already; it keeps them.
+    if result.created and not (result.promoted and routing.has_assignment(result.lead_id)):
+        routing.assign_new_lead(
+            org=org, lead_id=result.lead_id, source=data.source, campaign=data.campaign, phone=data.phone,
+            metadata=data.metadata, contact_label=data.name or data.phone or data.email or "", now=received_at,
+        )
 
 
 def _ingest(org: Organization, data: LeadInput, payload: dict, received_at: datetime, imported: bool) -> IngestResult:

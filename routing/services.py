@@ -44,6 +44,12 @@ def routes_leads(org: Organization) -> bool:
     return bool(org.fallback_owner_id or selectors.rules(org.pk))
 
 
+def matched_team(org: Organization, *, source: str, campaign: str, phone: str | None, metadata: dict) -> int:
+    """The team the first matching rule names (0: none), from the cached rules: no query."""
+    rule = routing_rules.first_match(selectors.rules(org.pk), source=source, campaign=campaign, phone=phone, metadata=metadata)
+    return rule.team_id if rule else 0
+
+
 def has_assignment(lead_id: int) -> bool:
     return Assignment.objects.filter(lead_id=lead_id).exists()
 

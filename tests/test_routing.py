@@ -146,6 +146,19 @@ def test_a_teams_lead_held_by_the_fallback_owner_goes_to_the_first_teammate_back
     assert assignment.escalate_at is None  # escalation is off: ana keeps it
 
 
+def test_a_batch_routes_its_new_leads_at_the_end_team_by_team_keeping_their_order():
+    org, key = org_with_key()
+    ana, ben, cy = make_rep(org, "ana"), make_rep(org, "ben"), make_rep(org, "cy")
+    rule(org, make_team(org, "Ads", [ana, ben]), position=0, sources="ads")
+    rule(org, make_team(org, "Web", [cy]), position=1)
+    leads = [{"phone": f"+1415666{i:04d}", "source": source} for i, source in enumerate(["ads", "web", "ads", "web", "ads"])]
+    response = post_json(api_client(key), "/api/v1/leads/batch", {"leads": leads})
+    assert response.status_code == 200 and response.json()["summary"]["created"] == 5
+    owners = [Assignment.objects.select_related("rep__user").get(lead_id=r["lead"]["id"]).rep.user.username
+              for r in response.json()["results"]]
+    assert owners == ["ana", "cy", "ben", "cy", "ana"]  # each team's round robin in the batch's order
+
+
 def test_round_robin_gives_each_rep_one_lead_in_turn(org):
     reps = [make_rep(org, name) for name in ("ana", "ben", "cy")]
     rule(org, make_team(org, "Sales", reps))
