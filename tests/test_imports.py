@@ -55,6 +55,15 @@ def list_with_bad_rows(n: int) -> tuple[bytes, set[int]]:
     return csv_bytes(rows), bad
 
 
+def started(count: int, *, consent: str = "") -> LeadImport:
+    """An import of `count` valid rows (P0, P1, ...), started; the work is left to the test."""
+    org, _ = org_with_providers()
+    rows = [[f"P{i}", f"+1415555{i:04d}", "", "", consent, ""] for i in range(count)]
+    lead_import = services.upload(organization=org, file_name="list.csv", raw=csv_bytes(rows))
+    services.start(lead_import, LeadImport.Status.IMPORTING)
+    return lead_import
+
+
 def run(lead_import: LeadImport) -> LeadImport:
     while services.work(lead_import.pk, budget_seconds=60) is not None:
         pass
@@ -151,11 +160,7 @@ def test_a_mapping_without_phone_or_email_cannot_start():
 
 def test_imported_leads_are_flagged_announced_in_chunks_and_never_greeted(settings):
     settings.IMPORT_CHUNK_ROWS = 4
-    org, _ = org_with_providers()
-    rows = [[f"P{i}", f"+1415555{i:04d}", "", "", "yes", ""] for i in range(10)]
-    lead_import = services.upload(organization=org, file_name="list.csv", raw=csv_bytes(rows))
-    services.start(lead_import, LeadImport.Status.IMPORTING)
-    lead_import = run(lead_import)
+    lead_import = run(started(10, consent="yes"))
 
     assert (lead_import.status, lead_import.created_leads, lead_import.cursor) == ("done", 10, 10)
     assert Lead.objects.filter(imported=True).count() == 10
@@ -205,10 +210,7 @@ def test_a_list_lead_given_an_owner_by_hand_keeps_them_when_promoted(org_and_key
 
 def test_a_worker_that_dies_mid_chunk_leaves_no_row_done_twice(settings, monkeypatch):
     settings.IMPORT_CHUNK_ROWS = 5
-    org, _ = org_with_providers()
-    rows = [[f"P{i}", f"+1415555{i:04d}", "", "", "", ""] for i in range(12)]
-    lead_import = services.upload(organization=org, file_name="list.csv", raw=csv_bytes(rows))
-    services.start(lead_import, LeadImport.Status.IMPORTING)
+    lead_import = started(12)
     real_ingest, calls = services.lead_ingest, []
 
     def dies_on_the_seventh_row(**kwargs):
@@ -231,10 +233,7 @@ def test_a_worker_that_dies_mid_chunk_leaves_no_row_done_twice(settings, monkeyp
 def test_a_stalled_import_is_picked_up_by_one_chain_and_a_late_slice_of_the_old_one_stops(settings):
     # The bulk lane was busy for over IMPORT_STALL_SECONDS: the import's own next slice was only late.
     settings.IMPORT_CHUNK_ROWS = 3
-    org, _ = org_with_providers()
-    rows = [[f"P{i}", f"+1415555{i:04d}", "", "", "", ""] for i in range(9)]
-    lead_import = services.upload(organization=org, file_name="list.csv", raw=csv_bytes(rows))
-    services.start(lead_import, LeadImport.Status.IMPORTING)
+    lead_import = started(9)
     first = LeadImport.objects.get().chain
     assert services.work(lead_import.pk, chain=first, budget_seconds=0.0001) == first  # one chunk, more to do
 
