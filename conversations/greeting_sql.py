@@ -84,11 +84,12 @@ SELECT g.id, m.id, m.conversation_id FROM g, m
 """
 
 # Expects %(lead_id)s, %(now)s, %(now_iso)s. Sets the first response once and
-# raises `lead.status_changed` for it (crmsync, analytics).
+# raises `lead.status_changed` for it (crmsync, analytics). `{guard}`: a further
+# condition (ACCEPTED's: the message did not fail meanwhile).
 _FIRST_RESPONSE_CTES = f"""
 first_response AS (
     UPDATE {_LEAD} SET first_response_at = %(now)s, status = CASE WHEN status = 'new' THEN 'contacted' ELSE status END
-    WHERE id = %(lead_id)s AND first_response_at IS NULL
+    WHERE id = %(lead_id)s AND first_response_at IS NULL{{guard}}
     RETURNING organization_id, status, captured_at
 ), outbox AS (
     INSERT INTO {_OUTBOX} (event_id, event_type, organization_id, payload, created_at, attempts, last_error)
@@ -106,10 +107,12 @@ first_response AS (
 # (else NULL), and the wake-up count (a SELECT CTE only runs when something reads it).
 _FIRST_RESPONSE_RESULT = "\nSELECT (SELECT captured_at FROM first_response), (SELECT count(*) FROM wake)"
 
-FIRST_RESPONSE = "WITH " + _FIRST_RESPONSE_CTES + _FIRST_RESPONSE_RESULT
+FIRST_RESPONSE = "WITH " + _FIRST_RESPONSE_CTES.format(guard="") + _FIRST_RESPONSE_RESULT
 
 # A message failed meanwhile (a `failed` status that came first, or the sweep)
-# keeps its failure; the provider's id and time are still recorded.
+# keeps its failure; the provider's id and time are still recorded, and it is not
+# the lead's first response. The guard also makes the message row (m) be locked
+# before the lead's, the order the status applier takes them in: no deadlock.
 ACCEPTED = f"""
 WITH m AS (
     UPDATE {_MESSAGE} SET provider_message_id = %(provider_message_id)s, accepted_at = COALESCE(accepted_at, %(now)s),
@@ -123,4 +126,4 @@ WITH m AS (
     RETURNING id
 ), accepted AS (
     INSERT INTO {_EVENT} (lead_id, kind, data, occurred_at) VALUES (%(lead_id)s, 'message.accepted', %(data)s::jsonb, %(now)s)
-), """ + _FIRST_RESPONSE_CTES + _FIRST_RESPONSE_RESULT
+), """ + _FIRST_RESPONSE_CTES.format(guard="\n      AND EXISTS (SELECT 1 FROM m WHERE m.status <> 'failed')") + _FIRST_RESPONSE_RESULT

@@ -468,6 +468,8 @@ def test_an_answer_arriving_after_the_message_failed_keeps_the_failure(lead, pro
     message.refresh_from_db()
     assert (message.status, message.error_code, message.provider_message_id) == ("failed", "131026", "wamid.LATE")
     assert Greeting.objects.get().state != "done"
+    lead.refresh_from_db()
+    assert lead.first_response_at is None and lead.status == "new"  # a failed message is no first response
 
 
 def test_a_greeting_left_queued_by_a_lost_task_is_found_for_re_enqueueing(lead, provider, monkeypatch, settings):
