@@ -338,3 +338,23 @@ def test_bad_events_at_the_head_of_a_batch_cannot_hide_the_good_ones_behind_them
         batcher.flush()
     assert all(messages[event_id].rejected for event_id in bad) and batcher.pending == []
     assert all(m.acked for event_id, m in messages.items() if event_id not in bad)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_batch_after_the_database_dropped_its_connection_gets_a_new_one():
+    """Batches run on the consumer's own thread, which no request or task ever resets: a
+    connection broken by a PostgreSQL restart used to fail every later batch of the lane."""
+    from django.db import connection
+
+    from leads.models import Organization
+    from swiftex.events import consumer
+
+    def handler(events: list[dict]) -> None:
+        Organization.objects.count()  # outside a transaction, as the followups subscriber reads
+
+    batcher = consumer.Batcher("followups", handler, flush_seconds=0)
+    connection.ensure_connection()
+    connection.connection.close()  # the server went away under an idle connection
+    messages = _batch_of(batcher, ["x1"])
+    batcher.flush()
+    assert messages["x1"].acked  # the dead connection was replaced before the handler ran

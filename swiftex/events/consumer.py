@@ -34,7 +34,7 @@ from typing import Callable
 import psycopg
 from celery import bootsteps
 from celery.concurrency.thread import TaskPool as ThreadPool
-from django.db import InterfaceError, OperationalError
+from django.db import InterfaceError, OperationalError, close_old_connections
 from kombu import Consumer, Message
 from kombu.common import ignore_errors
 
@@ -108,7 +108,7 @@ class Batcher:
         batch, self.pending = self.pending, []
         while batch:
             try:
-                self.handler([event for event, _ in batch])
+                self._handle([event for event, _ in batch])
             except MalformedEvent as exc:
                 bad = [item for item in batch if item[0]["id"] == exc.event_id] or batch[:1]
                 for _, message in bad:
@@ -133,6 +133,15 @@ class Batcher:
             self.failures = 0
             return
 
+    def _handle(self, events: list[dict]) -> None:
+        # This runs on the consumer's own thread, which no task or request ever resets: a
+        # connection broken by a database restart must be replaced here, or every batch fails.
+        close_old_connections()
+        try:
+            self.handler(events)
+        finally:
+            close_old_connections()
+
     def _isolate(self, batch: list[tuple[dict, Message]]) -> list[tuple[dict, Message]]:
         """Run a failed batch's events one by one, acking those that work; returns the rest.
 
@@ -149,7 +158,7 @@ class Batcher:
                 # these last, so bad events at the head cannot hide the good ones for ever.
                 return batch[index:] + [(e, m) for e, m, _ in failed]
             try:
-                self.handler([event])
+                self._handle([event])
             except MalformedEvent as exc:
                 dead_letter(self.name, message, exc)
                 continue
@@ -223,8 +232,6 @@ class PoolRunner:
             raise
 
     def _run(self, event: dict, message: Message) -> None:
-        from django.db import close_old_connections
-
         # Requeue unless the handler is seen to finish: whatever ends it otherwise (a
         # BaseException, a shutdown) must not ack an event whose work was not done.
         outcome: Exception | None = _NOT_FINISHED
