@@ -15,12 +15,14 @@ import time
 from django.conf import settings
 from django_redis import get_redis_connection
 from redis import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import RedisError
 
 logger = logging.getLogger(__name__)
 
-UNAVAILABLE_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
+# Not only a lost connection: a replica after a failover (READONLY), maxmemory with
+# noeviction (OOM) or a failing snapshot (MISCONF) also answer every write with an error,
+# and callers must fall back then too rather than fail the request.
+UNAVAILABLE_ERRORS = (RedisError, OSError)
 BREAKER_OPEN_SECONDS = 3.0
 
 

@@ -173,6 +173,25 @@ def test_rate_limit_keeps_working_per_process_when_redis_is_down(settings):
     assert not swx_redis.breaker.allow()  # Redis was found down and is being skipped
 
 
+@pytest.mark.django_db
+@pytest.mark.parametrize("error", ["ReadOnlyError", "OutOfMemoryError", "ResponseError"])
+def test_a_redis_that_answers_errors_is_fallen_back_from_like_a_dead_one(monkeypatch, error):
+    """A replica after a failover (READONLY), maxmemory (OOM) or a failing snapshot (MISCONF)
+    answer every write with an error: lead intake must go on, as when Redis is down."""
+    import redis.exceptions
+
+    from swiftex import ratelimit
+
+    def refuses(*args, **kwargs):
+        raise getattr(redis.exceptions, error)("MISCONF / READONLY / OOM")
+
+    monkeypatch.setattr(ratelimit, "_script", lambda source=None: refuses)
+    swx_redis.breaker.reset()
+    org, key = org_with_key()
+    assert post_json(api_client(key), "/api/v1/leads", ANA).status_code == 201
+    assert not swx_redis.breaker.allow()
+
+
 # --- commands -------------------------------------------------------------------
 
 
