@@ -73,7 +73,8 @@ def first_touch(*, event_id: str, lead_id: int, published_at: str | None = None)
         resume(Greeting.objects.get(pk=greeting_id), lead)
         return
     org, contact = lead.organization, lead.contact
-    channel, skip_reason = _first_channel(org, contact)
+    # A delayed lead.created (a broker outage) may find the lead already won or lost by a rep.
+    channel, skip_reason = ("", "lead_closed") if lead.status not in Lead.OPEN_STATUSES else _first_channel(org, contact)
     if skip_reason:
         _skip(lead, skip_reason)
         return
@@ -102,7 +103,8 @@ def resume(greeting: Greeting, lead: Lead) -> None:
             return
     wa = messages.get(Channel.WHATSAPP)
     if wa is not None and wa.status == Message.Status.FAILED and Channel.SMS not in messages:
-        _fall_back_to_sms(greeting, lead, wa)
+        if Lead.objects.filter(pk=lead.pk, status__in=Lead.OPEN_STATUSES).exists():  # not an SMS to a closed lead
+            _fall_back_to_sms(greeting, lead, wa)
 
 
 def expire_unsent_greetings(*, now: datetime | None = None, limit: int = 500) -> int:
@@ -125,7 +127,7 @@ def expire_unsent_greetings(*, now: datetime | None = None, limit: int = 500) ->
     if settings.WHATSAPP_SENT_TIMEOUT_SECONDS:
         stuck |= Q(status=Message.Status.SENDING, sending_at__lt=now - timedelta(seconds=settings.WHATSAPP_SENT_TIMEOUT_SECONDS))
     if settings.WHATSAPP_ACCEPTED_TIMEOUT_SECONDS:
-        stuck |= Q(status=Message.Status.ACCEPTED, channel=Channel.WHATSAPP,
+        stuck |= Q(status=Message.Status.ACCEPTED, channel=Channel.WHATSAPP, greeting__isnull=False,  # greetings only
                    accepted_at__lt=now - timedelta(seconds=settings.WHATSAPP_ACCEPTED_TIMEOUT_SECONDS))
     with transaction.atomic():
         overdue = list(
@@ -204,6 +206,7 @@ _SKIP_EXPLAINED = {
     "no_consent": "the contact has not opted in to WhatsApp/SMS messages",
     "no_phone": "the contact has no phone number",
     "no_channel_configured": "neither WhatsApp nor Twilio is configured for the organization",
+    "lead_closed": "the lead was already won or lost when its greeting came to be sent",
 }
 
 
@@ -431,8 +434,8 @@ def settle_failed_attempt(message: Message, exc: ProviderError) -> bool:
     it). Permanent, or out of attempts: FAILED. Otherwise back to QUEUED, and
     RetryLater with the backoff.
     """
-    if exc.maybe_delivered:
-        Message.objects.filter(pk=message.pk).update(error_code=exc.code, error_title=exc.title)
+    if exc.maybe_delivered:  # a status applied meanwhile (a real failure, a delivery) is not overwritten
+        Message.objects.filter(pk=message.pk, status=Message.Status.SENDING).update(error_code=exc.code, error_title=exc.title)
         timeline.record(message.lead_id, ("message.outcome_unknown", {"channel": message.channel, "error": exc.title}, timezone.now()))
         logger.warning("message %s: outcome unknown (%s); waiting for a status", message.pk, exc)
         return False

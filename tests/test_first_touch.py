@@ -368,9 +368,21 @@ def test_a_greeting_whatsapp_accepted_is_not_also_sent_by_sms_just_because_statu
     assert services.expire_unsent_greetings(now=much_later) == 0  # accepted: waits for a status by default
 
     settings.WHATSAPP_ACCEPTED_TIMEOUT_SECONDS = 600  # opt in to giving up on accepted ones too
+    greeting = Message.objects.get()
+    reply = Message.objects.create(organization=lead.organization, conversation=greeting.conversation, lead=lead,
+                                   direction="outbound", channel="whatsapp", body="Thanks!", status="accepted",
+                                   provider_message_id="wamid.reply", accepted_at=greeting.accepted_at)
     assert services.expire_unsent_greetings(now=much_later) == 1
-    message = Message.objects.get()
-    assert message.status == "failed" and "accepted" in message.error_title
+    greeting.refresh_from_db()
+    assert greeting.status == "failed" and "accepted" in greeting.error_title
+    assert Message.objects.get(pk=reply.pk).status == "accepted"  # the setting is about greetings only
+
+
+def test_a_lead_closed_before_its_delayed_event_arrives_is_not_greeted(lead):
+    Lead.objects.filter(pk=lead.pk).update(status="lost")  # a rep closed it while RabbitMQ was down
+    greet(lead)  # no provider mock: a send would fail the test
+    greeting = Greeting.objects.get()
+    assert (greeting.state, greeting.reason) == ("skipped", "lead_closed") and not Message.objects.exists()
 
 
 def test_a_connection_lost_after_sending_counts_as_maybe_delivered_and_is_not_resent(lead, provider):
