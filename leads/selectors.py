@@ -35,11 +35,8 @@ def lead_detail(*, org: Organization, lead_id: int, source: str | None = None) -
     if lead is None:
         return None
     submissions, events = lead.submissions.all(), lead.events.all()
-    if source is not None:
-        submissions = submissions.filter(source=source)
-        events = events.exclude(Q(kind="submission.received") & ~Q(data__source=source))
     contact = lead.contact
-    return {
+    detail = {
         "id": lead.pk,
         "status": lead.status,
         "source": lead.source,
@@ -47,13 +44,19 @@ def lead_detail(*, org: Organization, lead_id: int, source: str | None = None) -
         "captured_at": lead.captured_at,
         "first_response_at": lead.first_response_at,
         "closed_at": lead.closed_at,
-        "contact": {
-            "id": contact.pk,
-            "name": contact.name,
-            "phone": contact.phone,
-            "email": contact.email,
-            "consent": contact.consent,
-        },
+        "contact": {"id": contact.pk, "name": contact.name, "phone": contact.phone, "email": contact.email, "consent": contact.consent},
+    }
+    if source is not None:
+        # A partner sees what it sent and how the lead was answered, not what another partner
+        # or the organization added: the same person may have come through several of them.
+        submissions = submissions.filter(source=source)
+        events = events.exclude(Q(data__has_key="source") & ~Q(data__source=source))
+        own = list(submissions.order_by("received_at", "pk").values_list("campaign", "payload"))
+        detail["source"], detail["campaign"] = source, own[0][0] if own else ""
+        sent = {field for _, payload in own if isinstance(payload, dict) for field in ("name", "phone", "email") if payload.get(field)}
+        detail["contact"] = {key: value for key, value in detail["contact"].items() if key not in ("name", "phone", "email") or key in sent}
+    return {
+        **detail,
         "submissions": [
             {
                 "id": s.pk,
@@ -67,9 +70,8 @@ def lead_detail(*, org: Organization, lead_id: int, source: str | None = None) -
             for s in submissions.order_by("received_at", "pk")
         ],
         "greeting": _greeting(lead),
-        "crm_sync": _crm_sync(lead),
-        "assignment": _assignment(lead),
-        "messages": [
+        **({} if source is not None else {"crm_sync": _crm_sync(lead), "assignment": _assignment(lead)}),
+        "messages": [] if source is not None else [
             {
                 "id": m.pk,
                 "direction": m.direction,

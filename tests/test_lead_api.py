@@ -224,7 +224,8 @@ def test_a_partner_key_reads_only_the_leads_its_source_submitted(org_and_key):
     org, key = org_and_key
     own = api_client(key)
     partner = partner_client(org, "acme-leads")
-    web_lead = post_json(own, URL, {"phone": "+14155550123", "source": "web", "message": "from the web form"}).json()["id"]
+    web_lead = post_json(own, URL, {"phone": "+14155550123", "source": "web", "message": "from the web form", "name": "Ana Web",
+                                    "email": "ana@web.example", "campaign": "spring"}).json()["id"]
     other = post_json(own, URL, {"phone": "+14155550199", "source": "web"}).json()["id"]
     shared = post_json(partner, URL, {"phone": "+14155550123", "message": "from the partner"}).json()["id"]  # the same person
     assert shared == web_lead
@@ -234,6 +235,10 @@ def test_a_partner_key_reads_only_the_leads_its_source_submitted(org_and_key):
     assert [s["source"] for s in detail["submissions"]] == ["acme-leads"]  # not the web form's submission
     received = [e["data"]["source"] for e in detail["timeline"] if e["kind"] == "submission.received"]
     assert received == ["acme-leads"]  # nor its timeline entry
+    assert not [e for e in detail["timeline"] if e["data"].get("source") not in (None, "acme-leads")]  # nor lead.created's
+    assert (detail["source"], detail["campaign"]) == ("acme-leads", "")  # not the web form's
+    assert detail["contact"] == {"id": detail["contact"]["id"], "phone": "+14155550123", "consent": False}  # no name or e-mail it never sent
+    assert "assignment" not in detail and "crm_sync" not in detail and detail["messages"] == []
     assert [s["source"] for s in own.get(f"{URL}/{shared}").json()["submissions"]] == ["web", "acme-leads"]
 
 
