@@ -242,6 +242,16 @@ def test_a_partner_key_reads_only_the_leads_its_source_submitted(org_and_key):
     assert [s["source"] for s in own.get(f"{URL}/{shared}").json()["submissions"]] == ["web", "acme-leads"]
 
 
+def test_partners_idempotency_keys_are_their_own(org_and_key):
+    org, _ = org_and_key
+    acme, zen = partner_client(org, "acme"), partner_client(org, "zen")
+    first = post_json(acme, URL, {"phone": "+14155550140"}, HTTP_IDEMPOTENCY_KEY="order-1001")
+    other = post_json(zen, URL, {"phone": "+14155550141"}, HTTP_IDEMPOTENCY_KEY="order-1001")  # their own order 1001
+    assert (first.status_code, other.status_code) == (201, 201) and "Idempotent-Replayed" not in other
+    assert post_json(zen, URL, {"phone": "+14155550141"}, HTTP_IDEMPOTENCY_KEY="order-1001")["Idempotent-Replayed"] == "true"
+    assert Submission.objects.filter(source="zen").count() == 1
+
+
 def test_partners_external_ids_are_their_own_and_redelivery_never_duplicates(org_and_key):
     org, _ = org_and_key
     acme, zen = partner_client(org, "acme"), partner_client(org, "zen")
