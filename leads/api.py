@@ -120,12 +120,19 @@ class LeadBatchApi(APIView):
             return limited
 
         def work():
-            # A batch is stored all or nothing: one transaction, each lead in a savepoint; its new
-            # leads are routed at the end, team by team (leads.services.route_batch).
+            # A batch is stored all or nothing: one transaction, each lead in a savepoint. Its leads
+            # are stored in phone/e-mail order, so two batches naming the same new people take
+            # their rows' locks in one order and cannot deadlock; its new leads are routed at the
+            # end, team by team (leads.services.route_batch). Results keep the request's order.
+            context, route_later = _serializer_context(request), []
+            results = [{"index": index, **self._check(item, context)} for index, item in enumerate(items)]
             with transaction.atomic():
-                context, route_later = _serializer_context(request), []
-                results = [{"index": index, **self._one(org, item, context, received_at, route_later)}
-                           for index, item in enumerate(items)]
+                # Stable: two items for one person keep the request's order (the first opens the lead).
+                for result in sorted((r for r in results if "data" in r), key=lambda r: r["data"].phone or r["data"].email or ""):
+                    stored = lead_ingest(org=org, data=result.pop("data"), payload=items[result["index"]], received_at=received_at,
+                                         route_later=route_later)
+                    metrics.LEADS_INGESTED.labels(outcome="created" if stored.created else "deduplicated").inc()
+                    result.update(http_status=_result_status(stored), lead=_result_body(stored))
                 route_batch(org, route_later)
             codes = [r["http_status"] for r in results]
             summary = {"created": codes.count(201), "deduplicated": codes.count(200), "invalid": codes.count(400)}
@@ -134,17 +141,15 @@ class LeadBatchApi(APIView):
         return _run_idempotent(request, org, body, work)
 
     @staticmethod
-    def _one(org, item, context: dict, received_at, route_later: list) -> dict:
+    def _check(item, context: dict) -> dict:
+        """{"data": the lead to store} or an item's 400."""
         if not isinstance(item, dict):
             return {"http_status": 400, "errors": {"body": ["Each lead must be a JSON object."]}}
         serializer = LeadSerializer(data=item, context=context)
         if not serializer.is_valid():
             metrics.INGEST_REJECTED.labels(reason="invalid").inc()
             return {"http_status": 400, "errors": serializer.errors}
-        result = lead_ingest(org=org, data=serializer.to_lead_input(), payload=item, received_at=received_at,
-                             route_later=route_later)
-        metrics.LEADS_INGESTED.labels(outcome="created" if result.created else "deduplicated").inc()
-        return {"http_status": _result_status(result), "lead": _result_body(result)}
+        return {"data": serializer.to_lead_input()}
 
 
 class LeadDetailApi(APIView):

@@ -80,3 +80,17 @@ def test_two_stop_messages_at_the_same_instant_revoke_consent_once():
     race(8, stop)
     assert OutboxEvent.objects.filter(event_type="message.received", payload__opt_out=True).count() == 1
     assert Contact.objects.get(phone="+14155550123").consent is False
+
+
+def test_batches_naming_the_same_new_people_in_opposite_orders_do_not_deadlock(org_and_key):
+    """Each batch is one transaction: in request order, one would wait on the other's first
+    new contact while holding the one the other needs next, and PostgreSQL would abort it."""
+    _, key = org_and_key
+    people = [{"phone": f"+1415777{i:04d}", "source": "partner"} for i in range(20)]
+
+    def send(i):
+        return post_json(api_client(key), "/api/v1/leads/batch", {"leads": people if i % 2 else people[::-1]})
+
+    responses = race(6, send)
+    assert [r.status_code for r in responses] == [200] * 6
+    assert Contact.objects.count() == 20 and Lead.objects.count() == 20 and Submission.objects.count() == 120

@@ -146,7 +146,7 @@ def test_a_teams_lead_held_by_the_fallback_owner_goes_to_the_first_teammate_back
     assert assignment.escalate_at is None  # escalation is off: ana keeps it
 
 
-def test_a_batch_routes_its_new_leads_at_the_end_team_by_team_keeping_their_order():
+def test_a_batch_routes_its_new_leads_at_the_end_team_by_team():
     org, key = org_with_key()
     ana, ben, cy = make_rep(org, "ana"), make_rep(org, "ben"), make_rep(org, "cy")
     rule(org, make_team(org, "Ads", [ana, ben]), position=0, sources="ads")
@@ -156,7 +156,7 @@ def test_a_batch_routes_its_new_leads_at_the_end_team_by_team_keeping_their_orde
     assert response.status_code == 200 and response.json()["summary"]["created"] == 5
     owners = [Assignment.objects.select_related("rep__user").get(lead_id=r["lead"]["id"]).rep.user.username
               for r in response.json()["results"]]
-    assert owners == ["ana", "cy", "ben", "cy", "ana"]  # each team's round robin in the batch's order
+    assert owners == ["ana", "cy", "ben", "cy", "ana"]  # each team's round robin in the order the leads were stored
 
 
 def test_round_robin_gives_each_rep_one_lead_in_turn(org):
