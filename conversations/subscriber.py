@@ -25,6 +25,7 @@ requeued.
 from __future__ import annotations
 
 import logging
+import uuid
 
 from django.utils.dateparse import parse_datetime
 
@@ -64,11 +65,14 @@ def _run_now(service, task, kwargs: dict) -> None:
 
 def handle_imported(events: list[dict]) -> None:
     """`lead.imported` with `greet`: each lead's first touch becomes a task on the bulk lane.
-    A redelivered batch enqueues them again; the greeting's claim sends each one once."""
+    A redelivered batch enqueues them again; the greeting's claim sends each one once. Each
+    lead gets an id of its own, derived from the event's, for the first touch's ledger: one
+    event names up to a chunk of leads, and each must get its own timeline entries."""
     for event in events:
         if event["data"].get("greet") is True:
             for lead_id in sorted(lead_ids_of([event["data"]])):
-                greet_imported.apply_async(kwargs={"event_id": event["id"], "lead_id": lead_id})
+                per_lead = str(uuid.uuid5(uuid.UUID(str(event["id"])), str(lead_id)))
+                greet_imported.apply_async(kwargs={"event_id": per_lead, "lead_id": lead_id})
 
 
 def handle_inbound(events: list[dict]) -> None:

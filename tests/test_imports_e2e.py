@@ -11,7 +11,7 @@ import requests
 from conversations.models import Message
 from imports import services
 from imports.models import LeadImport, RowError
-from leads.models import Lead
+from leads.models import Lead, LeadEvent
 from tests.factories import org_with_providers
 from tests.support import Stack, wait_until
 from tests.test_imports import csv_bytes, list_with_bad_rows
@@ -71,3 +71,5 @@ def test_a_list_the_admin_chose_to_greet_is_greeted_once_each_on_the_bulk_lane(s
     assert [greeted(phone) for phone in phones] == [1] * len(phones)
     sent_to = [request["body"]["to"].lstrip("+") for request in fakes.requests("whatsapp") if request["status"] == 200]
     assert sorted(sent_to) == sorted(phone.lstrip("+") for phone in phones)
+    started = LeadEvent.objects.filter(lead__organization=org, kind="first_touch.started").values_list("lead_id", flat=True)
+    assert sorted(started) == sorted(Lead.objects.filter(organization=org).values_list("pk", flat=True))  # each lead's own
