@@ -103,8 +103,10 @@ def resume(greeting: Greeting, lead: Lead) -> None:
             return
     wa = messages.get(Channel.WHATSAPP)
     if wa is not None and wa.status == Message.Status.FAILED and Channel.SMS not in messages:
-        if Lead.objects.filter(pk=lead.pk, status__in=Lead.OPEN_STATUSES).exists():  # not an SMS to a closed lead
+        if Lead.objects.filter(pk=lead.pk, status__in=Lead.OPEN_STATUSES).exists():
             _fall_back_to_sms(greeting, lead, wa)
+        else:  # no SMS to a lead that was won or lost meanwhile: the greeting ends here
+            _greeting_failed(greeting.pk, f"whatsapp failed: {wa.error_code}; no SMS, the lead was closed")
 
 
 def expire_unsent_greetings(*, now: datetime | None = None, limit: int = 500) -> int:
