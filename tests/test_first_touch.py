@@ -378,6 +378,18 @@ def test_a_greeting_whatsapp_accepted_is_not_also_sent_by_sms_just_because_statu
     assert Message.objects.get(pk=reply.pk).status == "accepted"  # the setting is about greetings only
 
 
+def test_no_sms_fallback_goes_to_a_lead_closed_meanwhile_and_its_greeting_ends_failed(lead, provider, monkeypatch):
+    provider.add(responses.POST, WA_URL, **wa_error(131026, title="Message undeliverable"))
+    with monkeypatch.context() as later:
+        later.setattr(services, "_fall_back_to_sms", lambda *args: None)  # the fallback task is still queued
+        greet(lead)
+    Lead.objects.filter(pk=lead.pk).update(status="lost")  # when it runs, a rep has closed the lead
+    services.greeting_fallback(greeting_id=Greeting.objects.get().pk)  # no Twilio mock: an SMS would fail the test
+    greeting = Greeting.objects.get()
+    assert greeting.state == "failed" and "lead was closed" in greeting.reason
+    assert not Message.objects.filter(channel="sms").exists()
+
+
 def test_a_lead_closed_before_its_delayed_event_arrives_is_not_greeted(lead):
     Lead.objects.filter(pk=lead.pk).update(status="lost")  # a rep closed it while RabbitMQ was down
     greet(lead)  # no provider mock: a send would fail the test
