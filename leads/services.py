@@ -130,14 +130,17 @@ def lead_ingest(
 
 
 def route_batch(org: Organization, pending: list) -> None:
-    """Route a batch's new leads, grouped by team in team order: each team's lock is taken once
-    the leads are stored and in one order for every batch, so two batches cannot deadlock and
-    a live lead waits for a team's lock only while the batch routes, not while it stores."""
+    """Route a batch's new leads once they are stored, team by team. Every team the batch
+    needs is locked first, in id order, so no rep's row (a capacity limit) is ever held while
+    waiting for a team: two batches, or a batch and a live lead, cannot deadlock, and a live
+    lead waits for a team's lock only while the batch routes, not while it stores."""
     def team_of(item) -> int:
         data = item[0]
         return routing.matched_team(org, source=data.source, campaign=data.campaign, phone=data.phone, metadata=data.metadata)
 
-    for data, result, received_at in sorted(pending, key=team_of):
+    ordered = sorted(pending, key=team_of)
+    routing.lock_teams({team_of(item) for item in ordered} - {0})
+    for data, result, received_at in ordered:
         _route(org, data, result, received_at)
 
 

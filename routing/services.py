@@ -50,6 +50,12 @@ def matched_team(org: Organization, *, source: str, campaign: str, phone: str | 
     return rule.team_id if rule else 0
 
 
+def lock_teams(team_ids: set[int]) -> None:
+    """Take these teams' locks now, in id order (the picks take them again, at no cost)."""
+    if team_ids:
+        list(Team.objects.select_for_update().filter(pk__in=team_ids).order_by("pk").values_list("pk", flat=True))
+
+
 def has_assignment(lead_id: int) -> bool:
     return Assignment.objects.filter(lead_id=lead_id).exists()
 
@@ -60,9 +66,11 @@ def assign_new_lead(*, org: Organization, lead_id: int, source: str, campaign: s
     rules = selectors.rules(org.pk)
     rule = routing_rules.first_match(rules, source=source, campaign=campaign, phone=phone, metadata=metadata)
     pick = _next_rep(rule.team_id, org, now, rule_id=rule.id) if rule else Pick(None)
-    if pick.gone:  # an admin just deleted or switched off the rule: it matches nothing
+    if pick.gone:  # an admin just deleted or switched off the rule: match again on fresh rules
         selectors.forget_rules(org.pk)
-        rule = None
+        rule = routing_rules.first_match(selectors.rules(org.pk), source=source, campaign=campaign, phone=phone, metadata=metadata)
+        pick = _next_rep(rule.team_id, org, now, rule_id=rule.id) if rule else Pick(None)
+        rule = None if pick.gone else rule
     data = {"rule": rule.name if rule else None, "team": pick.team or None}
     if pick.skipped:
         data["skipped"] = pick.skipped
@@ -156,6 +164,9 @@ def _escalate(assignment: Assignment, now: datetime) -> int:
     pick = _next_rep(assignment.team_id, org, now, exclude=held)
     if pick.gone:
         return _stop_escalating(assignment)
+    if pick.rep is None and previous is None and org.fallback_owner_id:
+        # Nobody in the team yet, but the fallback owner may be back: they hold it meanwhile.
+        return _offer_to_fallback_owner(assignment, org, now, waited, keep_offering_to_team=True)
     if pick.rep is None and (previous is None or holding_as_fallback):
         assignment.escalate_at = now + UNASSIGNED_RETRY  # still nobody: it waits (unassigned, or with the fallback owner)
         assignment.save(update_fields=["escalate_at"])
@@ -187,13 +198,15 @@ def _stop_escalating(assignment: Assignment) -> int:
     return 0
 
 
-def _offer_to_fallback_owner(assignment: Assignment, org: Organization, now: datetime, waited: int) -> int:
+def _offer_to_fallback_owner(assignment: Assignment, org: Organization, now: datetime, waited: int, *,
+                             keep_offering_to_team: bool = False) -> int:
     rep, _ = _fallback_owner(org, now) if org.fallback_owner_id else (None, "")
     if rep is None:
-        assignment.escalate_at = now + UNASSIGNED_RETRY if org.fallback_owner_id else None
+        assignment.escalate_at = now + UNASSIGNED_RETRY if org.fallback_owner_id or keep_offering_to_team else None
         assignment.save(update_fields=["escalate_at"])
         return 0
-    assignment.rep, assignment.assigned_at, assignment.escalate_at = rep, now, None
+    assignment.rep, assignment.assigned_at = rep, now
+    assignment.escalate_at = now + UNASSIGNED_RETRY if keep_offering_to_team else None
     assignment.save(update_fields=["rep", "assigned_at", "escalate_at"])
     _record_reassignment(assignment.lead_id, None, rep, {
         "reason": "the fallback owner is available again", "waited_minutes": waited, "team": None, "via": "fallback",

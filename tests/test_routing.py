@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from leads.models import Lead, LeadEvent
 from leads.services import LeadInput, lead_ingest
-from routing import notify, services
+from routing import notify, selectors, services
 from routing.models import Assignment, Notification, RoutingRule
 from tests.factories import make_rep, make_team, org_with_key
 from tests.support import api_client, post_json, race
@@ -109,6 +109,13 @@ def test_a_rule_deleted_in_another_process_matches_nothing_instead_of_failing_th
     entry = LeadEvent.objects.get(lead_id=assignment.lead_id, kind="lead.assigned")
     assert entry.data["reason"] == "no routing rule matched"
 
+    rule(org, make_team(org, "Web", [make_rep(org, "cy")]), position=5)
+    selectors.forget_rules(org.pk)  # the cache's time is up
+    assert submit(org).rep.user.username == "cy"  # and [web] is cached now
+    RoutingRule.objects.filter(team__name="Web").delete()
+    later = rule(org, make_team(org, "Later", [make_rep(org, "dee")]), position=9)
+    assert submit(org).rep.user.username == "dee" and later.pk  # the next matching rule, read afresh
+
 
 def test_an_absent_fallback_owner_gets_no_leads_and_takes_them_once_back(org):
     now = timezone.now()
@@ -157,6 +164,24 @@ def test_a_batch_routes_its_new_leads_at_the_end_team_by_team():
     owners = [Assignment.objects.select_related("rep__user").get(lead_id=r["lead"]["id"]).rep.user.username
               for r in response.json()["results"]]
     assert owners == ["ana", "cy", "ben", "cy", "ana"]  # each team's round robin in the order the leads were stored
+
+
+def test_a_teams_lead_nobody_could_take_goes_to_the_fallback_owner_once_they_are_back(org):
+    now = timezone.now()
+    boss = make_rep(org, "boss", out_of_office_until=now + timedelta(minutes=10))
+    ana = make_rep(org, "ana", out_of_office_until=now + timedelta(hours=2))
+    org.fallback_owner = boss
+    org.save()
+    rule(org, make_team(org, "Night", [ana]))
+    assignment = submit(org, at=now)
+    assert assignment.rep is None
+
+    assert services.escalate_due(now=now + timedelta(minutes=11)) == 1
+    assignment.refresh_from_db()
+    assert assignment.rep == boss and assignment.escalate_at is not None  # still offered to the team
+    assert services.escalate_due(now=now + timedelta(hours=2, minutes=1)) == 1
+    assignment.refresh_from_db()
+    assert assignment.rep == ana
 
 
 def test_round_robin_gives_each_rep_one_lead_in_turn(org):
