@@ -24,6 +24,15 @@ def organization_for_whatsapp_number(phone_number_id: str) -> Organization | Non
     )
 
 
+# What a partner's key sees of a lead's timeline: its capture and how fast it was answered;
+# not who owns it, what the person wrote, or what reps did.
+PARTNER_TIMELINE = (
+    "lead.created", "submission.received", "event.published", "first_touch.started", "first_touch.skipped",
+    "greeting.composed", "greeting.fallback", "message.accepted", "message.sent", "message.delivered", "message.read",
+    "message.failed",
+)
+
+
 def lead_detail(*, org: Organization, lead_id: int, source: str | None = None) -> dict | None:
     """The lead as the API shows it. With `source` (a partner's key pinned to one), only a lead
     that source submitted, and only that source's submissions: partners of one organization
@@ -50,7 +59,7 @@ def lead_detail(*, org: Organization, lead_id: int, source: str | None = None) -
         # A partner sees what it sent and how the lead was answered, not what another partner
         # or the organization added: the same person may have come through several of them.
         submissions = submissions.filter(source=source)
-        events = events.exclude(Q(data__has_key="source") & ~Q(data__source=source))
+        events = events.filter(kind__in=PARTNER_TIMELINE).exclude(Q(data__has_key="source") & ~Q(data__source=source))
         own = list(submissions.order_by("received_at", "pk").values_list("campaign", "payload"))
         detail["source"], detail["campaign"] = source, own[0][0] if own else ""
         sent = {field for _, payload in own if isinstance(payload, dict) for field in ("name", "phone", "email") if payload.get(field)}

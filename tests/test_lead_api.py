@@ -2,6 +2,7 @@ import json
 
 import pytest
 
+from leads import selectors
 from leads.models import ApiKey, Contact, IdempotencyKey, Lead, LeadEvent, Submission
 from swiftex.models import OutboxEvent
 from tests.support import api_client, post_json
@@ -236,6 +237,7 @@ def test_a_partner_key_reads_only_the_leads_its_source_submitted(org_and_key):
     received = [e["data"]["source"] for e in detail["timeline"] if e["kind"] == "submission.received"]
     assert received == ["acme-leads"]  # nor its timeline entry
     assert not [e for e in detail["timeline"] if e["data"].get("source") not in (None, "acme-leads")]  # nor lead.created's
+    assert {e["kind"] for e in detail["timeline"]} <= set(selectors.PARTNER_TIMELINE)  # no owner, no conversation
     assert (detail["source"], detail["campaign"]) == ("acme-leads", "")  # not the web form's
     assert detail["contact"] == {"id": detail["contact"]["id"], "phone": "+14155550123", "consent": False}  # no name or e-mail it never sent
     assert "assignment" not in detail and "crm_sync" not in detail and detail["messages"] == []
