@@ -181,8 +181,11 @@ def give_up_stale_replies(*, now: datetime | None = None, limit: int = 200) -> i
         with transaction.atomic():
             if not _unfinished(now - GIVE_UP_AFTER).filter(pk=reply_id).update(state=Reply.State.FAILED, reason=reason):
                 continue  # finished, or its message went out, meanwhile
-            for message in Message.objects.filter(reply_id=reply_id, status=Message.Status.QUEUED):
-                outbound.withdraw(message, f"the reply was given up: {reason}")
+            queued = Message.objects.filter(reply_id=reply_id, status=Message.Status.QUEUED).first()
+            if queued is not None and not outbound.withdraw(queued, f"the reply was given up: {reason}"):
+                # A worker took the message for sending just now: its own outcome decides.
+                transaction.set_rollback(True)
+                continue
             timeline.record(lead_id, ("reply.failed", {"reply_id": reply_id, "reason": reason}, now))
         given_up += 1
     if given_up:

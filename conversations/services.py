@@ -103,10 +103,7 @@ def resume(greeting: Greeting, lead: Lead) -> None:
             return
     wa = messages.get(Channel.WHATSAPP)
     if wa is not None and wa.status == Message.Status.FAILED and Channel.SMS not in messages:
-        if Lead.objects.filter(pk=lead.pk, status__in=Lead.OPEN_STATUSES).exists():
-            _fall_back_to_sms(greeting, lead, wa)
-        else:  # no SMS to a lead that was won or lost meanwhile: the greeting ends here
-            _greeting_failed(greeting.pk, f"whatsapp failed: {wa.error_code}; no SMS, the lead was closed")
+        _fall_back_to_sms(greeting, lead, wa)
 
 
 def expire_unsent_greetings(*, now: datetime | None = None, limit: int = 500) -> int:
@@ -555,6 +552,10 @@ def _fall_back_to_sms(greeting: Greeting, lead: Lead, failed: Message) -> None:
     """Once WhatsApp definitively failed: the same text by SMS, at most once per greeting."""
     if not twilio.is_configured(lead.organization):
         return  # message_failed() already marked the greeting failed
+    if not Lead.objects.filter(pk=lead.pk, status__in=Lead.OPEN_STATUSES).exists():
+        # No SMS to a lead that was won or lost meanwhile (a retry, the sweep): the greeting ends here.
+        _greeting_failed(greeting.pk, f"whatsapp failed: {failed.error_code}; no SMS, the lead was closed")
+        return
     now = timezone.now()
     with transaction.atomic():
         with connection.cursor() as cursor:
