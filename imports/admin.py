@@ -9,6 +9,8 @@ button, and every bad row as a CSV download.
 
 from __future__ import annotations
 
+import csv
+
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
@@ -46,7 +48,10 @@ class UploadForm(forms.Form):
 
 def _sample(lead_import: LeadImport) -> list[list[str]]:
     """The first few values of each column, to recognise it by."""
-    first = [cells for _, cells in zip(range(SAMPLE_ROWS), csvfile.rows(lead_import.content, lead_import.delimiter))]
+    try:
+        first = [cells for _, cells in zip(range(SAMPLE_ROWS), csvfile.rows(lead_import.content, lead_import.delimiter))]
+    except csv.Error:  # uploaded before strict parsing: shown as it was read then
+        first = [cells for _, cells in zip(range(SAMPLE_ROWS), csvfile.rows(lead_import.content, lead_import.delimiter, strict=False))]
     return [[cells[index] if index < len(cells) else "" for cells in first] for index in range(len(lead_import.headers))]
 
 

@@ -171,7 +171,8 @@ def _finish(form: MetaLeadForm, now: datetime, result: Result, reading: Pass | N
     if result.more:
         # Due at the next sweep, not a whole interval later; while the command follows the
         # listing itself, not at all (two runs would read the same pages and race for the cursor).
-        updates["next_reconcile_at"] = now + timedelta(seconds=settings.META_RECONCILE_SECONDS) if foreground else now
+        # (From the end of the run, not its start: 50 pages can take longer than the interval.)
+        updates["next_reconcile_at"] = timezone.now() + timedelta(seconds=settings.META_RECONCILE_SECONDS) if foreground else now
     form.reconcile_resume = updates["reconcile_resume"]
     MetaLeadForm.objects.filter(pk=form.pk).update(**updates)
     (logger.warning if result.error else logger.info)("meta reconcile %s", result)

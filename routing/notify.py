@@ -24,7 +24,7 @@ from routing.models import Notification
 
 logger = logging.getLogger(__name__)
 
-STUCK_AFTER = timedelta(minutes=15)  # a batch takes at most 20 x 2 x EMAIL_TIMEOUT: a row SENDING this long lost its worker
+STUCK_AFTER = timedelta(minutes=15)  # one e-mail takes at most a few EMAIL_TIMEOUTs: SENDING this long lost its worker
 
 
 def send_pending(*, batch_size: int = 20) -> int:
@@ -41,6 +41,8 @@ def send_pending(*, batch_size: int = 20) -> int:
                 body=f"{notification.text}\n\n{settings.PUBLIC_BASE_URL}/app/leads/{notification.lead_id}\n",
                 to=[notification.rep.user.email], connection=connection,
             )
+            # Stamped per e-mail: the stuck sweep measures from this one's start, not the batch's.
+            Notification.objects.filter(pk=notification.pk).update(email_started_at=timezone.now())
             try:
                 message.send()
             except Exception as exc:  # noqa: BLE001 - any backend error ends visible on the row

@@ -126,11 +126,12 @@ def test_mac_line_endings_quoted_line_breaks_and_repeated_headers_are_read():
     assert (row["Notes"], row["Notes (2)"]) == ("first line\r\nsecond", "a")
 
 
-def test_an_import_uploaded_before_strict_parsing_still_runs():
+def test_an_import_uploaded_before_strict_parsing_still_shows_and_runs(admin_client):
     org, _ = org_with_providers()
     lead_import = services.upload(organization=org, file_name="ok.csv", raw=b"name,phone\nAna,+14155550100\nBia,+14155550101\n")
     # What the lenient reader accepted at upload, and the strict one refuses: text after a closing quote.
     LeadImport.objects.filter(pk=lead_import.pk).update(content='name,phone\n"Ana" Lima,+14155550100\nBia,+14155550101\n')
+    assert admin_client.get(f"/admin/imports/leadimport/{lead_import.pk}/change/").status_code == 200  # its mapping page
     services.start(lead_import, LeadImport.Status.IMPORTING)
     lead_import = run(lead_import)
     assert (lead_import.status, lead_import.created_leads) == ("done", 2)

@@ -26,7 +26,7 @@ WITH stops AS (
     JOIN leads_organization o ON o.id = m.organization_id
     WHERE m.direction = 'inbound' AND length(m.body) <= 64
       AND lower(btrim(regexp_replace(m.body, '^\s+|\s+$', '', 'g'), '.!')) IN (
-          SELECT btrim(lower(word)) FROM unnest(string_to_array(o.opt_out_keywords, ',')) AS word)
+          SELECT lower(regexp_replace(word, '^\s+|\s+$', '', 'g')) FROM unnest(string_to_array(o.opt_out_keywords, ',')) AS word)
 )
 UPDATE leads_contact c SET consent_revoked_at = latest.at
 FROM (SELECT contact_id, max(at) AS at FROM stops GROUP BY contact_id) AS latest
@@ -38,6 +38,9 @@ WHERE consent_revoked_at IS NULL AND NOT consent AND consent_at IS NOT NULL;
 
 
 class Migration(migrations.Migration):
+    # Each UPDATE commits on its own: the contacts the first one touched are not kept locked
+    # while the second scans the rest (live STOPs and submissions would wait on them).
+    atomic = False
 
     dependencies = [
         ("leads", "0014_contact_consent_revoked_at"),
