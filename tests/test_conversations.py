@@ -261,7 +261,7 @@ def test_opt_outs_from_before_the_column_existed_are_filled_in_by_the_migration(
 
     from leads.models import Contact
 
-    backfill = importlib.import_module("leads.migrations.0015_backfill_consent_revoked_at").BACKFILL
+    migration = importlib.import_module("leads.migrations.0015_backfill_consent_revoked_at")
     stop_at = timezone.now() - timedelta(days=30)
     inbound(org, " Stop! ", at=stop_at)  # the lead's contact: a timeline entry and the message
     stranger = "+14155550999"
@@ -271,7 +271,8 @@ def test_opt_outs_from_before_the_column_existed_are_filled_in_by_the_migration(
     Contact.objects.update(consent_revoked_at=None)  # as the data stood before the deploy
 
     with connection.cursor() as cursor:
-        cursor.execute(backfill)
+        cursor.execute(migration.FROM_STOPS)
+        cursor.execute(migration.FALLBACK)
     revoked = dict(Contact.objects.values_list("phone", "consent_revoked_at"))
     assert revoked[PHONE] == stop_at and revoked[stranger] == stop_at
     assert revoked[once.phone] is not None and revoked[never.phone] is None

@@ -14,7 +14,7 @@ reversing it does nothing (the column is dropped by 0014's reverse).
 
 from django.db import migrations
 
-BACKFILL = r"""
+FROM_STOPS = r"""
 WITH stops AS (
     SELECT l.contact_id, e.occurred_at AS at
     FROM leads_leadevent e JOIN leads_lead l ON l.id = e.lead_id
@@ -30,10 +30,12 @@ WITH stops AS (
 )
 UPDATE leads_contact c SET consent_revoked_at = latest.at
 FROM (SELECT contact_id, max(at) AS at FROM stops GROUP BY contact_id) AS latest
-WHERE c.id = latest.contact_id AND c.consent_revoked_at IS NULL;
+WHERE c.id = latest.contact_id AND c.consent_revoked_at IS NULL
+"""
 
+FALLBACK = """
 UPDATE leads_contact SET consent_revoked_at = updated_at
-WHERE consent_revoked_at IS NULL AND NOT consent AND consent_at IS NOT NULL;
+WHERE consent_revoked_at IS NULL AND NOT consent AND consent_at IS NOT NULL
 """
 
 
@@ -47,4 +49,5 @@ class Migration(migrations.Migration):
         ("conversations", "0006_hot_table_indexes"),
     ]
 
-    operations = [migrations.RunSQL(BACKFILL, reverse_sql=migrations.RunSQL.noop)]
+    # Two operations, not one string: with atomic = False each then commits on its own.
+    operations = [migrations.RunSQL(sql, reverse_sql=migrations.RunSQL.noop) for sql in (FROM_STOPS, FALLBACK)]
