@@ -209,7 +209,8 @@ def _offer_to_fallback_owner(assignment: Assignment, org: Organization, now: dat
     assignment.escalate_at = now + UNASSIGNED_RETRY if keep_offering_to_team else None
     assignment.save(update_fields=["rep", "assigned_at", "escalate_at"])
     _record_reassignment(assignment.lead_id, None, rep, {
-        "reason": "the fallback owner is available again", "waited_minutes": waited, "team": None, "via": "fallback",
+        "reason": "the fallback owner is available again", "waited_minutes": waited,
+        "team": assignment.team.name if assignment.team_id else None, "via": "fallback",
     }, now)
     return 1
 
