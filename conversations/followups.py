@@ -262,11 +262,7 @@ def _run_followup(job: Job, org: Organization) -> None:
     # out a backoff (two minutes at most) the lead may have replied, closed or opted out.
     why_not = _why_not(job, lead, step) if existing is None or existing.status == Message.Status.QUEUED else ""
     if why_not:
-        with transaction.atomic():
-            if existing is not None and not outbound.withdraw(existing, why_not):
-                return  # another worker is sending it right now
-            _finish(job, Job.Status.CANCELLED, why_not)
-            timeline.record(lead.pk, ("followup.cancelled", {"step": step.position if step else None, "reason": why_not}, timezone.now()))
+        _cancel(job, existing, why_not)
         return
     if existing is not None:  # only finish what was started (a retry minutes after a first attempt in business hours)
         _send(job, org, existing, step)
@@ -288,7 +284,21 @@ def _run_followup(job: Job, org: Organization) -> None:
         return
     template, body = composed
     message = outbound.queue(conversation=conversation, lead_id=lead.pk, body=body, template_name=template, scheduled_job=job)
+    # Writing the text can take the model's whole budget: the lead may have replied (or closed,
+    # or opted out) meanwhile, and a follow-up right after their reply would ignore it.
+    if why_not := _why_not(job, Lead.objects.select_related("contact").get(pk=lead.pk), step):  # as it is now
+        _cancel(job, message, why_not)
+        return
     _send(job, org, message, step)
+
+
+def _cancel(job: Job, queued: Message | None, why_not: str) -> None:
+    with transaction.atomic():
+        if queued is not None and not outbound.withdraw(queued, why_not):
+            return  # another worker is sending it right now
+        _finish(job, Job.Status.CANCELLED, why_not)
+        step = job.step
+        timeline.record(job.lead_id, ("followup.cancelled", {"step": step.position if step else None, "reason": why_not}, timezone.now()))
 
 
 def _send(job: Job, org: Organization, message: Message, step: FollowUpStep | None) -> None:

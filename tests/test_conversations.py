@@ -386,6 +386,25 @@ def test_a_follow_up_retrying_after_a_provider_error_is_withdrawn_when_the_lead_
     assert len(provider.calls) == 1
 
 
+def test_a_reply_arriving_while_the_follow_up_is_being_written_cancels_it(org, lead, monkeypatch):
+    sequence(org, 60, template_name="followup_1")
+    followups.start_sequences([(lead.pk, org.pk, timezone.now() - timedelta(minutes=2))])
+    job = Job.objects.get(kind="followup")
+    make_due(job)
+    real_compose = followups._compose
+
+    def the_lead_writes_meanwhile(*args):
+        inbound(org, "just saw your message, call me")  # cancel() cannot touch the RUNNING job
+        return real_compose(*args)
+
+    monkeypatch.setattr(followups, "_compose", the_lead_writes_meanwhile)
+    run_due()  # no provider mock: a send would fail the test
+    job.refresh_from_db()
+    message = Message.objects.get(scheduled_job=job)
+    assert (job.status, job.reason) == ("cancelled", "the lead replied")
+    assert (message.status, message.error_code) == ("failed", "withdrawn")
+
+
 def test_the_dispatcher_keeps_at_most_the_in_flight_cap_enqueued_and_re_enqueues_lost_ones(org, lead, settings):
     settings.FOLLOWUP_MAX_IN_FLIGHT = 3
     other_leads = [lead]
