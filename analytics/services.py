@@ -22,9 +22,9 @@ from django.utils import timezone
 
 from analytics.models import HourlyStat, LeadFact
 from conversations.models import Message
-from leads.models import Lead, LeadEvent
+from leads.models import Lead, LeadEvent, Organization
 from routing.models import Assignment
-from swiftex.db import prepared_cursor
+from swiftex.db import fetch_rows, prepared_cursor
 
 ADVISORY_LOCK_SPACE = 0x5A41  # first key of pg_advisory_xact_lock(int, int): analytics, per organization
 QUALIFIED_STATUSES = (Lead.Status.QUALIFIED, Lead.Status.WON)
@@ -53,6 +53,13 @@ LOCK = f"""
 SELECT pg_advisory_xact_lock({ADVISORY_LOCK_SPACE}, org)
 FROM (SELECT DISTINCT organization_id::int AS org FROM {Lead._meta.db_table} WHERE id = ANY(%(ids)s::bigint[]) ORDER BY 1) AS orgs
 """
+
+
+def lock_organizations(organization_id: int | None = None) -> None:
+    """Inside a transaction: the lock `refresh` takes, for one organization or all (in id order)."""
+    only = "WHERE id = %(org)s" if organization_id is not None else ""
+    fetch_rows(f"SELECT pg_advisory_xact_lock({ADVISORY_LOCK_SPACE}, id::int) FROM {Organization._meta.db_table} {only} ORDER BY id",
+               {"org": organization_id})
 
 REFRESH = f"""
 WITH old AS (

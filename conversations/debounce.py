@@ -88,12 +88,7 @@ def take(conversation_id: int) -> Taken:
 
 def forget(conversation_id: int) -> None:
     """Drop a conversation's pending burst (its messages are answered from PostgreSQL)."""
-    try:
-        swx_redis.client().delete(*_keys(conversation_id))
-    except swx_redis.RedisUnavailable:
-        pass
-    except swx_redis.UNAVAILABLE_ERRORS as exc:
-        swx_redis.breaker.trip(exc)
+    swx_redis.attempt(lambda: swx_redis.client().delete(*_keys(conversation_id)))
 
 
 def _run(script: str, keys: list[str], *args):

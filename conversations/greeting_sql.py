@@ -83,13 +83,13 @@ WITH g AS (
 SELECT g.id, m.id, m.conversation_id FROM g, m
 """
 
-# Expects %(lead_id)s, %(now)s, %(now_iso)s. Sets the first response once and
-# raises `lead.status_changed` for it (crmsync, analytics). `{guard}`: a further
-# condition (ACCEPTED's: the message did not fail meanwhile).
-_FIRST_RESPONSE_CTES = f"""
+def _first_response_ctes(guard: str = "") -> str:
+    """Expects %(lead_id)s, %(now)s, %(now_iso)s. Sets the first response once and raises
+    `lead.status_changed` for it (crmsync, analytics). `guard`: a further condition."""
+    return f"""
 first_response AS (
     UPDATE {_LEAD} SET first_response_at = %(now)s, status = CASE WHEN status = 'new' THEN 'contacted' ELSE status END
-    WHERE id = %(lead_id)s AND first_response_at IS NULL{{guard}}
+    WHERE id = %(lead_id)s AND first_response_at IS NULL{guard}
     RETURNING organization_id, status, captured_at
 ), outbox AS (
     INSERT INTO {_OUTBOX} (event_id, event_type, organization_id, payload, created_at, attempts, last_error)
@@ -107,12 +107,13 @@ first_response AS (
 # (else NULL), and the wake-up count (a SELECT CTE only runs when something reads it).
 _FIRST_RESPONSE_RESULT = "\nSELECT (SELECT captured_at FROM first_response), (SELECT count(*) FROM wake)"
 
-FIRST_RESPONSE = "WITH " + _FIRST_RESPONSE_CTES.format(guard="") + _FIRST_RESPONSE_RESULT
+FIRST_RESPONSE = "WITH " + _first_response_ctes() + _FIRST_RESPONSE_RESULT
 
 # A message failed meanwhile (a `failed` status that came first, or the sweep)
 # keeps its failure; the provider's id and time are still recorded, and it is not
 # the lead's first response. The guard also makes the message row (m) be locked
 # before the lead's, the order the status applier takes them in: no deadlock.
+_NOT_FAILED = "EXISTS (SELECT 1 FROM m WHERE m.status <> 'failed')"
 ACCEPTED = f"""
 WITH m AS (
     UPDATE {_MESSAGE} SET provider_message_id = %(provider_message_id)s, accepted_at = COALESCE(accepted_at, %(now)s),
@@ -122,8 +123,8 @@ WITH m AS (
     WHERE id = %(message_id)s
     RETURNING status
 ), g AS (
-    UPDATE {_GREETING} SET state = 'done' WHERE id = %(greeting_id)s AND EXISTS (SELECT 1 FROM m WHERE m.status <> 'failed')
+    UPDATE {_GREETING} SET state = 'done' WHERE id = %(greeting_id)s AND {_NOT_FAILED}
     RETURNING id
 ), accepted AS (
     INSERT INTO {_EVENT} (lead_id, kind, data, occurred_at) VALUES (%(lead_id)s, 'message.accepted', %(data)s::jsonb, %(now)s)
-), """ + _FIRST_RESPONSE_CTES.format(guard="\n      AND EXISTS (SELECT 1 FROM m WHERE m.status <> 'failed')") + _FIRST_RESPONSE_RESULT
+), """ + _first_response_ctes(guard=f"\n      AND {_NOT_FAILED}") + _FIRST_RESPONSE_RESULT

@@ -243,25 +243,20 @@ def _callback_message_id(callback: str) -> int | None:
 
 def _already_applied(fingerprints: list[str]) -> list[bool]:
     """Which of these statuses were applied before (fast path); all False when unsure."""
-    try:
-        return [value is not None for value in swx_redis.client().mget(fingerprints)]
-    except swx_redis.RedisUnavailable:
-        pass
-    except swx_redis.UNAVAILABLE_ERRORS as exc:
-        swx_redis.breaker.trip(exc)
-    return [False] * len(fingerprints)
+    values = swx_redis.attempt(lambda: swx_redis.client().mget(fingerprints))
+    if values is swx_redis.UNAVAILABLE:
+        return [False] * len(fingerprints)
+    return [value is not None for value in values]
 
 
 def _remember(fingerprints: list[str]) -> None:
-    try:
+    def store():
         pipe = swx_redis.client().pipeline(transaction=False)
         for fingerprint in fingerprints:
             pipe.set(fingerprint, 1, ex=FINGERPRINT_TTL_SECONDS)
-        pipe.execute()
-    except swx_redis.RedisUnavailable:
-        pass
-    except swx_redis.UNAVAILABLE_ERRORS as exc:
-        swx_redis.breaker.trip(exc)
+        return pipe.execute()
+
+    swx_redis.attempt(store)  # unremembered, a status is checked against the database instead
 
 
 # --- Inbound -----------------------------------------------------------------------
@@ -287,7 +282,8 @@ def receive(org: Organization, inbound: Inbound) -> Message | None:
     lead's pending follow-ups: they replied.
     """
     with transaction.atomic():
-        contact = _known_contact(org, inbound.channel, inbound.phone) or Contact.objects.get_or_create(
+        known = _known_whatsapp_contact(org, inbound.phone) if inbound.channel == Channel.WHATSAPP else None
+        contact = known or Contact.objects.get_or_create(
             organization=org, phone=inbound.phone, defaults={"name": inbound.profile_name[:200]}
         )[0]
         conversation, _ = Conversation.objects.get_or_create(contact=contact, channel=inbound.channel, defaults={"organization": org})
@@ -332,16 +328,17 @@ def note(org: Organization, phone: str, kind: str, data: dict, at: datetime) -> 
     """Something a contact did that is not a message to answer (a reaction, a message type
     WhatsApp cannot show us): on their open lead's timeline, nothing more. It neither
     counts as a reply (follow-ups go on, no AI answer) nor opens the 24-hour window."""
-    contact = _known_contact(org, Channel.WHATSAPP, phone)
+    contact = _known_whatsapp_contact(org, phone)
     lead_id = contact and Lead.objects.filter(contact=contact, status__in=Lead.OPEN_STATUSES).values_list("pk", flat=True).first()
     if lead_id:
         timeline.record(lead_id, (kind, data, at))
 
 
-def _known_contact(org: Organization, channel: str, phone: str) -> Contact | None:
-    """The contact this number belongs to: the number itself first, then (WhatsApp) the other
-    ways WhatsApp writes it (conversations.providers.whatsapp.number_variants)."""
-    phones = [phone, *whatsapp.number_variants(phone)] if channel == Channel.WHATSAPP else [phone]
+def _known_whatsapp_contact(org: Organization, phone: str) -> Contact | None:
+    """The contact a WhatsApp number belongs to: the number itself first, then the other ways
+    WhatsApp writes it (conversations.providers.whatsapp.number_variants). By SMS the number is
+    the number, and get_or_create finds it."""
+    phones = [phone, *whatsapp.number_variants(phone)]
     found = {contact.phone: contact for contact in Contact.objects.filter(organization=org, phone__in=phones)}
     return next((found[p] for p in phones if p in found), None)
 

@@ -37,6 +37,7 @@ from conversations.services import CALLBACK_PREFIX
 from leads import selectors
 from leads.models import Organization
 from swiftex import metrics
+from swiftex.db import clean_text
 
 logger = logging.getLogger(__name__)
 
@@ -66,11 +67,6 @@ def forbidden(provider: str, detail: str, body) -> HttpResponse:
     logger.warning("%s webhook rejected: %s", provider, detail)
     audit(provider, WebhookDelivery.Outcome.REJECTED, detail, body)
     return HttpResponse("Forbidden: " + detail, status=403, content_type="text/plain")
-
-
-def clean_text(value: object, limit: int) -> str:
-    """`value` as text PostgreSQL accepts (no NUL), at most `limit` characters."""
-    return str(value).replace("\x00", "")[:limit]
 
 
 @contextmanager

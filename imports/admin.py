@@ -9,8 +9,6 @@ button, and every bad row as a CSV download.
 
 from __future__ import annotations
 
-import csv
-
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
@@ -48,10 +46,7 @@ class UploadForm(forms.Form):
 
 def _sample(lead_import: LeadImport) -> list[list[str]]:
     """The first few values of each column, to recognise it by."""
-    try:
-        first = [cells for _, cells in zip(range(SAMPLE_ROWS), csvfile.rows(lead_import.content, lead_import.delimiter))]
-    except csv.Error:  # uploaded before strict parsing: shown as it was read then
-        first = [cells for _, cells in zip(range(SAMPLE_ROWS), csvfile.rows(lead_import.content, lead_import.delimiter, strict=False))]
+    first = [cells for _, cells in csvfile.stored_rows(lead_import.content, lead_import.delimiter, SAMPLE_ROWS)]
     return [[cells[index] if index < len(cells) else "" for cells in first] for index in range(len(lead_import.headers))]
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import re
 from collections.abc import Iterator
 
@@ -97,6 +98,15 @@ def rows(text: str, delimiter: str, *, start: int = 0, strict: bool = True) -> I
     for index, cells in enumerate(reader):
         if index >= start:
             yield index + 2, cells
+
+
+def stored_rows(text: str, delimiter: str, limit: int | None = None) -> list[tuple[int, list[str]]]:
+    """The rows of a file already accepted at upload (up to `limit`). One uploaded before
+    strict parsing, which it would fail, is read as it was checked then."""
+    try:
+        return list(itertools.islice(rows(text, delimiter), limit))
+    except csv.Error:
+        return list(itertools.islice(rows(text, delimiter, strict=False), limit))
 
 
 def count_rows(text: str, delimiter: str) -> int:

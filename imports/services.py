@@ -15,7 +15,6 @@ sits in the first-touch lane ahead of live leads. The pace is capped
 
 from __future__ import annotations
 
-import csv
 import logging
 import time
 from dataclasses import dataclass
@@ -130,10 +129,7 @@ def work(import_id: int, *, chain: int | None = None, claim: bool = False, budge
         return None
     importing = lead_import.status == LeadImport.Status.IMPORTING
     pace = settings.IMPORT_ROWS_PER_SECOND if importing else settings.IMPORT_CHECK_ROWS_PER_SECOND
-    try:
-        cells = list(csvfile.rows(lead_import.content, lead_import.delimiter))
-    except csv.Error:  # uploaded before strict parsing, which it would fail: read it as it was checked then
-        cells = list(csvfile.rows(lead_import.content, lead_import.delimiter, strict=False))
+    cells = csvfile.stored_rows(lead_import.content, lead_import.delimiter)
     started = time.monotonic()
     while time.monotonic() - started < budget:
         chunk_started = time.monotonic()

@@ -46,15 +46,18 @@ def fingerprint(body: dict) -> str:
 
 
 @contextmanager
-def idempotent(org: Organization, key: str | None, body: dict) -> Iterator[Slot]:
+def idempotent(org: Organization, key: str | None, body: dict, *, source: str = "") -> Iterator[Slot]:
     """With a key: a transaction that either replays the stored response or records the new one.
 
     Without a key: nothing at all (no transaction, no hashing), so the work
-    runs exactly as it would on its own.
+    runs exactly as it would on its own. `source` (a partner's key pinned to one): its keys
+    are its own, apart from the organization's other keys; stored hashed, within the column.
     """
     if not key:
         yield Slot()
         return
+    if source:
+        key = "source:" + hashlib.sha256(f"{source}\n{key}".encode()).hexdigest()
     request_hash = fingerprint(body)
     with transaction.atomic():
         with connection.cursor() as cursor:

@@ -43,7 +43,11 @@ def lead_detail(*, org: Organization, lead_id: int, source: str | None = None) -
     lead = leads.first()
     if lead is None:
         return None
-    submissions, events = lead.submissions.all(), lead.events.all()
+    # A partner sees what it sent and how the lead was answered, not what another partner or
+    # the organization added: the same person may have come through several of them.
+    submissions = list((lead.submissions.filter(source=source) if source is not None else lead.submissions.all())
+                       .order_by("received_at", "pk"))
+    events = lead.events.all()
     contact = lead.contact
     detail = {
         "id": lead.pk,
@@ -56,13 +60,9 @@ def lead_detail(*, org: Organization, lead_id: int, source: str | None = None) -
         "contact": {"id": contact.pk, "name": contact.name, "phone": contact.phone, "email": contact.email, "consent": contact.consent},
     }
     if source is not None:
-        # A partner sees what it sent and how the lead was answered, not what another partner
-        # or the organization added: the same person may have come through several of them.
-        submissions = submissions.filter(source=source)
         events = events.filter(kind__in=PARTNER_TIMELINE).exclude(Q(data__has_key="source") & ~Q(data__source=source))
-        own = list(submissions.order_by("received_at", "pk").values_list("campaign", "payload"))
-        detail["source"], detail["campaign"] = source, own[0][0] if own else ""
-        sent = {field for _, payload in own if isinstance(payload, dict) for field in ("name", "phone", "email") if payload.get(field)}
+        detail["source"], detail["campaign"] = source, submissions[0].campaign if submissions else ""
+        sent = {field for s in submissions if isinstance(s.payload, dict) for field in ("name", "phone", "email") if s.payload.get(field)}
         detail["contact"] = {key: value for key, value in detail["contact"].items() if key not in ("name", "phone", "email") or key in sent}
     return {
         **detail,
@@ -76,7 +76,7 @@ def lead_detail(*, org: Organization, lead_id: int, source: str | None = None) -
                 "received_at": s.received_at,
                 "opened_lead": s.opened_lead,
             }
-            for s in submissions.order_by("received_at", "pk")
+            for s in submissions
         ],
         "greeting": _greeting(lead),
         **({} if source is not None else {"crm_sync": _crm_sync(lead), "assignment": _assignment(lead)}),

@@ -120,7 +120,8 @@ def lead_ingest(
         return _ingest(org, data, payload, received_at, imported)
     if route_later is not None:
         result = _ingest(org, data, payload, received_at, imported)
-        route_later.append((data, result, received_at))
+        if result.created:  # a known person's open lead keeps its owner
+            route_later.append((data, result, received_at))
         return result
     # The lead and its owner commit together (routing/services.py).
     with transaction.atomic():
@@ -134,13 +135,11 @@ def route_batch(org: Organization, pending: list) -> None:
     needs is locked first, in id order, so no rep's row (a capacity limit) is ever held while
     waiting for a team: two batches, or a batch and a live lead, cannot deadlock, and a live
     lead waits for a team's lock only while the batch routes, not while it stores."""
-    def team_of(item) -> int:
-        data = item[0]
-        return routing.matched_team(org, source=data.source, campaign=data.campaign, phone=data.phone, metadata=data.metadata)
-
-    ordered = sorted(pending, key=team_of)
-    routing.lock_teams({team_of(item) for item in ordered} - {0})
-    for data, result, received_at in ordered:
+    keyed = [(routing.matched_team(org, source=data.source, campaign=data.campaign, phone=data.phone, metadata=data.metadata),
+              index, (data, result, received_at)) for index, (data, result, received_at) in enumerate(pending)]
+    keyed.sort(key=lambda item: item[:2])  # by team, and in storing order within a team
+    routing.lock_teams({team for team, _, _ in keyed} - {0})
+    for _, _, (data, result, received_at) in keyed:
         _route(org, data, result, received_at)
 
 

@@ -140,15 +140,10 @@ def _one(form: MetaLeadForm, lead: dict, result: Result) -> None:
     row = services.claim(row_id) if row_id else None
     if row is None:
         return  # ingested, failed (admin retries those), or a worker is on it right now
-    try:
-        ingested = services.ingest(row, lead)
-    except Exception as exc:  # noqa: BLE001 - one lead's database error or bug must not stop the form's run
-        logger.exception("meta reconcile: lead %s raised", row.pk)
-        ingested = False
-        try:
-            services.retry_or_fail(row, f"ingest error: {type(exc).__name__}: {exc}", None)
-        except services.RetryLater:
-            pass  # no task to retry in here: the stuck sweep resumes the row after its backoff
+    try:  # one lead's database error or bug must not stop the form's run
+        ingested = services.ingest_or_retry(row, lead)
+    except services.RetryLater:
+        ingested = False  # no task to retry in here: the stuck sweep resumes the row after its backoff
     if ingested:
         result.ingested += 1
     else:

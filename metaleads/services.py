@@ -157,11 +157,18 @@ def fetch_and_ingest(row_id: int) -> None:
         else:
             retry_or_fail(row, error, exc.retry_after)
         return
+    ingest_or_retry(row, lead)
+
+
+def ingest_or_retry(row: MetaLeadgen, lead: dict) -> bool:
+    """`ingest`, and if it raises (a database blip, a bug) the row is retried later, then failed
+    where admin shows it. True if ingested; RetryLater when a task should retry it."""
     try:
-        ingest(row, lead)
-    except Exception as exc:  # noqa: BLE001 - a database blip or a bug: retried, then failed where admin shows it
+        return ingest(row, lead)
+    except Exception as exc:  # noqa: BLE001
         logger.exception("meta lead %s: ingest raised", row.pk)
         retry_or_fail(row, f"ingest error: {type(exc).__name__}: {exc}", None)
+        return False
 
 
 def retry_or_fail(row: MetaLeadgen, error: str, retry_after: float | None) -> None:
@@ -202,14 +209,15 @@ def ingest(row: MetaLeadgen, lead: dict) -> bool:
         return False
     payload = {"meta_lead": lead, "page_id": row.page.page_id, "via": row.via}
     now = timezone.now()
+    created_at = mapping.created_at(lead) or row.meta_created_at
     with transaction.atomic():
         # The person opted in when they filled in the form, not when we read it: an opt-out
         # (STOP) since then is not undone by a lead found later.
-        data = replace(serializer.to_lead_input(), consent_given_at=mapping.created_at(lead) or row.meta_created_at or row.received_at)
+        data = replace(serializer.to_lead_input(), consent_given_at=created_at or row.received_at)
         result = lead_ingest(org=org, data=data, payload=payload, received_at=row.received_at)
         MetaLeadgen.objects.filter(pk=row.pk).update(
             status=MetaLeadgen.Status.INGESTED, lead_id=result.lead_id, form_id=form.pk, last_error="", errors={},
-            lease_until=None, finished_at=now, updated_at=now, meta_created_at=mapping.created_at(lead) or row.meta_created_at,
+            lease_until=None, finished_at=now, updated_at=now, meta_created_at=created_at,
         )
     logger.info("meta lead %s ingested as lead %s (created=%s)", row.pk, result.lead_id, result.created)
     return True

@@ -26,6 +26,7 @@ from conversations.rep_messages import CannotSend, mode, options
 from leads.models import Lead
 from reps import selectors, services
 from routing.models import Notification, Rep
+from swiftex.db import clean_text
 
 
 def rep_required(view):
@@ -59,8 +60,8 @@ def _filters(request: HttpRequest) -> selectors.Filters:
     return selectors.Filters(
         status=request.GET.get("status", "open"),
         mine=request.GET.get("scope", "mine") == "mine" or not selectors.can_see_everyone(rep),
-        source=request.GET.get("source", "").replace("\x00", "")[:64],  # PostgreSQL refuses NUL in text
-        q=request.GET.get("q", "").replace("\x00", "")[:100],
+        source=clean_text(request.GET.get("source", ""), 64),
+        q=clean_text(request.GET.get("q", ""), 100),
     )
 
 

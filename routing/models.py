@@ -80,13 +80,14 @@ class Rep(models.Model):
     def is_manager(self) -> bool:
         return self.role == self.Role.MANAGER
 
-    def unavailable_because(self, now: datetime.datetime, org_timezone: str) -> str:
-        """Why this rep takes no new lead at `now` ("" when they do)."""
+    def unavailable_because(self, now: datetime.datetime, org_timezone: str, *, working_hours: bool = True) -> str:
+        """Why this rep takes no new lead at `now` ("" when they do); `working_hours` False:
+        their shift does not count (the fallback owner, the catch-all)."""
         if not self.user.is_active:
             return "login disabled"
         if self.out_of_office_until and now < self.out_of_office_until:
             return "out of office"
-        if self.working_hours_start is None:
+        if self.working_hours_start is None or not working_hours:
             return ""
         local = now.astimezone(zoneinfo.ZoneInfo(self.timezone or org_timezone))
         start, end, clock = self.working_hours_start, self.working_hours_end, local.time()

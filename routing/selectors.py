@@ -21,8 +21,8 @@ def rules(org_id: int) -> list[Rule]:
 
 
 def forget_rules(org_id: int) -> None:
-    """Drop this process's cached rules (all organizations': the cache has no per-key drop)."""
-    _rules.clear()
+    """Drop this process's cached rules of the organization: the next lead reads them afresh."""
+    _rules.forget(org_id)
 
 
 def open_lead_counts(rep_ids: list[int]) -> dict[int, int]:

@@ -164,17 +164,16 @@ def _escalate(assignment: Assignment, now: datetime) -> int:
     pick = _next_rep(assignment.team_id, org, now, exclude=held)
     if pick.gone:
         return _stop_escalating(assignment)
-    if pick.rep is None and previous is None and org.fallback_owner_id:
-        # Nobody in the team yet, but the fallback owner may be back: they hold it meanwhile.
-        return _offer_to_fallback_owner(assignment, org, now, waited, keep_offering_to_team=True)
-    if pick.rep is None and (previous is None or holding_as_fallback):
-        assignment.escalate_at = now + UNASSIGNED_RETRY  # still nobody: it waits (unassigned, or with the fallback owner)
-        assignment.save(update_fields=["escalate_at"])
-        return 0
     if pick.rep is None:
+        if previous is None and org.fallback_owner_id:
+            # Nobody in the team yet, but the fallback owner may be back: they hold it meanwhile.
+            return _offer_to_fallback_owner(assignment, org, now, waited, keep_offering_to_team=True)
+        if previous is None or holding_as_fallback:
+            assignment.escalate_at = now + UNASSIGNED_RETRY  # still nobody: it waits (unassigned, or with the fallback owner)
+            assignment.save(update_fields=["escalate_at"])
+            return 0
         # Nobody to hand it to now; the current rep keeps it and a person sees why.
-        assignment.escalate_at = None
-        assignment.save(update_fields=["escalate_at"])
+        _stop_escalating(assignment)
         others = TeamMember.objects.filter(team_id=assignment.team_id).exclude(rep_id__in=held).exists()
         reason = "no other team member is available" if others else "every team member has had this lead"
         timeline.record(lead.pk, ("lead.escalation_skipped", {
@@ -221,9 +220,8 @@ def _fallback_owner(org: Organization, now: datetime) -> tuple[Rep | None, str]:
     rep = Rep.objects.select_related("user").filter(pk=org.fallback_owner_id).first()
     if rep is None:
         return None, "gone (deleted)"
-    if not rep.user.is_active or (rep.out_of_office_until and now < rep.out_of_office_until):
-        return None, rep.unavailable_because(now, org.timezone)
-    return rep, ""
+    why = rep.unavailable_because(now, org.timezone, working_hours=False)
+    return (None, why) if why else (rep, "")
 
 
 def _history(lead_id: int) -> tuple[set[int], bool]:

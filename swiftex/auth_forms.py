@@ -6,7 +6,6 @@ password reset page (swiftex/urls.py).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 
 from django.conf import settings
@@ -56,7 +55,7 @@ class ThrottledPasswordResetForm(PasswordResetForm):
 
     def save(self, *args, request=None, **kwargs):
         email = self.cleaned_data["email"]
-        buckets = [f"password-reset:email:{hashlib.sha256(email.strip().casefold().encode()).hexdigest()[:32]}"]
+        buckets = [f"password-reset:email:{login_throttle.digest(email)}"]
         if request is not None:
             buckets.append(f"password-reset:address:{bucket_of(client_ip(request))}")
         rate = settings.PASSWORD_RESETS_PER_HOUR / 3600

@@ -42,6 +42,11 @@ def fetch_rows(sql: str, params: dict | list) -> list[tuple]:
         return cursor.fetchall() if cursor.description else []
 
 
+def clean_text(value: object, limit: int) -> str:
+    """`value` as text PostgreSQL accepts (no NUL), at most `limit` characters."""
+    return str(value).replace("\x00", "")[:limit]
+
+
 def connect_params(dbname: str | None = None) -> dict:
     db = settings.DATABASES["default"]
     return {

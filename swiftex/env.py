@@ -77,7 +77,7 @@ def env_optional_float(name: str, default: float | None, *, minimum: float | Non
     value = _raw(name)
     if value is not None and not value.strip():
         return None
-    return env_float(name, default, minimum=minimum, maximum=maximum) if value is not None else default
+    return env_float(name, default, minimum=minimum, maximum=maximum)
 
 
 def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:

@@ -29,9 +29,13 @@ from swiftex import redis as swx_redis
 from swiftex.client_address import bucket_of
 
 
+def digest(name: str) -> str:
+    """A username or e-mail address as a key part: any case, and never in clear in Redis."""
+    return hashlib.sha256(name.strip().casefold().encode()).hexdigest()[:32]
+
+
 def _keys(username: str, ip: str) -> list[tuple[str, int]]:
-    account = hashlib.sha256(username.strip().casefold().encode()).hexdigest()[:32]  # no usernames in Redis
-    keys = [(swx_redis.key("login-failures", "account", account), settings.LOGIN_FAILURES_PER_ACCOUNT)]
+    keys = [(swx_redis.key("login-failures", "account", digest(username)), settings.LOGIN_FAILURES_PER_ACCOUNT)]
     if _counts_addresses(ip):
         keys.append((swx_redis.key("login-failures", "address", bucket_of(ip)), settings.LOGIN_FAILURES_PER_ADDRESS))
     return keys
@@ -52,17 +56,17 @@ def _counts_addresses(ip: str) -> bool:
 def wait_seconds(username: str, ip: str) -> int:
     """Seconds until this account may be tried from this address again; 0: now."""
     keys = _keys(username, ip)
-    try:
+
+    def read():
         pipe = swx_redis.client().pipeline(transaction=False)
         for key, _ in keys:
             pipe.get(key)
             pipe.ttl(key)
         replies = pipe.execute()
-        counts = [(int(replies[i] or 0), replies[i + 1]) for i in range(0, len(replies), 2)]
-    except swx_redis.RedisUnavailable:
-        counts = [_local.get(key) for key, _ in keys]
-    except swx_redis.UNAVAILABLE_ERRORS as exc:
-        swx_redis.breaker.trip(exc)
+        return [(int(replies[i] or 0), replies[i + 1]) for i in range(0, len(replies), 2)]
+
+    counts = swx_redis.attempt(read)
+    if counts is swx_redis.UNAVAILABLE:
         counts = [_local.get(key) for key, _ in keys]
     waits = [max(1, ttl) for (count, ttl), (_, limit) in zip(counts, keys) if count >= limit]
     return max(waits, default=0)
@@ -72,32 +76,25 @@ def failed(username: str, ip: str) -> None:
     """Count one failed sign-in against the account and the address."""
     window = settings.LOGIN_LOCKOUT_SECONDS
     keys = [key for key, _ in _keys(username, ip)]
-    try:
+
+    def count():
         pipe = swx_redis.client().pipeline(transaction=True)  # MULTI: nothing expires between the two
         for key in keys:
             # The window runs from the first failure; SET NX with its expiry, then INCR, so a
             # count never exists without one (that would lock the account for good).
             pipe.set(key, 0, ex=window, nx=True)
             pipe.incr(key)
-        pipe.execute()
-        return
-    except swx_redis.RedisUnavailable:
-        pass
-    except swx_redis.UNAVAILABLE_ERRORS as exc:
-        swx_redis.breaker.trip(exc)
-    for key in keys:
-        _local.incr(key, window)
+        return pipe.execute()
+
+    if swx_redis.attempt(count) is swx_redis.UNAVAILABLE:
+        for key in keys:
+            _local.incr(key, window)
 
 
 def succeeded(username: str) -> None:
     """The right password: the account's count starts again (the address's does not)."""
     key = _keys(username, "")[0][0]
-    try:
-        swx_redis.client().delete(key)
-    except swx_redis.RedisUnavailable:
-        pass
-    except swx_redis.UNAVAILABLE_ERRORS as exc:
-        swx_redis.breaker.trip(exc)
+    swx_redis.attempt(lambda: swx_redis.client().delete(key))
     _local.delete(key)
 
 

@@ -119,23 +119,14 @@ def take(name: str, *, rate_per_second: float, capacity: float, cost: float = 1)
         # Could never be satisfied: report the wait for a full bucket instead of looping forever.
         return Decision(False, capacity / rate_per_second)
     ttl = max(1, math.ceil(capacity / rate_per_second) * 2)
-    try:
-        allowed, wait = _script()(keys=[swx_redis.key("bucket", name)], args=[rate_per_second, capacity, cost, ttl])
-        return Decision(bool(int(allowed)), float(wait))
-    except swx_redis.RedisUnavailable:
-        pass
-    except swx_redis.UNAVAILABLE_ERRORS as exc:
-        swx_redis.breaker.trip(exc)
-    return _local.take(name, rate_per_second, capacity, cost)
+    answer = swx_redis.attempt(lambda: _script()(keys=[swx_redis.key("bucket", name)], args=[rate_per_second, capacity, cost, ttl]))
+    if answer is swx_redis.UNAVAILABLE:
+        return _local.take(name, rate_per_second, capacity, cost)
+    allowed, wait = answer
+    return Decision(bool(int(allowed)), float(wait))
 
 
 def pause(name: str, seconds: float) -> None:
     """Admit nothing from bucket `name` for `seconds` (a provider's Retry-After), on every machine."""
-    try:
-        _script(_PAUSE_LUA)(keys=[swx_redis.key("bucket", name)], args=[seconds])
-        return
-    except swx_redis.RedisUnavailable:
-        pass
-    except swx_redis.UNAVAILABLE_ERRORS as exc:
-        swx_redis.breaker.trip(exc)
-    _local.pause(name, seconds)
+    if swx_redis.attempt(lambda: _script(_PAUSE_LUA)(keys=[swx_redis.key("bucket", name)], args=[seconds])) is swx_redis.UNAVAILABLE:
+        _local.pause(name, seconds)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from typing import Callable, TypeVar
 
 from django.conf import settings
 from django_redis import get_redis_connection
@@ -18,6 +19,7 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Not only a lost connection: a replica after a failover (READONLY), maxmemory with
 # noeviction (OOM) or a failing snapshot (MISCONF) also answer every write with an error,
@@ -61,6 +63,21 @@ def client() -> Redis:
     if not breaker.allow():
         raise RedisUnavailable("redis circuit open")
     return get_redis_connection("default")
+
+
+UNAVAILABLE = object()  # what attempt() returns when Redis could not be used
+
+
+def attempt(operation: Callable[[], T]) -> T | object:
+    """`operation()`'s result, or UNAVAILABLE when Redis is down or answered an error (the
+    breaker then stays open a few seconds): the caller falls back, and never raises for Redis."""
+    try:
+        return operation()
+    except RedisUnavailable:
+        return UNAVAILABLE
+    except UNAVAILABLE_ERRORS as exc:
+        breaker.trip(exc)
+        return UNAVAILABLE
 
 
 def ping() -> bool:

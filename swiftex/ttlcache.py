@@ -41,6 +41,10 @@ class TTLCache(Generic[V]):
             self._data[key] = (now + self._ttl(), value)
         return value
 
+    def forget(self, key: Hashable) -> None:
+        with self._lock:
+            self._data.pop(key, None)
+
     def clear(self) -> None:
         with self._lock:
             self._data.clear()

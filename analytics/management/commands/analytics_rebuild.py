@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime as dt
 
 from django.core.management.base import BaseCommand, CommandError
-from django.db import connection, transaction
+from django.db import transaction
 
 from analytics import services
 from analytics.models import HourlyStat, LeadFact
@@ -44,10 +44,7 @@ class Command(BaseCommand):
             with transaction.atomic():
                 # The subscriber's lock, for every organization in scope: a refresh that read a fact
                 # before the delete would otherwise add its difference to the emptied roll-up.
-                orgs = [organization] if organization is not None else list(Organization.objects.order_by("pk").values_list("pk", flat=True))
-                with connection.cursor() as cursor:
-                    for org in orgs:
-                        cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [services.ADVISORY_LOCK_SPACE, org])
+                services.lock_organizations(organization)
                 self.stdout.write(f"deleted {facts.delete()[0]} facts and {stats.delete()[0]} hourly rows")
         done, last = 0, 0
         while ids := list(leads.filter(pk__gt=last).order_by("pk").values_list("pk", flat=True)[:CHUNK]):
